@@ -1,0 +1,123 @@
+"""Annotate documents with every task of a task file: ``python -m pipeline.run --help``.
+
+read -> route by language -> per task: segment, batch by tokens, RunInference -> align -> write.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.transforms.util import SortAndBatchElements
+
+from pipeline.options import AnnotateOptions
+from pipeline.tasks import TaskSpec, load_tasks
+from transforms.align import DOCUMENTS, AlignDoFn
+from transforms.handlers import TokenClassifierHandler
+from transforms.read import ReadDocuments
+from transforms.route import route
+from transforms.segment import SegmentDoFn
+from transforms.write import WriteOutputs
+
+LOG = logging.getLogger("pipeline")
+
+
+def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]) -> None:
+    """The whole job: read, route, infer per task, align, write."""
+    docs = (
+        p
+        | "ReadDocuments" >> ReadDocuments(opts.input, opts.id_field, opts.text_field,
+                                           opts.lang_field)
+        | "Route" >> beam.Map(route, {n: s.languages for n, s in specs.items()}, opts.language)
+    )
+    predictions = [
+        docs | f"Infer_{name}" >> InferTask(spec, opts) for name, spec in specs.items()
+    ] | "AllPredictions" >> beam.Flatten()
+    aligned = (
+        {"doc": docs | "KeyDocs" >> beam.WithKeys(lambda d: d.key),
+         "preds": predictions | "KeyPreds" >> beam.WithKeys(lambda r: r.key)}
+        | "Join" >> beam.CoGroupByKey()
+        | "Align" >> beam.ParDo(AlignDoFn(specs, opts.reference_compat)).with_outputs(
+            DOCUMENTS, main="spans")
+    )
+    (aligned.spans, aligned[DOCUMENTS]) | "Write" >> WriteOutputs(opts.output, specs)
+
+
+class InferTask(beam.PTransform):
+    """Documents routed to one task -> its window predictions."""
+
+    def __init__(self, spec: TaskSpec, opts: AnnotateOptions) -> None:
+        super().__init__()
+        self._spec = spec
+        self._opts = opts
+
+    def expand(self, docs):
+        o, spec = self._opts, self._spec
+        precision = "fp32" if o.reference_compat and o.precision == "auto" else o.precision
+        pad_to = o.max_tokens if o.reference_compat else None
+        return (
+            docs
+            | "Select" >> beam.Filter(lambda d, name=spec.name: name in d.tasks)
+            | "Segment" >> beam.ParDo(SegmentDoFn(spec, o.max_tokens, o.overlap,
+                                                  o.reference_compat))
+            | "Batch" >> SortAndBatchElements(
+                min_batch_size=1, max_batch_size=o.max_batch_windows,
+                max_batch_weight=max(o.batch_tokens, o.max_tokens),
+                element_size_fn=lambda w: pad_to or len(w.input_ids))
+            | "RunInference" >> RunInference(
+                TokenClassifierHandler(spec, precision, pad_to, o.large_model))
+        )
+
+
+def local_runner(runner: str | None):
+    """The runner to use; the DirectRunner becomes Beam's in-process FnApiRunner.
+
+    Beam 2.77's DirectRunner first tries to download and start the Prism runner binary, then
+    falls back to the FnApiRunner; going there directly keeps local runs offline and fast.
+    ``--runner PrismRunner`` still runs on Prism.
+    """
+    if runner in (None, "DirectRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        LOG.info("DirectRunner: running on Beam's in-process FnApiRunner (no Prism download)")
+        return FnApiRunner()
+    return runner
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
+        test_pipeline: beam.Pipeline | None = None):
+    """Parse options, validate the task file (before any document is read), run the job."""
+    options = PipelineOptions(argv)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    opts = options.view_as(AnnotateOptions)
+    opts.validate_required()
+    specs = load_tasks(opts.tasks)
+    LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
+    p = test_pipeline or beam.Pipeline(
+        runner=local_runner(options.view_as(StandardOptions).runner), options=options)
+    build(p, opts, specs)
+    result = p.run()
+    result.wait_until_finish()
+    LOG.info("done: outputs under %s", opts.output)
+    return result
+
+
+def main() -> None:
+    """Console entry point."""
+    import sys
+
+    from pipeline.tasks import TaskFileError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        run(sys.argv[1:])
+    except TaskFileError as e:
+        raise SystemExit(f"pipeline.run: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

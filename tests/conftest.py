@@ -1,0 +1,73 @@
+"""Shared fixtures: real data from ../shared and tiny random-weight models built at test time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TOKENIZER = SHARED / "tokenizers" / "xlm-roberta-base"
+SPACCC = SHARED / "corpora" / "spaccc-es"
+E3C = SHARED / "corpora" / "e3c-layer3"
+
+# Never reach a model hub or download a runner binary: any network attempt fails at once.
+HERMETIC_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "",
+}
+os.environ.update({k: v for k, v in HERMETIC_ENV.items() if k.startswith(("HF_", "TRANSF"))})
+
+
+def spaccc_files(n: int, longest: int = 0) -> list[Path]:
+    """The first ``n`` SPACCC documents by name plus the ``longest`` largest ones."""
+    files = sorted((SPACCC / "txt").glob("*.txt"))
+    big = sorted(files, key=lambda f: f.stat().st_size)[-longest:] if longest else []
+    return sorted(set(files[:n]) | set(big))
+
+
+def read_text(path: Path) -> str:
+    """A document exactly as stored (no newline translation)."""
+    return path.read_bytes().decode("utf-8")
+
+
+def run_pipeline(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m pipeline.run ARGS`` in a hermetic environment; output captured."""
+    env = {**os.environ, **HERMETIC_ENV}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pipeline.run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def smoke_tasks(tmp_path_factory) -> Path:
+    """The smoke models (hf procedure, mtl symptom es/it/ro) and their task file."""
+    from pipeline.smoke_models import build_smoke_models
+
+    return build_smoke_models(tmp_path_factory.mktemp("models"), TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def spaccc_sample(tmp_path_factory) -> Path:
+    """A folder of 12 real SPACCC cases, 3 of them the longest of the corpus."""
+    d = tmp_path_factory.mktemp("spaccc")
+    for f in spaccc_files(9, longest=3):
+        shutil.copy(f, d / f.name)
+    return d

@@ -1,0 +1,108 @@
+"""End to end: ``python -m pipeline.run`` on real documents, both model kinds, DirectRunner."""
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import E3C, read_text, run_pipeline
+from transforms.words import split_words
+
+
+@pytest.fixture(scope="module")
+def annotated(spaccc_sample, smoke_tasks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    proc = run_pipeline("--input", str(spaccc_sample), "--output", str(out),
+                        "--tasks", str(smoke_tasks), "--language", "es")
+    return out, proc
+
+
+def test_hermetic_local_run(annotated):
+    _, proc = annotated
+    # No network is reachable (see HERMETIC_ENV): the run went straight to the in-process runner.
+    assert "FnApiRunner" in proc.stderr
+    assert "PrismRunner" not in proc.stderr and "Falling back" not in proc.stderr
+
+
+def test_tsv_rows_match_the_text_and_the_words(annotated, spaccc_sample):
+    out, _ = annotated
+    texts = {p.stem: read_text(p) for p in spaccc_sample.glob("*.txt")}
+    for task, label in (("procedure", "PROCEDURE"), ("symptom", "SYMPTOM")):
+        official = pd.read_csv(out / f"{task}.tsv", sep="\t")  # as the MultiClinAI scorer reads
+        df = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
+        assert list(df.columns) == ["filename", "label", "start_span", "end_span", "text"]
+        assert len(official) == len(df) > 100
+        assert set(df.filename) == set(texts) and set(df.label) == {label}
+        for doc, rows in df.groupby("filename"):
+            text = texts[doc]
+            s, e = split_words(text)
+            starts, ends = set(s.tolist()), set(e.tolist())
+            prev_end = -1
+            for r in rows.sort_values("start_span").itertuples():
+                assert r.text == text[r.start_span:r.end_span]
+                assert r.start_span in starts and r.end_span in ends  # word-aligned
+                assert r.start_span >= prev_end  # no duplicates, no overlaps
+                prev_end = r.end_span
+
+
+def test_parquet_outputs_agree_with_the_tsv(annotated, spaccc_sample):
+    out, _ = annotated
+    spans = pd.read_parquet(out / "spans")
+    assert {"doc_id", "task", "label", "start", "end", "text", "score", "lang"} <= set(spans)
+    assert spans.score.between(0, 1).all() and (spans.lang == "es").all()
+    for task in ("procedure", "symptom"):
+        tsv = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
+        mine = spans[spans.task == task]
+        assert sorted(zip(tsv.filename, tsv.start_span, tsv.end_span, tsv.text)) == sorted(
+            zip(mine.doc_id, mine.start, mine.end, mine.text))
+    docs = pd.read_parquet(out / "documents")
+    texts = {p.stem: read_text(p) for p in spaccc_sample.glob("*.txt")}
+    assert sorted(docs.doc_id) == sorted(texts)
+    assert (docs.status == "annotated").all()
+    assert all(docs.n_chars == [len(texts[d]) for d in docs.doc_id])
+    counts = spans.groupby("doc_id").size()
+    assert all(docs.n_spans == [counts[d] for d in docs.doc_id])
+
+
+def test_crlf_text_keeps_offsets(smoke_tasks, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    text = "Paciente con dolor abdominal.\r\nRefiere fiebre\ty tos\u2028desde ayer.\r\n"
+    (src / "crlf-note.txt").write_bytes(text.encode("utf-8"))
+    run_pipeline("--input", str(src / "*.txt"), "--output", str(tmp_path / "out"),
+                 "--tasks", str(smoke_tasks), "--language", "es")
+    df = pd.read_csv(tmp_path / "out" / "procedure.tsv", sep="\t", keep_default_na=False)
+    assert len(df) > 0
+    for r in df.itertuples():
+        assert r.filename == "crlf-note" and r.text == text[r.start_span:r.end_span]
+
+
+def test_jsonl_languages_route_to_the_tasks_that_support_them(smoke_tasks, tmp_path):
+    def first(lang, n):
+        with gzip.open(E3C / f"{lang}.jsonl.gz", "rt", encoding="utf-8") as f:
+            return [json.loads(next(f)) for _ in range(n)]
+
+    records = first("es", 2) + first("en", 2) + first("it", 1)
+    records[-1]["lang"] = "fr"
+    lines = [json.dumps({"id": r["id"], "text": r["text"], "lang": r["lang"]}) for r in records]
+    lines += ['{"id": "empty", "text": "  \\n", "lang": "es"}', "{not json", '{"text": "x"}']
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    run_pipeline("--input", str(path), "--output", str(tmp_path / "out"),
+                 "--tasks", str(smoke_tasks))
+    docs = pd.read_parquet(tmp_path / "out" / "documents").set_index("doc_id")
+    assert len(docs) == 8
+    es, en, fr = [r["id"] for r in records[:2]], [r["id"] for r in records[2:4]], records[4]["id"]
+    assert (docs.loc[es + en, "status"] == "annotated").all()
+    assert docs.loc[es[0], "tasks"] == "procedure,symptom" and docs.loc[en[0], "tasks"] == "procedure"
+    assert docs.loc[fr, "status"] == "skipped" and "'fr'" in docs.loc[fr, "reason"]
+    assert docs.loc["empty", "reason"] == "empty text"
+    failed = docs[docs.status == "failed"]
+    assert sorted(failed.reason) == ["read: no `id` field", "read: not JSON (Expecting property "
+                                     "name enclosed in double quotes at column 2)"]
+    sym = pd.read_csv(tmp_path / "out" / "symptom.tsv", sep="\t")
+    proc = pd.read_csv(tmp_path / "out" / "procedure.tsv", sep="\t")
+    assert set(sym.filename) == set(es) and set(proc.filename) == set(es + en)
+    assert np.isin(docs.lang_source[docs.status == "annotated"], ["record"]).all()

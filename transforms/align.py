@@ -1,0 +1,88 @@
+"""Window predictions -> character spans per document and task, plus one state row per document."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import apache_beam as beam
+import numpy as np
+
+from pipeline.tasks import TaskSpec
+from transforms.records import ANNOTATED, Document, WindowResult
+from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
+
+DOCUMENTS = "documents"
+
+
+def merge_windows(
+    text: str, results: Iterable[WindowResult], scheme: LabelScheme, reference_compat: bool
+) -> list[Span]:
+    """The spans of one document for one task from all its windows' predictions."""
+    ordered = sorted(results, key=lambda r: r.index)
+    if not ordered:
+        return []
+    if reference_compat:
+        labels = scheme.id2label
+        votes = (
+            (int(s), int(e), labels[int(k)], float(p))
+            for r in ordered
+            for s, e, k, p in zip(r.starts, r.ends, r.label_ids, r.probs)
+        )
+        return reference_decode(text, votes)
+    starts = np.concatenate([r.starts for r in ordered])
+    order = np.argsort(starts, kind="stable")
+    return decode_bio(
+        starts[order],
+        np.concatenate([r.ends for r in ordered])[order],
+        np.concatenate([r.label_ids for r in ordered])[order],
+        np.concatenate([r.probs for r in ordered])[order],
+        scheme,
+    )
+
+
+def span_row(doc: Document, task: str, span: Span) -> dict:
+    """A span as an output row; ``text`` is ``document[start:end]``."""
+    return {
+        "doc_id": doc.doc_id, "task": task, "label": span.label, "start": span.start,
+        "end": span.end, "text": doc.text[span.start:span.end], "score": span.score,
+        "lang": doc.lang,
+    }
+
+
+def document_row(doc: Document, n_spans: int) -> dict:
+    """A document's final state: ``annotated``, ``skipped`` or ``failed`` with the reason."""
+    return {
+        "doc_id": doc.doc_id, "source": doc.source, "lang": doc.lang,
+        "lang_source": doc.lang_source, "n_chars": len(doc.text) if doc.text is not None else 0,
+        "tasks": ",".join(doc.tasks), "status": doc.status or ANNOTATED, "reason": doc.reason,
+        "n_spans": n_spans,
+    }
+
+
+class AlignDoFn(beam.DoFn):
+    """(key, {doc, preds}) -> span rows (main output) and a document row (``documents``)."""
+
+    def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool) -> None:
+        self._specs = dict(specs)
+        self._compat = reference_compat
+        self._schemes: dict[tuple[str, str | None], LabelScheme] = {}
+
+    def setup(self) -> None:
+        self._schemes = {
+            (name, head): spec.scheme(head)
+            for name, spec in self._specs.items() for head in spec.labels
+        }
+
+    def process(self, element) -> Iterator:
+        _, grouped = element
+        results: list[WindowResult] = list(grouped["preds"])
+        for doc in grouped["doc"]:
+            n_spans = 0
+            for task in doc.tasks:
+                mine = [r for r in results if r.task == task]
+                scheme = self._schemes[(task, self._specs[task].head_for(doc.lang))]
+                spans = merge_windows(doc.text, mine, scheme, self._compat)
+                n_spans += len(spans)
+                for span in spans:
+                    yield span_row(doc, task, span)
+            yield beam.pvalue.TaggedOutput(DOCUMENTS, document_row(doc, n_spans))

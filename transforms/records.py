@@ -1,0 +1,63 @@
+"""The records that flow between stages. Only plain fields and numpy arrays: cheap to pickle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+ANNOTATED, SKIPPED, FAILED = "annotated", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One input document; ``text`` is exactly as read (``None`` when it could not be read).
+
+    ``key`` is unique per input record (file, or file and line) even when ids repeat.
+    """
+
+    key: str
+    doc_id: str
+    text: str | None
+    source: str
+    lang: str | None = None
+    lang_source: str | None = None
+    tasks: tuple[str, ...] = ()
+    status: str = ""
+    reason: str = ""
+
+    def with_(self, **changes) -> "Document":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input: sub-word ids with special tokens, and where each predicted word sits.
+
+    ``positions[k]`` is the index in ``input_ids`` of the first sub-word of the word that
+    spans characters ``starts[k]:ends[k]`` of the document.
+    """
+
+    key: str
+    task: str
+    head: str | None
+    index: int
+    input_ids: np.ndarray
+    positions: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """A window's predictions: a label id and its probability for each word it predicts."""
+
+    key: str
+    task: str
+    head: str | None
+    index: int
+    starts: np.ndarray
+    ends: np.ndarray
+    label_ids: np.ndarray
+    probs: np.ndarray = field(repr=False)
