@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.transforms.util import SortAndBatchElements
 
 from pipeline.options import AnnotateOptions
+from pipeline.smoke_models import is_smoke_model
 from pipeline.tasks import TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, AlignDoFn
 from transforms.handlers import TokenClassifierHandler
@@ -96,6 +97,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     opts.validate_required()
     specs = load_tasks(opts.tasks)
     LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
+    for spec in specs.values():
+        if is_smoke_model(spec.model):
+            LOG.warning("task %s: SMOKE TEST model with RANDOM weights (%s): its spans are noise",
+                        spec.name, spec.model)
     p = test_pipeline or beam.Pipeline(
         runner=local_runner(options.view_as(StandardOptions).runner), options=options)
     build(p, opts, specs)

@@ -18,6 +18,12 @@ SMOKE_MARKER = "SMOKE_TEST_RANDOM_WEIGHTS"
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/tokenizers/xlm-roberta-base"
 
 
+def is_smoke_model(location: str) -> bool:
+    """Whether a model directory or checkpoint was made by this module (random weights)."""
+    path = Path(location)
+    return (path if path.is_dir() else path.parent).joinpath(SMOKE_MARKER).exists()
+
+
 def tiny_config(hidden: int = 32, layers: int = 2, **extra):
     """An xlm-roberta config with the real vocabulary size and a tiny body."""
     from transformers import XLMRobertaConfig

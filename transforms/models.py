@@ -25,8 +25,42 @@ class ModelLoadError(ValueError):
     """A model file that cannot be used, with a message saying what to fix."""
 
 
-def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def resolve_checkpoint(location: str) -> str:
+    """A local path for a checkpoint given as a path, a hub repo id, or ``hf://repo/file``.
+
+    A hub repo id without a file name must hold exactly one checkpoint file.
+    """
+    hub = location.startswith("hf://") or (
+        not Path(location).exists() and not location.endswith(_CHECKPOINT_SUFFIXES)
+        and location.count("/") == 1 and "://" not in location)
+    if not hub:
+        return location
+    from huggingface_hub import HfApi, hf_hub_download
+
+    parts = location.removeprefix("hf://").split("/")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        if not filename:
+            found = [f for f in HfApi().list_repo_files(repo_id) if f.endswith(_CHECKPOINT_SUFFIXES)]
+            if len(found) != 1:
+                raise ModelLoadError(f"hub repo {repo_id!r} has checkpoints {found}: name one "
+                                     f"as hf://{repo_id}/<file>")
+            filename = found[0]
+        return hf_hub_download(repo_id, filename)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot fetch checkpoint {location!r} from the hub ({type(e).__name__}): download "
+            "it where the hub is reachable and point `model:` at the local file") from e
+
+
+def load_state_dict(location: str) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``torch.save`` state dict without running pickled code."""
+    path = resolve_checkpoint(location)
     if not Path(path).is_file():
         raise ModelLoadError(f"checkpoint {path!r} does not exist")
     try:

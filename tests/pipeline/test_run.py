@@ -24,6 +24,7 @@ def test_hermetic_local_run(annotated):
     # No network is reachable (see HERMETIC_ENV): the run went straight to the in-process runner.
     assert "FnApiRunner" in proc.stderr
     assert "PrismRunner" not in proc.stderr and "Falling back" not in proc.stderr
+    assert "SMOKE TEST model with RANDOM weights" in proc.stderr
 
 
 def test_tsv_rows_match_the_text_and_the_words(annotated, spaccc_sample):
