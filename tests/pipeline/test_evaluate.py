@@ -1,0 +1,123 @@
+import io
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.bench_evaluate import all_pairs_score, as_lists, perturb, synthetic
+from pipeline.evaluate import EvaluationInputError, breakdown, load_tsv, score
+from tests.conftest import REPO, SPACCC
+from transforms.write import TSV_HEADER, tsv_line
+
+
+def tsv(rows) -> io.StringIO:
+    lines = [TSV_HEADER] + [tsv_line(dict(zip(("doc_id", "label", "start", "end", "text"), r)))
+                            for r in rows]
+    return io.StringIO("\n".join(lines) + "\n")
+
+
+GOLD = [("d1", "SYMPTOM", 0, 10, "dolor agud"), ("d1", "SYMPTOM", 20, 30, 'tos "seca"'),
+        ("d1", "SYMPTOM", 20, 30, 'tos "seca"'), ("d2", "PROC", 5, 15, "biopsia\tx")]
+PRED = [("d1", "SYMPTOM", 0, 10, "dolor agud"), ("d1", "SYMPTOM", 0, 10, "dolor agud"),
+        ("d1", "SYMPTOM", 22, 30, 's "seca"'), ("d1", "PROC", 20, 30, "tos"),
+        ("d3", "SYMPTOM", 0, 5, '"x" y')]
+
+
+def test_hand_computed_case():
+    got = score(load_tsv(tsv(GOLD)), load_tsv(tsv(PRED)))
+    # Strict: the duplicate prediction is dropped; only d1 0-10 matches; the repeated gold
+    # mention, the overlap, the wrong label and the document only in predictions all miss.
+    assert got["strict"] == {"precision": 0.25, "recall": 0.25, "f1": 0.25, "tp": 1, "fp": 3,
+                             "fn": 3}
+    # Char: gold best overlaps 1, 16/18, 16/18, 0; predictions 1, 16/18, 0, 0.
+    r, p = (1 + 2 * 16 / 18) / 4, (1 + 16 / 18) / 4
+    assert got["char_f1"] == {"precision": round(p, 4), "recall": round(r, 4),
+                              "f1": round(2 * p * r / (p + r), 4), "n_gold": 4, "n_pred": 4}
+    assert got["entity"] is None
+
+
+def test_entity_filter_and_empty_sides():
+    got = score(load_tsv(tsv(GOLD)), load_tsv(tsv(PRED)), "PROC")
+    assert got["strict"] == {"precision": 0, "recall": 0, "f1": 0, "tp": 0, "fp": 1, "fn": 1}
+    assert got["char_f1"]["f1"] == 0.0
+    none = score(load_tsv(tsv(GOLD)), load_tsv(tsv(PRED)), "DISEASE")
+    assert none["char_f1"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "n_gold": 0,
+                               "n_pred": 0}
+
+
+def test_nested_and_overlapping_predictions_take_the_best():
+    gold = [("d", "S", 10, 20, "a"), ("d", "S", 0, 100, "b")]
+    pred = [("d", "S", 0, 100, "b"), ("d", "S", 12, 20, "c"), ("d", "S", 95, 120, "d")]
+    got = score(load_tsv(tsv(gold)), load_tsv(tsv(pred)))
+    assert as_lists(got) == all_pairs_score(load_tsv(tsv(gold)), load_tsv(tsv(pred)))
+    assert got["strict"]["tp"] == 1
+
+
+@pytest.mark.parametrize("body,message", [
+    ("filename\tlabel\tstart_span\ttext\nd\tS\t1\tx\n", "missing columns \\['end_span'\\]"),
+    ("filename\tlabel\tstart_span\tend_span\ttext\nd\tS\t5\t5\tx\n", "end_span <= start_span"),
+    ("filename\tlabel\tstart_span\tend_span\ttext\nd\tS\ta\t5\tx\n", "integers"),
+])
+def test_invalid_input_is_refused(body, message):
+    with pytest.raises(EvaluationInputError, match=message):
+        load_tsv(io.StringIO(body))
+
+
+@pytest.mark.parametrize("name", ["symptom", "procedure"])
+def test_real_gold(name):
+    gold = load_tsv(SPACCC / f"gold_{name}.tsv")
+    perfect = score(gold, gold)
+    unique = len(gold.drop_duplicates(["filename", "label", "start_span", "end_span"]))
+    # Gold repeats a few mentions; predictions are de-duplicated, so those repeats are misses.
+    assert perfect["strict"]["tp"] == unique and perfect["strict"]["precision"] == 1.0
+    assert perfect["strict"]["recall"] == round(unique / len(gold), 4)
+    assert perfect["char_f1"]["precision"] == 1.0 and perfect["char_f1"]["recall"] == 1.0
+    for seed in range(3):
+        pred = perturb(gold, seed)
+        assert as_lists(score(gold, pred)) == all_pairs_score(gold, pred)
+        assert as_lists(score(gold, pred, "OTHER")) == all_pairs_score(gold, pred, "OTHER")
+
+
+def test_synthetic_agrees_with_all_pairs():
+    gold, pred = synthetic(20000, seed=3, docs=300)
+    assert as_lists(score(gold, pred)) == all_pairs_score(gold, pred)
+
+
+def test_breakdowns_by_label_and_language():
+    rows = [("MultiClinNER-es-1", "S", 0, 5, "a"), ("MultiClinNER-it-1", "S", 0, 5, "b"),
+            ("MultiClinNER-it-1", "P", 7, 9, "c")]
+    gold = load_tsv(tsv(rows))
+    pred = load_tsv(tsv(rows[:2]))
+    by_lang = breakdown(gold, pred, "lang")
+    assert by_lang["es"]["strict"]["f1"] == 1.0 and by_lang["it"]["strict"]["fn"] == 1
+    by_label = breakdown(gold, pred, "label")
+    assert by_label["P"]["strict"]["recall"] == 0 and by_label["S"]["strict"]["f1"] == 1.0
+
+
+def test_cli_matches_the_official_output_shape(tmp_path):
+    (tmp_path / "gold.tsv").write_text(tsv(GOLD).getvalue())
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "symptom.tsv").write_text(tsv(PRED[:3] + PRED[4:]).getvalue())
+    (out / "proc.tsv").write_text(tsv([PRED[3]]).getvalue())
+    docs = pd.DataFrame({"doc_id": ["d1", "d2", "d3"], "lang": ["es", "it", "es"]})
+    (out / "documents").mkdir()
+    docs.to_parquet(out / "documents" / "documents-00000-of-00001.parquet")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline.evaluate", *args], cwd=REPO,
+                              capture_output=True, text=True)
+
+    plain = json.loads(cli("--reference", str(tmp_path / "gold.tsv"), "--pred", str(out)).stdout)
+    assert plain == score(load_tsv(tsv(GOLD)), load_tsv(tsv(PRED)))
+    assert list(plain) == ["entity", "strict", "char_f1"]
+    full = json.loads(cli("--reference", str(tmp_path / "gold.tsv"), "--pred", str(out),
+                          "--by", "label", "--by", "lang").stdout)
+    assert set(full["by_lang"]) == {"es", "it"} and set(full["by_label"]) == {"SYMPTOM", "PROC"}
+    table = cli("--reference", str(tmp_path / "gold.tsv"), "--pred", str(out), "--by", "lang",
+                "--table").stdout
+    assert "lang=es" in table and "strict P" in table
+    bad = cli("--reference", str(tmp_path / "nope.tsv"), "--pred", str(out))
+    assert bad.returncode != 0 and "nope.tsv" in bad.stderr
