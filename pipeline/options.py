@@ -16,7 +16,10 @@ class AnnotateOptions(PipelineOptions):
         parser.add_argument("--output", help="Output directory (local path or fsspec URL).")
         parser.add_argument("--tasks", help="Task file (YAML) naming each task and its model.")
         parser.add_argument("--language", default=None,
-                            help="Language of documents whose record has none (ISO 639-1).")
+                            help="Language (ISO 639-1) of documents whose record and file name "
+                                 "give none; without it, their language is detected.")
+        parser.add_argument("--min_lang_confidence", type=float, default=0.2,
+                            help="Detected languages below this confidence become 'und'.")
         parser.add_argument("--reference_compat", action="store_true",
                             help="Reproduce the DT4H reference inference scripts exactly.")
         parser.add_argument("--max_tokens", type=int, default=512,

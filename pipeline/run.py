@@ -19,7 +19,7 @@ from pipeline.tasks import TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, AlignDoFn
 from transforms.handlers import TokenClassifierHandler
 from transforms.read import ReadDocuments
-from transforms.route import route
+from transforms.route import RouteDoFn
 from transforms.segment import SegmentDoFn
 from transforms.write import WriteOutputs
 
@@ -32,7 +32,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         p
         | "ReadDocuments" >> ReadDocuments(opts.input, opts.id_field, opts.text_field,
                                            opts.lang_field)
-        | "Route" >> beam.Map(route, {n: s.languages for n, s in specs.items()}, opts.language)
+        | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
+                                          opts.language, opts.min_lang_confidence))
     )
     predictions = [
         docs | f"Infer_{name}" >> InferTask(spec, opts) for name, spec in specs.items()
@@ -106,8 +107,22 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     build(p, opts, specs)
     result = p.run()
     result.wait_until_finish()
-    LOG.info("done: outputs under %s", opts.output)
+    LOG.info("done: outputs under %s\n%s", opts.output, counters_table(result))
     return result
+
+
+def counters_table(result) -> str:
+    """The job's Beam counters as an aligned two-column table."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except (AttributeError, NotImplementedError, KeyError):
+        return "(no metrics from this runner)"
+    totals: dict[str, int] = {}
+    for c in counters:
+        name = f"{c.key.metric.namespace}/{c.key.metric.name}"
+        totals[name] = totals.get(name, 0) + int(c.committed or 0)
+    width = max((len(k) for k in totals), default=0)
+    return "\n".join(f"  {k:<{width}}  {v:>10,}" for k, v in sorted(totals.items()))
 
 
 def main() -> None:

@@ -104,8 +104,7 @@ def read_jsonl(
                 yield Document(key, doc_id, None, path, status=FAILED, reason=f"read: {problem}")
                 continue
             lang = record.get(lang_field) or record.get("language")
-            yield Document(key, doc_id, text, path, lang=str(lang) if lang else None,
-                           lang_source="record" if lang else None)
+            yield Document(key, doc_id, text, path, lang=str(lang) if lang else None)
 
 
 class ReadDocuments(beam.PTransform):

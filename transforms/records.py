@@ -22,6 +22,7 @@ class Document:
     source: str
     lang: str | None = None
     lang_source: str | None = None
+    lang_score: float | None = None
     tasks: tuple[str, ...] = ()
     status: str = ""
     reason: str = ""

@@ -1,36 +1,78 @@
 """Each document's language, and the tasks that support it.
 
-The language comes from the record's own field, else from ``--language``. A document that no
-task can take (no text, no language, a language no task supports) is ``skipped`` with the
-reason; it is not an error.
+The language comes from, in this order: the record's own field, the MultiClinAI file-name
+pattern (``MultiClinNER-<lang>-...``), ``--language``, else detection. A document that no task
+can take (no text, ``und``, a language no task supports) is ``skipped`` with the reason; it is
+not an error.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from pipeline.tasks import normalize_lang
+from transforms.language import LOOKALIKES, Detected, LanguageDetector, lang_from_name
 from transforms.records import SKIPPED, Document
 
+RECORD, FILENAME, OPTION, DETECTED = "record", "filename", "option", "detected"
 
-def route(
-    doc: Document, task_languages: Mapping[str, Sequence[str]], default_lang: str | None
-) -> Document:
-    """Set ``lang``, ``lang_source`` and ``tasks`` of a readable document, or skip it."""
+
+def assign_language(doc: Document, default_lang: str | None,
+                    detect: Callable[[str], Detected] | None) -> Document:
+    """Set ``lang``, ``lang_source`` and ``lang_score`` from the first source that has one."""
+    name_lang = lang_from_name(doc.doc_id)
+    if doc.lang:
+        return doc.with_(lang=normalize_lang(doc.lang), lang_source=RECORD)
+    if name_lang:
+        return doc.with_(lang=normalize_lang(name_lang), lang_source=FILENAME)
+    if default_lang:
+        return doc.with_(lang=normalize_lang(default_lang), lang_source=OPTION)
+    if detect is not None and doc.text and not doc.text.isspace():
+        found = detect(doc.text)
+        return doc.with_(lang=found.lang, lang_source=DETECTED, lang_score=found.score)
+    return doc
+
+
+def route(doc: Document, task_languages: Mapping[str, Sequence[str]]) -> Document:
+    """Set ``tasks`` of a document whose language is known, or skip it with the reason."""
     if doc.status:  # already failed while reading
         return doc
-    if doc.lang:
-        lang, source = normalize_lang(doc.lang), doc.lang_source or "record"
-    elif default_lang:
-        lang, source = normalize_lang(default_lang), "option"
-    else:
-        lang, source = None, None
-    doc = doc.with_(lang=lang, lang_source=source)
     if not doc.text or doc.text.isspace():
         return doc.with_(status=SKIPPED, reason="empty text")
-    if lang is None:
-        return doc.with_(status=SKIPPED, reason="no language: give --language or a lang field")
-    tasks = tuple(t for t, langs in task_languages.items() if lang in langs)
+    if not doc.lang or doc.lang == "und":
+        return doc.with_(status=SKIPPED, reason="language undetermined (und)")
+    tasks = tuple(t for t, langs in task_languages.items() if doc.lang in langs)
     if not tasks:
-        return doc.with_(status=SKIPPED, reason=f"no task supports language {lang!r}")
+        return doc.with_(status=SKIPPED, reason=f"no task supports language {doc.lang!r}")
     return doc.with_(tasks=tasks)
+
+
+class RouteDoFn(beam.DoFn):
+    """Language then routing, counting documents per language and per task."""
+
+    def __init__(self, task_languages: Mapping[str, Sequence[str]], default_lang: str | None,
+                 min_confidence: float = 0.2) -> None:
+        self._tasks = {t: tuple(langs) for t, langs in task_languages.items()}
+        self._default = default_lang
+        self._min_confidence = min_confidence
+        self._detector: LanguageDetector | None = None
+
+    def setup(self) -> None:
+        if not self._default:
+            wanted = {lang for langs in self._tasks.values() for lang in langs}
+            self._detector = LanguageDetector(wanted | set(LOOKALIKES),
+                                              min_confidence=self._min_confidence)
+
+    def process(self, doc: Document) -> Iterator[Document]:
+        if not doc.status:
+            doc = assign_language(doc, self._default,
+                                  self._detector.detect if self._detector else None)
+        doc = route(doc, self._tasks)
+        Metrics.counter("documents", f"lang_{doc.lang or 'none'}").inc()
+        for task in doc.tasks:
+            Metrics.counter("documents", f"task_{task}").inc()
+        Metrics.counter("documents", f"status_{doc.status or 'routed'}").inc()
+        yield doc

@@ -23,7 +23,7 @@ SPAN_SCHEMA = pa.schema([
 ])
 DOCUMENT_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source", pa.string()), ("lang", pa.string()),
-    ("lang_source", pa.string()), ("n_chars", pa.int64()), ("tasks", pa.string()),
+    ("lang_source", pa.string()), ("lang_score", pa.float32()), ("n_chars", pa.int64()), ("tasks", pa.string()),
     ("status", pa.string()), ("reason", pa.string()), ("n_spans", pa.int64()),
 ])
 

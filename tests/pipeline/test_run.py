@@ -107,3 +107,30 @@ def test_jsonl_languages_route_to_the_tasks_that_support_them(smoke_tasks, tmp_p
     proc = pd.read_csv(tmp_path / "out" / "procedure.tsv", sep="\t")
     assert set(sym.filename) == set(es) and set(proc.filename) == set(es + en)
     assert np.isin(docs.lang_source[docs.status == "annotated"], ["record"]).all()
+
+
+def test_mixed_language_shards_are_detected_and_routed(smoke_tasks, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    expected = {}
+    for lang, opener in (("es", open), ("it", open), ("en", gzip.open)):
+        with gzip.open(E3C / f"{lang}.jsonl.gz", "rt", encoding="utf-8") as f:
+            records = [json.loads(next(f)) for _ in range(4)]
+        name = src / (f"{lang}.jsonl.gz" if opener is gzip.open else f"{lang}.jsonl")
+        with opener(name, "wt", encoding="utf-8") as out:
+            for r in records:  # no language field: it must be detected
+                out.write(json.dumps({"id": r["id"], "text": r["text"]}) + "\n")
+                expected[r["id"]] = lang
+    (src / "MultiClinNER-it-note1.txt").write_text("Paciente con fiebre alta.")  # name says it
+    expected["MultiClinNER-it-note1"] = "it"
+    run_pipeline("--input", str(src), "--output", str(tmp_path / "out"),
+                 "--tasks", str(smoke_tasks))
+    docs = pd.read_parquet(tmp_path / "out" / "documents").set_index("doc_id")
+    assert docs.lang.to_dict() == expected
+    assert docs.loc["MultiClinNER-it-note1", "lang_source"] == "filename"
+    detected = docs.drop(index="MultiClinNER-it-note1")
+    assert (detected.lang_source == "detected").all() and (detected.lang_score > 0.3).all()
+    sym = set(pd.read_csv(tmp_path / "out" / "symptom.tsv", sep="\t").filename)
+    proc = set(pd.read_csv(tmp_path / "out" / "procedure.tsv", sep="\t").filename)
+    assert sym == {d for d, lang in expected.items() if lang in ("es", "it")}
+    assert proc == set(expected)
