@@ -5,6 +5,7 @@ from __future__ import annotations
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.handlers import PRECISIONS
+from transforms.read import FORMATS
 
 
 class AnnotateOptions(PipelineOptions):
@@ -36,9 +37,15 @@ class AnnotateOptions(PipelineOptions):
                                  "(fp32 with --reference_compat).")
         parser.add_argument("--large_model", action="store_true",
                             help="Share one model copy across a worker's processes (GPU workers).")
-        parser.add_argument("--id_field", default="id", help="JSONL field of the document id.")
-        parser.add_argument("--text_field", default="text", help="JSONL field of the text.")
-        parser.add_argument("--lang_field", default="lang", help="JSONL field of the language.")
+        parser.add_argument("--input_format", default=None, choices=FORMATS,
+                            help="Input format when file names do not say it.")
+        parser.add_argument("--split_bytes", type=int, default=64 << 20,
+                            help="Uncompressed JSONL files larger than this are read in pieces "
+                                 "of this many bytes, in parallel.")
+        parser.add_argument("--id_field", default="id", help="Record field of the document id.")
+        parser.add_argument("--text_field", default="text", help="Record field of the text.")
+        parser.add_argument("--lang_field", default="lang",
+                            help="Record field of the language (`language` is also read).")
 
     def validate_required(self) -> None:
         """Fail with a usage message when a required option is missing or out of range."""

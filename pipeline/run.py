@@ -18,7 +18,7 @@ from pipeline.smoke_models import is_smoke_model
 from pipeline.tasks import TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, AlignDoFn
 from transforms.handlers import TokenClassifierHandler
-from transforms.read import ReadDocuments
+from transforms.read import Fields, ReadDocuments
 from transforms.route import RouteDoFn
 from transforms.segment import SegmentDoFn
 from transforms.write import WriteOutputs
@@ -30,8 +30,9 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     """The whole job: read, route, infer per task, align, write."""
     docs = (
         p
-        | "ReadDocuments" >> ReadDocuments(opts.input, opts.id_field, opts.text_field,
-                                           opts.lang_field)
+        | "ReadDocuments" >> ReadDocuments(
+            opts.input, Fields(opts.id_field, opts.text_field, opts.lang_field), opts.input_format,
+            opts.split_bytes)
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
                                           opts.language, opts.min_lang_confidence))
     )
@@ -130,12 +131,13 @@ def main() -> None:
     import sys
 
     from pipeline.tasks import TaskFileError
+    from transforms.read import InputError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         run(sys.argv[1:])
-    except TaskFileError as e:
+    except (TaskFileError, InputError) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
 
 

@@ -18,14 +18,15 @@ Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encod
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
+import fsspec
 import yaml
 
-from transforms.models import ModelLoadError, load_state_dict, mtl_heads
+from transforms.models import ModelLoadError, load_state_dict, localize, mtl_heads
 from transforms.spans import LabelScheme, bio_scheme
 
 KINDS = ("hf", "mtl")
@@ -68,8 +69,6 @@ class TaskSpec:
 
 def load_tasks(path: str) -> dict[str, TaskSpec]:
     """Read and validate a task file; raise ``TaskFileError`` on the first problem found."""
-    import fsspec
-
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -79,18 +78,24 @@ def load_tasks(path: str) -> dict[str, TaskSpec]:
         raise TaskFileError(f"task file {path!r} is unreadable: {e}") from e
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict) or not raw["tasks"]:
         raise TaskFileError(f"task file {path!r} needs a non-empty mapping under `tasks:`")
-    base = Path(path).parent if "://" not in path else None
+    base = posixpath.dirname(path)
     return {name: _parse(str(name), cfg, base) for name, cfg in raw["tasks"].items()}
 
 
-def _resolve(location: str, base: Path | None) -> str:
-    """A relative local path is taken relative to the task file when it exists there."""
-    if base is not None and not Path(location).is_absolute() and (base / location).exists():
-        return str(base / location)
-    return location
+def _resolve(location: str, base: str) -> str:
+    """A relative path is taken relative to the task file's folder (local or remote) when it
+    exists there; otherwise it is used as given (a hub id, a path from the working directory)."""
+    if "://" in location or location.startswith("/"):
+        return location
+    candidate = posixpath.join(base, location) if base else location
+    try:
+        fs, p = fsspec.core.url_to_fs(candidate)
+        return candidate if fs.exists(p) else location
+    except (OSError, ValueError):
+        return location
 
 
-def _parse(name: str, cfg: Any, base: Path | None) -> TaskSpec:
+def _parse(name: str, cfg: Any, base: str) -> TaskSpec:
     def fail(msg: str) -> TaskFileError:
         return TaskFileError(f"task {name!r}: {msg}")
 
@@ -121,11 +126,11 @@ def _languages(cfg: Mapping[str, Any], default: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(normalize_lang(x) for x in langs))
 
 
-def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: Path | None) -> TaskSpec:
+def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model)
+        config = AutoConfig.from_pretrained(localize(model))
     except OSError as e:
         raise ValueError(
             f"cannot load the model config of {model!r} ({type(e).__name__}). Fix: point "
@@ -142,7 +147,7 @@ def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: Path | None) 
     )
 
 
-def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: Path | None) -> TaskSpec:
+def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
     from transformers import AutoConfig
 
     heads_cfg = cfg.get("heads")
@@ -162,7 +167,7 @@ def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: Path | None)
         )
     encoder = _resolve(str(cfg.get("encoder", "FacebookAI/xlm-roberta-base")), base)
     try:
-        AutoConfig.from_pretrained(encoder)
+        AutoConfig.from_pretrained(localize(encoder))
     except OSError as e:
         raise ValueError(
             f"cannot load the encoder config {encoder!r} ({type(e).__name__}). Fix: set "

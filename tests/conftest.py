@@ -25,6 +25,8 @@ HERMETIC_ENV = {
     "NO_PROXY": "",
 }
 os.environ.update({k: v for k, v in HERMETIC_ENV.items() if k.startswith(("HF_", "TRANSF"))})
+# gcsfs probes each bucket's type over gRPC first; against the emulator that times out (60 s).
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 
 def spaccc_files(n: int, longest: int = 0) -> list[Path]:
@@ -39,9 +41,10 @@ def read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8")
 
 
-def run_pipeline(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_pipeline(*args: str, check: bool = True, env: dict | None = None
+                 ) -> subprocess.CompletedProcess:
     """``python -m pipeline.run ARGS`` in a hermetic environment; output captured."""
-    env = {**os.environ, **HERMETIC_ENV}
+    env = {**os.environ, **HERMETIC_ENV, "NO_PROXY": "127.0.0.1,localhost", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
@@ -71,3 +74,41 @@ def spaccc_sample(tmp_path_factory) -> Path:
     for f in spaccc_files(9, longest=3):
         shutil.copy(f, d / f.name)
     return d
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A real Google Cloud Storage JSON API on localhost (gcp-storage-emulator), with gcsfs
+    pointed at it. Yields the environment that a pipeline subprocess needs."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    host = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+         "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"STORAGE_EMULATOR_HOST": host, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{host}/storage/v1/b?project=test", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the storage emulator did not start")
+        os.environ.update(env)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -55,7 +55,7 @@ def document_row(doc: Document, n_spans: int) -> dict:
         "doc_id": doc.doc_id, "source": doc.source, "lang": doc.lang,
         "lang_source": doc.lang_source, "lang_score": doc.lang_score, "n_chars": len(doc.text) if doc.text is not None else 0,
         "tasks": ",".join(doc.tasks), "status": doc.status or ANNOTATED, "reason": doc.reason,
-        "n_spans": n_spans,
+        "n_spans": n_spans, "meta": doc.meta,
     }
 
 

@@ -26,6 +26,41 @@ class ModelLoadError(ValueError):
 
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+CACHE_ENV = "CLINICAL_NER_CACHE"
+
+
+def localize(location: str) -> str:
+    """A local path for a model file or directory on a remote fsspec filesystem (gs://, s3://).
+
+    Each worker copies it once into a local cache (``$CLINICAL_NER_CACHE``, default
+    ``~/.cache/clinical-ner``), under a lock, and reuses it afterwards. Local paths, hub ids and
+    ``hf://`` locations are returned unchanged.
+    """
+    if "://" not in location or location.startswith(("hf://", "file://")):
+        return location.removeprefix("file://")
+    import hashlib
+    import os
+
+    import fsspec
+    from filelock import FileLock
+
+    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
+    dest = root / hashlib.sha1(location.encode()).hexdigest()[:16] / Path(location.rstrip("/")).name
+    done = dest.parent / ".complete"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / ".lock")):
+        if not done.exists():
+            fs, path = fsspec.core.url_to_fs(location)
+            if not fs.exists(path):
+                raise ModelLoadError(f"{location!r} does not exist")
+            partial = dest.parent / "partial"
+            if fs.isdir(path):
+                fs.get(path.rstrip("/") + "/", str(partial), recursive=True)
+            else:
+                fs.get(path, str(partial))
+            partial.rename(dest)
+            done.touch()
+    return str(dest)
 
 
 def resolve_checkpoint(location: str) -> str:
@@ -33,6 +68,7 @@ def resolve_checkpoint(location: str) -> str:
 
     A hub repo id without a file name must hold exactly one checkpoint file.
     """
+    location = localize(location)
     hub = location.startswith("hf://") or (
         not Path(location).exists() and not location.endswith(_CHECKPOINT_SUFFIXES)
         and location.count("/") == 1 and "://" not in location)
@@ -168,7 +204,8 @@ def load_hf(model_dir: str, device: torch.device, dtype: torch.dtype | None) -> 
     """A Hugging Face token classifier: its base model as encoder, its classifier as the head."""
     from transformers import AutoModelForTokenClassification
 
-    model = AutoModelForTokenClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForTokenClassification.from_pretrained(localize(model_dir),
+                                                            dtype=torch.float32)
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Module):
         raise ModelLoadError(f"{model_dir!r} has no token-classification head (`classifier`)")
@@ -187,7 +224,7 @@ def load_mtl(
     missing = [h for h in head_names if h not in found]
     if missing:
         raise ModelLoadError(f"{checkpoint!r} lacks heads {missing}; it has {sorted(found)}")
-    config = AutoConfig.from_pretrained(encoder_name)
+    config = AutoConfig.from_pretrained(localize(encoder_name))
     encoder = AutoModel.from_config(config, add_pooling_layer=False)
     enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     enc_sd = {k: v for k, v in enc_sd.items() if not k.startswith("pooler.")}

@@ -26,6 +26,7 @@ class Document:
     tasks: tuple[str, ...] = ()
     status: str = ""
     reason: str = ""
+    meta: str | None = None  # the record's other fields, as JSON
 
     def with_(self, **changes) -> "Document":
         """A copy with ``changes`` applied."""

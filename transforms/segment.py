@@ -123,7 +123,9 @@ class SegmentDoFn(beam.DoFn):
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
-        self._tokenizer = AutoTokenizer.from_pretrained(self._spec.tokenizer)
+        from transforms.models import localize
+
+        self._tokenizer = AutoTokenizer.from_pretrained(localize(self._spec.tokenizer))
 
     def process(self, doc: Document) -> Iterator[Window]:
         if self._compat:

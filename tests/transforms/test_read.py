@@ -1,0 +1,96 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import E3C, SPACCC, read_text
+from transforms.read import (Fields, ReadTask, list_files, plan_reads, read_jsonl, read_parquet,
+                             read_task, read_txt, split_task)
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory):
+    """An uncompressed JSONL shard of 300 real E3C notes, plus a few bad lines."""
+    path = tmp_path_factory.mktemp("jsonl") / "es.jsonl"
+    with gzip.open(E3C / "es.jsonl.gz", "rb") as src:
+        lines = [next(src) for _ in range(300)]
+    lines.insert(7, b"{broken\n")
+    lines.insert(50, b'{"id": "bad-utf8", "text": "\xff\xfe"}\n')
+    lines.insert(90, b"\n")
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def keys(docs):
+    return [(d.doc_id, d.text, d.status) for d in docs]
+
+
+@pytest.mark.parametrize("split", [97, 1000, 4096, 50_000])
+def test_byte_ranges_read_every_line_once(shard, split):
+    whole = keys(read_jsonl(ReadTask((str(shard),), "jsonl"), Fields()))
+    (planned,) = plan_reads(str(shard))
+    tasks = list(split_task(planned, split_bytes=split))
+    assert len(tasks) > 1
+    pieces = [d for t in tasks for d in keys(read_jsonl(t, Fields()))]
+    assert pieces == whole
+    assert len(whole) == 302  # 300 notes + 2 bad lines; the blank line is no record
+    failed = [d for d in whole if d[2] == "failed"]
+    assert len(failed) == 2
+
+
+def test_bad_records_are_failed_with_the_reason(shard):
+    docs = list(read_jsonl(ReadTask((str(shard),), "jsonl"), Fields()))
+    reasons = sorted(d.reason for d in docs if d.status)
+    assert reasons == ["read: invalid UTF-8 at byte 28", "read: not JSON (Expecting property "
+                       "name enclosed in double quotes at column 2)"]
+
+
+def test_fields_and_meta(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"note_id": 7, "body": "Fiebre.", "language": "it",
+                                "ward": "cardio"}) + "\n")
+    (doc,) = read_jsonl(ReadTask((str(path),), "jsonl"), Fields(id="note_id", text="body"))
+    assert (doc.doc_id, doc.text, doc.lang, json.loads(doc.meta)) == (
+        "7", "Fiebre.", "it", {"ward": "cardio"})
+
+
+def test_parquet_by_row_group(tmp_path):
+    rows = [{"id": f"d{i}", "text": f"texto {i}", "lang": "es"} for i in range(2500)]
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=1000)
+    tasks = [t for planned in plan_reads(str(path)) for t in split_task(planned)]
+    assert [t.row_groups for t in tasks] == [(0,), (1,), (2,)]
+    docs = [d for t in tasks for d in read_parquet(t, Fields())]
+    assert [d.doc_id for d in docs] == [r["id"] for r in rows]
+    assert len({d.key for d in docs}) == 2500
+
+
+def test_txt_exactly_as_stored(tmp_path):
+    src = sorted((SPACCC / "txt").glob("*.txt"))[0]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xc3\x28")
+    good, failed = read_txt(ReadTask((str(src), str(bad)), "txt"))
+    assert good.text == read_text(src) and good.doc_id == src.stem
+    assert failed.status == "failed" and failed.reason == "read: invalid UTF-8 at byte 3"
+
+
+def test_truncated_or_mislabelled_shards_fail_without_stopping(tmp_path, shard):
+    truncated = tmp_path / "t.jsonl.gz"
+    truncated.write_bytes(gzip.compress(shard.read_bytes())[:5000])
+    docs = list(read_task(ReadTask((str(truncated),), "jsonl"), Fields()))
+    assert docs and docs[-1].status == "failed" and "unreadable" in docs[-1].reason
+    fake = tmp_path / "f.jsonl.gz"
+    fake.write_bytes(shard.read_bytes())  # not gzip at all
+    (doc,) = read_task(ReadTask((str(fake),), "jsonl"), Fields())
+    assert doc.status == "failed" and "BadGzipFile" in doc.reason
+
+
+def test_listing(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
+    (tmp_path / "notes.csv").write_text("x")
+    assert [p.rsplit("/", 1)[-1] for p, _ in list_files(str(tmp_path))] == ["a.txt", "b.jsonl.gz"]
+    assert len(list_files(str(tmp_path / "*.txt"))) == 1
