@@ -83,3 +83,21 @@ def test_every_format_gives_the_same_spans(smoke_tasks, tmp_path):
     assert len(documents) == 25 and (documents.status == "annotated").all()
     meta = documents[documents.doc_id.str.startswith("pq:")].meta
     assert all(json.loads(m) == {"source": "spaccc"} for m in meta)
+
+
+def test_s3_jsonl_in_and_out(s3_server, smoke_tasks):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("ehr")
+    with gzip.open(E3C / "it.jsonl.gz", "rt", encoding="utf-8") as f:
+        records = [json.loads(next(f)) for _ in range(4)]
+    fs.pipe("ehr/in/part-0.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    run_pipeline("--input", "s3://ehr/in/*.jsonl", "--output", "s3://ehr/out",
+                 "--tasks", str(smoke_tasks), env=s3_server)
+    with fs.open("ehr/out/symptom.tsv", "rb") as f:
+        tsv = pd.read_csv(f, sep="\t", keep_default_na=False)
+    texts = {r["id"]: r["text"] for r in records}
+    assert set(tsv.filename) == set(texts)
+    assert all(r.text == texts[r.filename][r.start_span:r.end_span] for r in tsv.itertuples())
+    assert len(fs.glob("ehr/out/documents/*.parquet")) == 1 and not fs.glob("ehr/out/.tmp-*")
