@@ -24,10 +24,15 @@ class AnnotateOptions(PipelineOptions):
         parser.add_argument("--reference_compat", action="store_true",
                             help="Reproduce the DT4H reference inference scripts exactly.")
         parser.add_argument("--max_tokens", type=int, default=512,
-                            help="Sub-words per model window, special tokens included.")
-        parser.add_argument("--overlap", type=int, default=128,
+                            help="Sub-words per model window, special tokens included (whole "
+                                 "sentences are packed; 256 is about 20%% faster on CPU).")
+        parser.add_argument("--overlap", type=int, default=None,
                             help="Sub-words shared by consecutive windows of a long sentence "
-                                 "(the stride with --reference_compat).")
+                                 "(default: a quarter of --max_tokens; --reference_compat uses "
+                                 "a stride of 128).")
+        parser.add_argument("--compile", action="store_true",
+                            help="torch.compile the encoder: about 10%% faster on CPU after a "
+                                 "one-off compilation of about a minute per worker.")
         parser.add_argument("--batch_tokens", type=int, default=8192,
                             help="Token budget of one inference batch (windows sorted by length).")
         parser.add_argument("--max_batch_windows", type=int, default=256,
@@ -52,6 +57,8 @@ class AnnotateOptions(PipelineOptions):
         missing = [f"--{n}" for n in ("input", "output", "tasks") if not getattr(self, n)]
         if missing:
             raise SystemExit(f"pipeline.run: missing required option(s) {', '.join(missing)}")
+        if self.overlap is None:
+            self.overlap = self.max_tokens // 4
         if self.max_tokens < 8 or not 0 <= 2 * self.overlap <= self.max_tokens - 2:
             raise SystemExit("pipeline.run: need --max_tokens >= 8 and 0 <= 2*--overlap <= "
                              "--max_tokens - 2")

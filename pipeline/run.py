@@ -11,16 +11,16 @@ from typing import Mapping, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
-from apache_beam.transforms.util import SortAndBatchElements
 
 from pipeline.options import AnnotateOptions
 from pipeline.smoke_models import is_smoke_model
 from pipeline.tasks import TaskSpec, load_tasks
-from transforms.align import DOCUMENTS, AlignDoFn
+from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
+from transforms.batch import BatchByTokens
 from transforms.handlers import TokenClassifierHandler
 from transforms.read import Fields, ReadDocuments
-from transforms.route import RouteDoFn
-from transforms.segment import SegmentDoFn
+from transforms.route import RouteDoFn, mark_duplicates
+from transforms.segment import FAILURES, REFERENCE_WINDOW, SegmentDoFn
 from transforms.write import WriteOutputs
 
 LOG = logging.getLogger("pipeline")
@@ -33,20 +33,25 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "ReadDocuments" >> ReadDocuments(
             opts.input, Fields(opts.id_field, opts.text_field, opts.lang_field), opts.input_format,
             opts.split_bytes)
+        | "KeyById" >> beam.GroupBy(lambda d: d.doc_id)
+        | "OncePerId" >> beam.FlatMapTuple(mark_duplicates)
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
                                           opts.language, opts.min_lang_confidence))
     )
-    predictions = [
-        docs | f"Infer_{name}" >> InferTask(spec, opts) for name, spec in specs.items()
-    ] | "AllPredictions" >> beam.Flatten()
+    inferred = [docs | f"Infer_{name}" >> InferTask(spec, opts) for name, spec in specs.items()]
+    key = beam.WithKeys
     aligned = (
-        {"doc": docs | "KeyDocs" >> beam.WithKeys(lambda d: d.key),
-         "preds": predictions | "KeyPreds" >> beam.WithKeys(lambda r: r.key)}
+        {"doc": docs | "KeyDocs" >> key(lambda d: d.key),
+         "preds": [i[0] for i in inferred] | "AllPredictions" >> beam.Flatten()
+         | "KeyPreds" >> key(lambda r: r.key),
+         "failures": [i[1] for i in inferred] | "AllFailures" >> beam.Flatten()
+         | "KeyFailures" >> key(lambda f: f.key)}
         | "Join" >> beam.CoGroupByKey()
         | "Align" >> beam.ParDo(AlignDoFn(specs, opts.reference_compat)).with_outputs(
-            DOCUMENTS, main="spans")
+            DOCUMENTS, ERRORS, main="spans")
     )
-    (aligned.spans, aligned[DOCUMENTS]) | "Write" >> WriteOutputs(opts.output, specs)
+    (aligned.spans, aligned[DOCUMENTS], aligned[ERRORS]) | "Write" >> WriteOutputs(
+        opts.output, specs)
 
 
 class InferTask(beam.PTransform):
@@ -58,21 +63,25 @@ class InferTask(beam.PTransform):
         self._opts = opts
 
     def expand(self, docs):
+        """-> (window predictions, segmentation failures)."""
         o, spec = self._opts, self._spec
         precision = "fp32" if o.reference_compat and o.precision == "auto" else o.precision
-        pad_to = o.max_tokens if o.reference_compat else None
-        return (
+        pad_to = REFERENCE_WINDOW if o.reference_compat else None
+        windows = (
             docs
             | "Select" >> beam.Filter(lambda d, name=spec.name: name in d.tasks)
             | "Segment" >> beam.ParDo(SegmentDoFn(spec, o.max_tokens, o.overlap,
-                                                  o.reference_compat))
-            | "Batch" >> SortAndBatchElements(
-                min_batch_size=1, max_batch_size=o.max_batch_windows,
-                max_batch_weight=max(o.batch_tokens, o.max_tokens),
-                element_size_fn=lambda w: pad_to or len(w.input_ids))
-            | "RunInference" >> RunInference(
-                TokenClassifierHandler(spec, precision, pad_to, o.large_model))
+                                                  o.reference_compat)).with_outputs(
+                FAILURES, main="windows")
         )
+        predictions = (
+            windows.windows
+            | "Batch" >> beam.ParDo(BatchByTokens(o.batch_tokens, o.max_batch_windows,
+                                                  pad_to=pad_to))
+            | "RunInference" >> RunInference(
+                TokenClassifierHandler(spec, precision, pad_to, o.large_model, o.compile))
+        )
+        return predictions, windows[FAILURES]
 
 
 def local_runner(runner: str | None):

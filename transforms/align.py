@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Mapping
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 import numpy as np
 
 from pipeline.tasks import TaskSpec
-from transforms.records import ANNOTATED, Document, WindowResult
+from transforms.records import ANNOTATED, FAILED, Document, Failure, WindowResult
 from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
 
-DOCUMENTS = "documents"
+DOCUMENTS, ERRORS = "documents", "errors"
 
 
 def merge_windows(
@@ -59,8 +60,19 @@ def document_row(doc: Document, n_spans: int) -> dict:
     }
 
 
+def error_row(doc: Document, failure: Failure) -> dict:
+    """A dead letter: enough to find and reproduce the failure, never the text."""
+    return {"doc_id": doc.doc_id, "key": doc.key, "source": doc.source, "task": failure.task,
+            "stage": failure.stage, "error": failure.error}
+
+
 class AlignDoFn(beam.DoFn):
-    """(key, {doc, preds}) -> span rows (main output) and a document row (``documents``)."""
+    """(key, {doc, preds, failures}) -> span rows (main output), a document row
+    (``documents``) and a dead letter per failure (``errors``).
+
+    A document with a failed stage is ``failed`` (the reason names task, stage and error
+    class); spans of its other tasks are still written.
+    """
 
     def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool) -> None:
         self._specs = dict(specs)
@@ -76,13 +88,31 @@ class AlignDoFn(beam.DoFn):
     def process(self, element) -> Iterator:
         _, grouped = element
         results: list[WindowResult] = list(grouped["preds"])
+        failures: list[Failure] = list(grouped.get("failures", ()))
+        failures += [Failure(r.key, r.task, "inference", r.error) for r in results if r.error]
         for doc in grouped["doc"]:
+            if doc.status == FAILED:  # unreadable: already failed at the read stage
+                failures.append(Failure(doc.key, "", "read", doc.reason.removeprefix("read: ")))
             n_spans = 0
             for task in doc.tasks:
+                if any(f.task == task for f in failures):
+                    continue
                 mine = [r for r in results if r.task == task]
                 scheme = self._schemes[(task, self._specs[task].head_for(doc.lang))]
-                spans = merge_windows(doc.text, mine, scheme, self._compat)
+                try:
+                    spans = merge_windows(doc.text, mine, scheme, self._compat)
+                except Exception as e:  # one bad document must not fail the job
+                    failures.append(Failure(doc.key, task, "align", type(e).__name__))
+                    continue
                 n_spans += len(spans)
                 for span in spans:
                     yield span_row(doc, task, span)
+            if failures:
+                Metrics.counter("documents", "failed").inc()
+                reason = "; ".join(f"{f.task + ' ' if f.task else ''}{f.stage}: {f.error}"
+                                   for f in failures)
+                doc = doc.with_(status=FAILED, reason=reason)
+                for f in failures:
+                    yield beam.pvalue.TaggedOutput(ERRORS, error_row(doc, f))
+            Metrics.counter("documents", doc.status or ANNOTATED).inc()
             yield beam.pvalue.TaggedOutput(DOCUMENTS, document_row(doc, n_spans))

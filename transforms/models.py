@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -142,13 +141,6 @@ def mtl_heads(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torc
     return heads
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed precision for ``dtype`` on ``device``; a no-op for fp32."""
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class TokenClassifier:
     """A loaded model of either kind: padded ids in, per-position label ids and probabilities out."""
 
@@ -159,7 +151,9 @@ class TokenClassifier:
         device: torch.device,
         dtype: torch.dtype | None,
     ) -> None:
-        self.encoder = encoder.to(device).eval()
+        # The encoder runs in ``dtype`` (its weights converted once: cheaper than autocast,
+        # which converts them on every batch); heads and probabilities stay fp32.
+        self.encoder = encoder.to(device=device, dtype=dtype or torch.float32).eval()
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
         self.dtype = dtype
@@ -180,8 +174,7 @@ class TokenClassifier:
         """
         ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
         mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
-            hidden = self.encoder(input_ids=ids, attention_mask=mask)[0]
+        hidden = self.encoder(input_ids=ids, attention_mask=mask)[0]
         sizes = [len(p) for p in positions]
         rows = torch.from_numpy(np.repeat(np.arange(len(positions)), sizes)).to(self.device)
         cols = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(self.device)

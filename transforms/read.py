@@ -192,7 +192,8 @@ def _buffered_lines(raw_file, path: str) -> io.BufferedReader:
     f = io.BufferedReader(raw_file, buffer_size=4 << 20)
     codec = fsspec.utils.infer_compression(path)
     if codec:
-        f = io.BufferedReader(fsspec.compression.compr[codec](f, mode="rb"), buffer_size=1 << 20)
+        # A small buffer after decompression: a truncated stream loses at most its last 64 KB.
+        f = io.BufferedReader(fsspec.compression.compr[codec](f, mode="rb"), buffer_size=1 << 16)
     return f
 
 

@@ -63,3 +63,17 @@ class WindowResult:
     ends: np.ndarray
     label_ids: np.ndarray
     probs: np.ndarray = field(repr=False)
+    error: str = ""  # the error class when this window could not be run
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A stage that failed for one document (and task): what a dead-letter row records.
+
+    Only the error's class is kept: exception messages may quote document text.
+    """
+
+    key: str
+    task: str
+    stage: str
+    error: str

@@ -1,6 +1,7 @@
 """Each document's language, and the tasks that support it.
 
-The language comes from, in this order: the record's own field, the MultiClinAI file-name
+Documents sharing an id are kept once (the first by input position); the others are
+``skipped``. The language comes from, in this order: the record's own field, the MultiClinAI file-name
 pattern (``MultiClinNER-<lang>-...``), ``--language``, else detection. A document that no task
 can take (no text, ``und``, a language no task supports) is ``skipped`` with the reason; it is
 not an error.
@@ -8,7 +9,7 @@ not an error.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -50,6 +51,17 @@ def route(doc: Document, task_languages: Mapping[str, Sequence[str]]) -> Documen
     return doc.with_(tasks=tasks)
 
 
+def mark_duplicates(doc_id: str, docs: Iterable[Document]) -> Iterator[Document]:
+    """Of documents sharing an id, keep the first by input position; skip the others (their
+    spans would be indistinguishable in the TSV), naming the one kept."""
+    ordered = sorted(docs, key=lambda d: d.key)
+    yield ordered[0]
+    for dup in ordered[1:]:
+        Metrics.counter("documents", "duplicate_ids").inc()
+        yield dup if dup.status else dup.with_(
+            status=SKIPPED, reason=f"duplicate id: kept the record at {ordered[0].key}")
+
+
 class RouteDoFn(beam.DoFn):
     """Language then routing, counting documents per language and per task."""
 
@@ -74,5 +86,4 @@ class RouteDoFn(beam.DoFn):
         Metrics.counter("documents", f"lang_{doc.lang or 'none'}").inc()
         for task in doc.tasks:
             Metrics.counter("documents", f"task_{task}").inc()
-        Metrics.counter("documents", f"status_{doc.status or 'routed'}").inc()
         yield doc

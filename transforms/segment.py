@@ -14,9 +14,14 @@ from typing import Iterator, NamedTuple
 import apache_beam as beam
 import numpy as np
 
-from transforms.records import Document, Window
+from transforms.records import Document, Failure, Window
+
+FAILURES = "failures"
 from transforms.windows import plan_windows
 from transforms.words import sentence_starts, split_words
+
+
+REFERENCE_WINDOW, REFERENCE_STRIDE = 512, 128
 
 
 class Piece(NamedTuple):
@@ -77,7 +82,7 @@ def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128
 
 
 def reference_windows(
-    text: str, tokenizer, max_length: int = 512, stride: int = 128
+    text: str, tokenizer, max_length: int = REFERENCE_WINDOW, stride: int = REFERENCE_STRIDE
 ) -> list[Piece]:
     """The reference scripts' windows: raw text, truncation with overflow and stride.
 
@@ -128,10 +133,15 @@ class SegmentDoFn(beam.DoFn):
         self._tokenizer = AutoTokenizer.from_pretrained(localize(self._spec.tokenizer))
 
     def process(self, doc: Document) -> Iterator[Window]:
-        if self._compat:
-            pieces = reference_windows(doc.text, self._tokenizer, self._max_tokens, self._overlap)
-        else:
-            pieces = word_windows(doc.text, self._tokenizer, self._max_tokens, self._overlap)
+        try:
+            if self._compat:
+                pieces = reference_windows(doc.text, self._tokenizer)
+            else:
+                pieces = word_windows(doc.text, self._tokenizer, self._max_tokens, self._overlap)
+        except Exception as e:  # one bad document must not fail the job
+            yield beam.pvalue.TaggedOutput(FAILURES, Failure(doc.key, self._spec.name, "segment",
+                                                             type(e).__name__))
+            return
         head = self._spec.head_for(doc.lang)
         for i, p in enumerate(pieces):
             yield Window(doc.key, self._spec.name, head, i, *p)

@@ -2,7 +2,8 @@
 
 - ``<out>/<task>.tsv``: MultiClinAI format ``filename label start_span end_span text``;
 - ``<out>/spans/spans-NNNNN-of-NNNNN.parquet``: one row per mention;
-- ``<out>/documents/documents-NNNNN-of-NNNNN.parquet``: one row per input document.
+- ``<out>/documents/documents-NNNNN-of-NNNNN.parquet``: one row per input document;
+- ``<out>/errors/errors-NNNNN-of-NNNNN.parquet``: one dead letter per failure (no text).
 
 Like Beam's file sinks: each bundle writes temporary shards under ``<out>/.tmp-<run>/`` and
 emits their names; only the names of committed bundles reach the finalize step, which moves
@@ -39,6 +40,13 @@ DOCUMENT_SCHEMA = pa.schema([
     ("tasks", pa.string()), ("status", pa.string()), ("reason", pa.string()),
     ("n_spans", pa.int64()), ("meta", pa.string()),
 ])
+
+
+ERROR_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("key", pa.string()), ("source", pa.string()),
+    ("task", pa.string()), ("stage", pa.string()), ("error", pa.string()),
+])
+SCHEMAS = {"spans": SPAN_SCHEMA, "documents": DOCUMENT_SCHEMA, "errors": ERROR_SCHEMA}
 
 
 def tsv_field(value: object) -> str:
@@ -118,8 +126,8 @@ class _WriteShards(beam.DoFn):
         shard = self._open.get(group)
         if shard is None:
             path = posixpath.join(self._tmp, self._kind, group, f"{uuid.uuid4().hex}.part")
-            schema = SPAN_SCHEMA if self._kind == "spans" else DOCUMENT_SCHEMA
-            shard = _TsvShard(path) if self._kind == "tsv" else _ParquetShard(path, schema)
+            shard = (_TsvShard(path) if self._kind == "tsv"
+                     else _ParquetShard(path, SCHEMAS[self._kind]))
             self._open[group] = shard
         shard.write(row)
 
@@ -159,7 +167,7 @@ def finalize(shards: Sequence[tuple[str, str, str]], out: str, tasks: Iterable[s
                         dst.write(chunk)
         _move(fs, final + ".inprogress", final)
     tmp_root = fsspec.core.url_to_fs(tmp)[1]
-    for kind, schema in (("spans", SPAN_SCHEMA), ("documents", DOCUMENT_SCHEMA)):
+    for kind, schema in SCHEMAS.items():
         parts = sorted(by_kind.get((kind, kind), []))
         target = posixpath.join(root, kind)
         fs.makedirs(target, exist_ok=True)
@@ -177,7 +185,7 @@ def finalize(shards: Sequence[tuple[str, str, str]], out: str, tasks: Iterable[s
 
 
 class WriteOutputs(beam.PTransform):
-    """Writes span rows (per task TSV and Parquet) and document rows (Parquet)."""
+    """Writes span rows (per task TSV and Parquet), document rows and dead letters (Parquet)."""
 
     def __init__(self, output: str, tasks: Iterable[str]) -> None:
         super().__init__()
@@ -186,11 +194,12 @@ class WriteOutputs(beam.PTransform):
         self._tmp = f"{self._out}/.tmp-{uuid.uuid4().hex[:12]}"
 
     def expand(self, pcolls):
-        spans, documents = pcolls
+        spans, documents, errors = pcolls
         shards = (
             spans | "TsvShards" >> beam.ParDo(_WriteShards(self._tmp, "tsv")),
             spans | "SpanShards" >> beam.ParDo(_WriteShards(self._tmp, "spans")),
             documents | "DocumentShards" >> beam.ParDo(_WriteShards(self._tmp, "documents")),
+            errors | "ErrorShards" >> beam.ParDo(_WriteShards(self._tmp, "errors")),
         )
         return (
             shards

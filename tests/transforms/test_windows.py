@@ -110,3 +110,17 @@ def test_pathological_word_is_capped(tokenizer):
     text = "dolor " + "x9" * 3000 + " abdominal"
     windows = word_windows(text, tokenizer, max_tokens=64, overlap=16)
     assert_windows_predict_each_word_once(text, tokenizer, windows, max_tokens=64)
+
+
+def test_token_batches_sort_and_respect_the_budget():
+    from transforms.batch import token_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 512, 500).tolist() + [600]
+    batches = token_batches(lengths, lambda n: n, budget=2048, max_items=16)
+    assert sorted(x for b in batches for x in b) == sorted(lengths)
+    for b in batches:
+        assert b == sorted(b) and len(b) <= 16
+        assert max(b) * len(b) <= 2048 or len(b) == 1
+    flat = [x for b in batches for x in b]
+    assert flat == sorted(flat)  # similar lengths together: padding only to the batch's longest

@@ -1,0 +1,167 @@
+"""Bad input never crashes a job or disappears, and no document text reaches the logs."""
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.tasks import load_tasks
+from tests.conftest import E3C, read_text, run_pipeline, spaccc_files
+from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
+from transforms.handlers import TokenClassifierHandler
+from transforms.records import Document, Failure, Window, WindowResult
+
+MARKER = "ZQXPHIMARKER"
+
+
+@pytest.fixture(scope="module")
+def messy_run(smoke_tasks, tmp_path_factory):
+    """One job over every kind of bad input, with a marker string in every text."""
+    src = tmp_path_factory.mktemp("messy")
+    real = [read_text(f) for f in spaccc_files(3)]
+    (src / "ok.txt").write_text(f"{MARKER} {real[0]}", encoding="utf-8")
+    (src / "bad-utf8.txt").write_bytes(f"{MARKER} dolor ".encode() + b"\xff\xfe tos")
+    (src / "empty.txt").write_bytes(b"")
+    (src / "blank.txt").write_bytes(b" \r\n\t \n")
+    control = f"{MARKER}\x00 Fiebre\x07 de 39\r\ntos\rseca\u2028y\tdolor\x1b abdominal.\r\n"
+    (src / "control.txt").write_bytes(control.encode("utf-8"))
+    lines = [
+        json.dumps({"id": "j-ok", "text": f"{MARKER} {real[1]}"}),
+        "{" + MARKER + " not json",
+        json.dumps({"text": f"{MARKER} sin id"}),
+        json.dumps({"id": "j-notext"}),
+        json.dumps({"id": "j-number", "text": 42}),
+        json.dumps({"id": "dup", "text": f"{MARKER} {real[2]}"}),
+        json.dumps({"id": "dup", "text": f"{MARKER} otra vez"}),
+        json.dumps({"id": "j-fr", "text": f"{MARKER} Le patient présente une fièvre.", "lang": "fr"}),
+    ]
+    (src / "records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with gzip.open(E3C / "es.jsonl.gz", "rb") as f:
+        e3c = b"".join(next(f) for _ in range(200))
+    whole = gzip.compress(e3c)
+    (src / "truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    (src / "not-gzip.jsonl.gz").write_bytes(lines[0].encode())
+    out = tmp_path_factory.mktemp("out")
+    proc = run_pipeline("--input", str(src), "--output", str(out), "--tasks", str(smoke_tasks),
+                        "--language", "es")
+    docs = pd.read_parquet(out / "documents")
+    return out, proc, docs, control, len(lines[0].encode()) + 1
+
+
+def test_every_record_ends_in_exactly_one_state(messy_run):
+    _, _, docs, _, second_line = messy_run
+    state = {r.doc_id: (r.status, r.reason) for r in docs.itertuples() if r.doc_id != "dup"}
+    assert state["ok"][0] == "annotated" and state["control"][0] == "annotated"
+    assert state["bad-utf8"] == ("failed", "read: invalid UTF-8 at byte 19")
+    assert state["empty"] == ("skipped", "empty text")
+    assert state["blank"] == ("skipped", "empty text")
+    assert state["j-ok"][0] == "annotated"
+    assert state[f"records.jsonl@{second_line}"][1] == (
+        "read: not JSON (Expecting property name enclosed in double quotes at column 2)")
+    assert state["j-notext"] == ("failed", "read: `text` is missing or not a string")
+    assert state["j-number"] == ("failed", "read: `text` is missing or not a string")
+    assert state["j-fr"] == ("skipped", "no task supports language 'fr'")
+    assert any(r[1] == "read: no `id` field" for r in state.values())
+    dup = docs[docs.doc_id == "dup"].sort_values("status")
+    assert dup.status.tolist() == ["annotated", "skipped"]
+    assert dup.reason.iloc[1].startswith("duplicate id: kept the record at ")
+    truncated = docs[docs.source.str.endswith("truncated.jsonl.gz")]
+    assert (truncated.status == "annotated").sum() >= 50
+    assert (truncated.status == "failed").sum() == 1
+    assert "EOFError" in truncated[truncated.status == "failed"].reason.iloc[0]
+    not_gzip = docs[docs.source.str.endswith("not-gzip.jsonl.gz")]
+    assert not_gzip.status.tolist() == ["failed"] and "BadGzipFile" in not_gzip.reason.iloc[0]
+    assert set(docs.status) == {"annotated", "skipped", "failed"}
+
+
+def test_failures_are_dead_letters_without_text(messy_run):
+    out, _, docs, _, _ = messy_run
+    errors = pd.read_parquet(out / "errors")
+    failed = docs[docs.status == "failed"]
+    assert sorted(errors.doc_id) == sorted(failed.doc_id)
+    assert set(errors.stage) == {"read"} and errors.source.str.len().gt(0).all()
+    for column in errors.columns:
+        assert not errors[column].astype(str).str.contains(MARKER).any()
+
+
+def test_offsets_survive_control_characters_and_line_breaks(messy_run):
+    out, _, _, control, _ = messy_run
+    for task in ("procedure", "symptom"):
+        tsv = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
+        rows = tsv[tsv.filename == "control"]
+        assert len(rows) > 0
+        for r in rows.itertuples():
+            assert r.text == control[r.start_span:r.end_span]
+
+
+def test_no_document_text_in_the_logs(messy_run):
+    _, proc, _, _, _ = messy_run
+    assert proc.returncode == 0
+    assert MARKER not in proc.stdout and MARKER not in proc.stderr
+
+
+class FlakyModel:
+    """A model that fails on any batch holding the poisoned window."""
+
+    pad_id = 1
+
+    def predict(self, ids, mask, positions, heads):
+        if (ids == 666).any():
+            raise RuntimeError("CUDA error: an illegal memory access")
+        for p in positions:
+            yield np.zeros(len(p), np.int64), np.ones(len(p), np.float32)
+
+
+def window(key, poison=False):
+    ids = np.array([0, 666 if poison else 10, 11, 2], np.int32)
+    pos = np.array([1, 2], np.int32)
+    return Window(key, "t", None, 0, ids, pos, np.array([0, 3]), np.array([2, 5]))
+
+
+def test_a_model_error_fails_only_the_culprit(smoke_tasks):
+    spec = load_tasks(str(smoke_tasks))["procedure"]
+    handler = TokenClassifierHandler(spec)
+    batch = [window("a"), window("b", poison=True), window("c")]
+    results = handler.run_inference(batch, FlakyModel())
+    assert [(r.key, r.error) for r in results] == [("a", ""), ("b", "RuntimeError"), ("c", "")]
+
+
+def test_align_turns_failures_into_failed_documents_and_dead_letters(smoke_tasks):
+    specs = load_tasks(str(smoke_tasks))
+    fn = AlignDoFn(specs, False)
+    fn.setup()
+    doc = Document("k", "d", "dolor abdominal", "src.txt", lang="es",
+                   tasks=("procedure", "symptom"))
+    ok = WindowResult("k", "symptom", "symptom_es_ner", 0, np.array([0, 6]), np.array([5, 15]),
+                      np.array([0, 1], np.int16), np.array([0.9, 0.8], np.float32))
+    bad = WindowResult("k", "procedure", None, 0, np.array([0]), np.array([5]),
+                       np.zeros(0, np.int16), np.zeros(0, np.float32), error="RuntimeError")
+    out = list(fn.process(("k", {"doc": [doc], "preds": [ok, bad], "failures": []})))
+    spans = [o for o in out if not hasattr(o, "tag")]
+    tagged = {o.tag: o.value for o in out if hasattr(o, "tag")}
+    assert [s["task"] for s in spans] == ["symptom"]  # the other task still delivers
+    assert tagged[DOCUMENTS]["status"] == "failed"
+    assert tagged[DOCUMENTS]["reason"] == "procedure inference: RuntimeError"
+    assert tagged[ERRORS] == {"doc_id": "d", "key": "k", "source": "src.txt",
+                              "task": "procedure", "stage": "inference", "error": "RuntimeError"}
+    seg = list(fn.process(("k", {"doc": [doc], "preds": [ok],
+                                 "failures": [Failure("k", "procedure", "segment", "ValueError")]})))
+    assert {o.tag: o.value for o in seg if hasattr(o, "tag")}[DOCUMENTS]["status"] == "failed"
+
+
+def test_a_10_mb_document(smoke_tasks, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    base = "\n".join(read_text(f) for f in spaccc_files(40))
+    text = (base * (10_000_000 // len(base) + 1))[:10_000_000]
+    (src / "huge.txt").write_text(text, encoding="utf-8")
+    run_pipeline("--input", str(src), "--output", str(tmp_path / "out"), "--tasks",
+                 str(smoke_tasks), "--language", "es")
+    docs = pd.read_parquet(tmp_path / "out" / "documents")
+    assert docs.status.tolist() == ["annotated"] and docs.n_chars.tolist() == [10_000_000]
+    spans = pd.read_parquet(tmp_path / "out" / "spans", columns=["start", "end", "text"])
+    assert len(spans) > 100_000
+    sample = spans.sample(2000, random_state=0)
+    assert all(t == text[s:e] for s, e, t in zip(sample.start, sample.end, sample.text))
