@@ -40,6 +40,10 @@ class AnnotateOptions(PipelineOptions):
         parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                             help="auto: bf16 on CUDA and on CPUs with AMX, else fp32 "
                                  "(fp32 with --reference_compat).")
+        parser.add_argument("--inference_accelerator", default=None,
+                            help="Dataflow accelerator for the inference steps only, e.g. "
+                                 "'type:nvidia-l4;count:1;install-nvidia-driver' (a resource "
+                                 "hint: the CPU stages run on CPU workers).")
         parser.add_argument("--large_model", action="store_true",
                             help="Share one model copy across a worker's processes (GPU workers).")
         parser.add_argument("--input_format", default=None, choices=FORMATS,

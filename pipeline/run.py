@@ -74,12 +74,15 @@ class InferTask(beam.PTransform):
                                                   o.reference_compat)).with_outputs(
                 FAILURES, main="windows")
         )
+        infer = RunInference(
+            TokenClassifierHandler(spec, precision, pad_to, o.large_model, o.compile))
+        if o.inference_accelerator:
+            infer = infer.with_resource_hints(accelerator=o.inference_accelerator)
         predictions = (
             windows.windows
             | "Batch" >> beam.ParDo(BatchByTokens(o.batch_tokens, o.max_batch_windows,
                                                   pad_to=pad_to))
-            | "RunInference" >> RunInference(
-                TokenClassifierHandler(spec, precision, pad_to, o.large_model, o.compile))
+            | "RunInference" >> infer
         )
         return predictions, windows[FAILURES]
 

@@ -1,0 +1,58 @@
+"""The same job on other runners: multi-process, the portable job API, and Dataflow's graph."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from pipeline.run import run
+from tests.conftest import run_pipeline, spaccc_files
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("docs")
+    for f in spaccc_files(6, longest=1):
+        shutil.copy(f, d / f.name)
+    return d
+
+
+def outputs(out):
+    tsv = {t: sorted(pd.read_csv(out / f"{t}.tsv", sep="\t", keep_default_na=False)
+                     .itertuples(index=False, name=None)) for t in ("procedure", "symptom")}
+    documents = pd.read_parquet(out / "documents").drop(columns=["source"])
+    documents = documents.astype(object).where(documents.notna(), None)  # NaN != NaN
+    return tsv, sorted(documents.itertuples(index=False, name=None))
+
+
+@pytest.mark.parametrize("runner_args", [
+    ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
+    ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"],
+], ids=["multi_process", "portable"])
+def test_same_outputs_as_the_direct_runner(docs, smoke_tasks, tmp_path, runner_args):
+    common = ["--input", str(docs), "--tasks", str(smoke_tasks), "--language", "es"]
+    run_pipeline(*common, "--output", str(tmp_path / "direct"))
+    run_pipeline(*common, "--output", str(tmp_path / "other"), *runner_args)
+    direct, other = outputs(tmp_path / "direct"), outputs(tmp_path / "other")
+    assert len(direct[0]["procedure"]) > 100
+    assert other == direct
+
+
+def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
+    result = run(["--runner", "DataflowRunner", "--project", "ehr-ner-test",
+                  "--region", "europe-west4", "--temp_location", "gs://bkt/tmp",
+                  "--dry_run", "True", "--sdk_container_image", "europe-docker.pkg.dev/x/ner:1",
+                  "--experiments", "use_runner_v2", "--input", str(docs),
+                  "--output", "gs://bkt/out", "--tasks", str(smoke_tasks), "--language", "es",
+                  "--inference_accelerator", "type:nvidia-l4;count:1;install-nvidia-driver"],
+                 save_main_session=False)
+    transforms = result.job.proto_pipeline.components.transforms.values()
+    names = {t.unique_name: t for t in transforms}
+    for step in ("ReadDocuments/Read", "Route", "Infer_symptom/RunInference", "Align",
+                 "Write/Finalize"):
+        assert step in names
+    hinted = [n for n, t in names.items() if t.environment_id and any(
+        b"nvidia-l4" in v for v in result.job.proto_pipeline.components.environments[
+            t.environment_id].resource_hints.values())]
+    assert any(n.startswith("Infer_procedure/RunInference") for n in hinted)
+    assert not any(n.startswith(("ReadDocuments", "Align", "Write")) for n in hinted)
