@@ -182,7 +182,13 @@ def isolated(name: str, *args):
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(name, args, queue))
     proc.start()
-    out = queue.get()
+    while True:
+        try:
+            out = queue.get(timeout=1)
+            break
+        except Exception:  # queue.Empty: is the child still working?
+            if not proc.is_alive():
+                raise RuntimeError(f"the {name} measurement failed (exit code {proc.exitcode})")
     proc.join()
     return out
 

@@ -2,13 +2,19 @@
 
 import gzip
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.tasks import load_tasks
-from tests.conftest import E3C, read_text, run_pipeline, spaccc_files
+from tests.conftest import E3C, HERMETIC_ENV, REPO, read_text, run_pipeline, spaccc_files
 from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
 from transforms.handlers import TokenClassifierHandler
 from transforms.records import Document, Failure, Window, WindowResult
@@ -165,3 +171,53 @@ def test_a_10_mb_document(smoke_tasks, tmp_path):
     assert len(spans) > 100_000
     sample = spans.sample(2000, random_state=0)
     assert all(t == text[s:e] for s, e, t in zip(sample.start, sample.end, sample.text))
+
+
+def _worker_pids() -> list[int]:
+    """Beam SDK worker processes running on this machine."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if b"sdk_worker_main" in cmd and not cmd.startswith(b"/bin/sh"):
+                pids.append(int(entry))
+    return pids
+
+
+def test_a_killed_worker_loses_nothing_and_a_rerun_completes(smoke_tasks, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in spaccc_files(60):
+        shutil.copy(f, src / f.name)
+    out = tmp_path / "out"
+    args = ["--input", str(src), "--output", str(out), "--tasks", str(smoke_tasks),
+            "--language", "es", "--direct_num_workers", "2",
+            "--direct_running_mode", "multi_processing"]
+    env = {**os.environ, **HERMETIC_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_worker_pids()) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # let it get going
+    victims = _worker_pids()
+    assert victims, "no worker process to kill"
+    os.kill(victims[0], signal.SIGKILL)
+    rc = proc.wait(timeout=300)
+    if rc != 0:  # the run failed: it must have left no final output, half-written or not
+        assert not (out / "procedure.tsv").exists()
+        assert not list(out.glob("documents/*.parquet"))
+    run_pipeline(*args)  # rerunning the same command completes the night
+    clean = tmp_path / "clean"
+    run_pipeline("--input", str(src), "--output", str(clean), "--tasks", str(smoke_tasks),
+                 "--language", "es")
+    docs = pd.read_parquet(out / "documents")
+    assert sorted(docs.doc_id) == sorted(f.stem for f in src.glob("*.txt"))
+    for task in ("procedure", "symptom"):
+        got = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
+        want = pd.read_csv(clean / f"{task}.tsv", sep="\t", keep_default_na=False)
+        assert sorted(got.itertuples(index=False)) == sorted(want.itertuples(index=False))
