@@ -145,8 +145,12 @@ def main() -> None:
     from pipeline.tasks import TaskFileError
     from transforms.read import InputError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    import os
+
+    level = os.environ.get("CLINICAL_NER_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         run(sys.argv[1:])
     except (TaskFileError, InputError) as e:

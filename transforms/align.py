@@ -9,7 +9,7 @@ from apache_beam.metrics import Metrics
 import numpy as np
 
 from pipeline.tasks import TaskSpec
-from transforms.records import ANNOTATED, FAILED, Document, Failure, WindowResult
+from transforms.records import ANNOTATED, FAILED, Document, Failure, Row, WindowResult
 from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
 
 DOCUMENTS, ERRORS = "documents", "errors"
@@ -43,21 +43,20 @@ def merge_windows(
 
 def span_row(doc: Document, task: str, span: Span) -> dict:
     """A span as an output row; ``text`` is ``document[start:end]``."""
-    return {
-        "doc_id": doc.doc_id, "task": task, "label": span.label, "start": span.start,
-        "end": span.end, "text": doc.text[span.start:span.end], "score": span.score,
-        "lang": doc.lang,
-    }
+    return Row(
+        doc_id=doc.doc_id, task=task, label=span.label, start=span.start, end=span.end,
+        text=doc.text[span.start:span.end], score=span.score, lang=doc.lang,
+    )
 
 
 def document_row(doc: Document, n_spans: int) -> dict:
     """A document's final state: ``annotated``, ``skipped`` or ``failed`` with the reason."""
-    return {
-        "doc_id": doc.doc_id, "source": doc.source, "lang": doc.lang,
-        "lang_source": doc.lang_source, "lang_score": doc.lang_score, "n_chars": len(doc.text) if doc.text is not None else 0,
-        "tasks": ",".join(doc.tasks), "status": doc.status or ANNOTATED, "reason": doc.reason,
-        "n_spans": n_spans, "meta": doc.meta,
-    }
+    return Row(
+        doc_id=doc.doc_id, source=doc.source, lang=doc.lang, lang_source=doc.lang_source,
+        lang_score=doc.lang_score, n_chars=len(doc.text) if doc.text is not None else 0,
+        tasks=",".join(doc.tasks), status=doc.status or ANNOTATED, reason=doc.reason,
+        n_spans=n_spans, meta=doc.meta,
+    )
 
 
 def error_row(doc: Document, failure: Failure) -> dict:

@@ -18,7 +18,7 @@ class Document:
 
     key: str
     doc_id: str
-    text: str | None
+    text: str | None = field(repr=False)  # reprs reach logs (Beam logs elements at DEBUG)
     source: str
     lang: str | None = None
     lang_source: str | None = None
@@ -26,11 +26,22 @@ class Document:
     tasks: tuple[str, ...] = ()
     status: str = ""
     reason: str = ""
-    meta: str | None = None  # the record's other fields, as JSON
+    meta: str | None = field(default=None, repr=False)  # the record's other fields, as JSON
 
     def with_(self, **changes) -> "Document":
         """A copy with ``changes`` applied."""
         return replace(self, **changes)
+
+
+class Row(dict):
+    """An output row; its repr hides the fields that may hold document text."""
+
+    HIDDEN = frozenset({"text", "meta"})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={'<hidden>' if k in self.HIDDEN else repr(v)}"
+                          for k, v in self.items())
+        return f"Row({shown})"
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class Window:
     task: str
     head: str | None
     index: int
-    input_ids: np.ndarray
+    input_ids: np.ndarray = field(repr=False)
     positions: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
