@@ -26,7 +26,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -10,10 +10,12 @@ from typing import Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
+                                                  TestOptions)
 
 from pipeline.options import AnnotateOptions
 from pipeline.smoke_models import is_smoke_model
+from pipeline.summary import counter_totals, counters_table, now, write_run_record
 from pipeline.tasks import TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
 from transforms.batch import BatchByTokens
@@ -118,24 +120,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     p = test_pipeline or beam.Pipeline(
         runner=local_runner(options.view_as(StandardOptions).runner), options=options)
     build(p, opts, specs)
+    started = now()
     result = p.run()
     result.wait_until_finish()
-    LOG.info("done: outputs under %s\n%s", opts.output, counters_table(result))
+    totals = counter_totals(result)
+    if not options.view_as(TestOptions).dry_run:
+        write_run_record(opts.output, options.get_all_options(drop_default=True), specs,
+                         started, now(), totals)
+    LOG.info("done: outputs under %s\n%s", opts.output, counters_table(totals))
     return result
-
-
-def counters_table(result) -> str:
-    """The job's Beam counters as an aligned two-column table."""
-    try:
-        counters = result.metrics().query()["counters"]
-    except (AttributeError, NotImplementedError, KeyError):
-        return "(no metrics from this runner)"
-    totals: dict[str, int] = {}
-    for c in counters:
-        name = f"{c.key.metric.namespace}/{c.key.metric.name}"
-        totals[name] = totals.get(name, 0) + int(c.committed or 0)
-    width = max((len(k) for k in totals), default=0)
-    return "\n".join(f"  {k:<{width}}  {v:>10,}" for k, v in sorted(totals.items()))
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Iterable, Iterator, Mapping
 
 import apache_beam as beam
@@ -13,6 +15,7 @@ from transforms.records import ANNOTATED, FAILED, Document, Failure, Row, Window
 from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
 
 DOCUMENTS, ERRORS = "documents", "errors"
+LOG = logging.getLogger("pipeline")
 
 
 def merge_windows(
@@ -73,12 +76,26 @@ class AlignDoFn(beam.DoFn):
     class); spans of its other tasks are still written.
     """
 
+    PROGRESS_EVERY_S = 30.0  # at most one progress line per worker this often
+
     def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool) -> None:
         self._specs = dict(specs)
         self._compat = reference_compat
         self._schemes: dict[tuple[str, str | None], LabelScheme] = {}
+        self._done, self._t0, self._last = 0, 0.0, 0.0
+
+    def _progress(self) -> None:
+        """Log documents done and their rate, now and then (ids and counts only)."""
+        self._done += 1
+        now = time.monotonic()
+        if now - self._last >= self.PROGRESS_EVERY_S:
+            elapsed = now - self._t0
+            LOG.info("progress: %d documents done by this worker, %.1f/s, %.0f s elapsed",
+                     self._done, self._done / max(elapsed, 1e-9), elapsed)
+            self._last = now
 
     def setup(self) -> None:
+        self._t0 = self._last = time.monotonic()
         self._schemes = {
             (name, head): spec.scheme(head)
             for name, spec in self._specs.items() for head in spec.labels
@@ -114,4 +131,5 @@ class AlignDoFn(beam.DoFn):
                 for f in failures:
                     yield beam.pvalue.TaggedOutput(ERRORS, error_row(doc, f))
             Metrics.counter("documents", doc.status or ANNOTATED).inc()
+            self._progress()
             yield beam.pvalue.TaggedOutput(DOCUMENTS, document_row(doc, n_spans))

@@ -138,7 +138,7 @@ class _WriteShards(beam.DoFn):
         self._open = {}
 
 
-def _move(fs, src: str, dst: str) -> None:
+def move(fs, src: str, dst: str) -> None:
     """Rename on local disks; on object stores a server-side copy (the destination object
     appears whole or not at all) and a delete."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
@@ -165,7 +165,7 @@ def finalize(shards: Sequence[tuple[str, str, str]], out: str, tasks: Iterable[s
                 with fs.open(part, "rb") as src:
                     while chunk := src.read(1 << 22):
                         dst.write(chunk)
-        _move(fs, final + ".inprogress", final)
+        move(fs, final + ".inprogress", final)
     tmp_root = fsspec.core.url_to_fs(tmp)[1]
     for kind, schema in SCHEMAS.items():
         parts = sorted(by_kind.get((kind, kind), []))
@@ -179,7 +179,7 @@ def finalize(shards: Sequence[tuple[str, str, str]], out: str, tasks: Iterable[s
             with fs.open(parts[0], "wb") as f:
                 pq.write_table(schema.empty_table(), f)
         for i, part in enumerate(parts):
-            _move(fs, part, posixpath.join(target, f"{kind}-{i:05d}-of-{len(parts):05d}.parquet"))
+            move(fs, part, posixpath.join(target, f"{kind}-{i:05d}-of-{len(parts):05d}.parquet"))
     if fs.exists(tmp_root):
         fs.rm(tmp_root, recursive=True)
 

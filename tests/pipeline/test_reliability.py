@@ -221,3 +221,13 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_completes(smoke_tasks, tmp_pa
         got = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
         want = pd.read_csv(clean / f"{task}.tsv", sep="\t", keep_default_na=False)
         assert sorted(got.itertuples(index=False)) == sorted(want.itertuples(index=False))
+
+
+def test_progress_lines_carry_counts_not_text(smoke_tasks, caplog):
+    fn = AlignDoFn(load_tasks(str(smoke_tasks)), False)
+    fn.PROGRESS_EVERY_S = 0.0
+    fn.setup()
+    doc = Document("k", "d", f"{MARKER} dolor", "src.txt", lang="es", tasks=())
+    with caplog.at_level("INFO", logger="pipeline"):
+        list(fn.process(("k", {"doc": [doc], "preds": [], "failures": []})))
+    assert "progress: 1 documents done" in caplog.text and MARKER not in caplog.text

@@ -134,3 +134,15 @@ def test_mixed_language_shards_are_detected_and_routed(smoke_tasks, tmp_path):
     proc = set(pd.read_csv(tmp_path / "out" / "procedure.tsv", sep="\t").filename)
     assert sym == {d for d, lang in expected.items() if lang in ("es", "it")}
     assert proc == set(expected)
+
+
+def test_run_record(annotated, spaccc_sample, smoke_tasks):
+    out, proc = annotated
+    record = json.loads((out / "run.json").read_text())
+    assert record["counts"]["documents/annotated"] == len(list(spaccc_sample.glob("*.txt")))
+    assert record["counts"]["documents/task_symptom"] == record["counts"]["documents/read"]
+    assert record["options"]["tasks"] == str(smoke_tasks)
+    assert set(record["tasks"]) == {"procedure", "symptom"}
+    assert len(record["tasks"]["symptom"]["model"]["fingerprint"]) == 16
+    assert record["started"] < record["ended"] and record["throughput"]["documents_per_s"] > 0
+    assert "documents/annotated" in proc.stderr  # the counters table at the end of the run
