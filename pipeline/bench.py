@@ -98,7 +98,7 @@ def run_pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_t
     scheme = bio_scheme(LABELS)
     if compile_model:  # compile before timing, as a long job amortises it
         t0 = time.perf_counter()
-        clf.encoder = torch.compile(clf.encoder, dynamic=True)
+        clf.compile()
         warm = word_windows(texts[0], tokenizer, max_tokens, max_tokens // 4)[:2]
         ids, mask = pad_batch([Window("w", "t", None, 0, *p) for p in warm], clf.pad_id)
         list(clf.predict(ids, mask, [p.positions for p in warm], [None] * len(warm)))

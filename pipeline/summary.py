@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.tasks import TaskSpec
-from transforms.write import move, open_output
+from transforms.storage import write_atomically
 
 
 def counter_totals(result) -> dict[str, int] | None:
@@ -84,13 +84,8 @@ def write_run_record(output: str, options: Mapping[str, Any], specs: Mapping[str
         "throughput": {"documents": documents,
                        "documents_per_s": round(documents / seconds, 2) if seconds else None},
     }
-    final = output.rstrip("/") + "/run.json"
-    with open_output(final + ".inprogress", "wb") as f:
-        f.write(json.dumps(record, indent=2, default=str).encode("utf-8"))
-    import fsspec
-
-    fs, _ = fsspec.core.url_to_fs(final)
-    move(fs, fsspec.core.url_to_fs(final + ".inprogress")[1], fsspec.core.url_to_fs(final)[1])
+    write_atomically(output.rstrip("/") + "/run.json",
+                     json.dumps(record, indent=2, default=str).encode("utf-8"))
     return record
 
 

@@ -79,7 +79,7 @@ class TokenClassifierHandler(ModelHandler[Sequence[Window], WindowResult, TokenC
             heads = sorted({h for h in spec.heads.values() if h is not None})
             model = load_mtl(spec.model, spec.encoder, heads, device, dtype)
         if self._compile:
-            model.encoder = torch.compile(model.encoder, dynamic=True)
+            model.compile()
         return model
 
     def run_inference(

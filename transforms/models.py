@@ -160,6 +160,10 @@ class TokenClassifier:
         pad = getattr(getattr(encoder, "config", None), "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
 
+    def compile(self) -> None:
+        """``torch.compile`` the encoder (shapes vary per batch: compiled for dynamic shapes)."""
+        self.encoder = torch.compile(self.encoder, dynamic=True)
+
     @torch.inference_mode()
     def predict(
         self,

@@ -28,6 +28,7 @@ import fsspec.utils
 from apache_beam.metrics import Metrics
 
 from transforms.records import FAILED, Document
+from transforms.storage import is_local
 
 TXT, JSONL, PARQUET = "txt", "jsonl", "parquet"
 FORMATS = (TXT, JSONL, PARQUET)
@@ -96,12 +97,7 @@ def list_files(pattern: str, forced: str | None = None) -> list[tuple[str, int]]
                 raise InputError(f"{p!r}: unknown input format: name it .txt, .jsonl[.gz|.zst] "
                                  "or .parquet, or pass --input_format")
             found[p] = int(fs.size(p) or 0)
-    return sorted((fs.unstrip_protocol(f) if _remote(fs) else f, n) for f, n in found.items())
-
-
-def _remote(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" not in protocols and "local" not in protocols
+    return sorted((f if is_local(fs) else fs.unstrip_protocol(f), n) for f, n in found.items())
 
 
 def plan_reads(pattern: str, forced: str | None = None) -> Iterator[ReadTask]:

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.storage import move, open_output
+
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
 _NEEDS_QUOTES = frozenset('\t"\n\r')
@@ -62,13 +64,6 @@ def tsv_line(row: dict) -> str:
     return "\t".join(
         tsv_field(v) for v in (row["doc_id"], row["label"], row["start"], row["end"], row["text"])
     )
-
-
-def open_output(url: str, mode: str):
-    """Open ``url`` for writing on its filesystem, creating parent directories as needed."""
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    return fs.open(path, mode)
 
 
 class _ParquetShard:
@@ -136,17 +131,6 @@ class _WriteShards(beam.DoFn):
             shard.close()
             yield GlobalWindows.windowed_value((self._kind, group, shard.path))
         self._open = {}
-
-
-def move(fs, src: str, dst: str) -> None:
-    """Rename on local disks; on object stores a server-side copy (the destination object
-    appears whole or not at all) and a delete."""
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        fs.mv(src, dst)
-    else:
-        fs.copy(src, dst)
-        fs.rm(src)
 
 
 def finalize(shards: Sequence[tuple[str, str, str]], out: str, tasks: Iterable[str],

@@ -1,0 +1,38 @@
+"""Filesystem helpers shared by the readers, the sinks and the run record (any fsspec URL)."""
+
+from __future__ import annotations
+
+import posixpath
+
+import fsspec
+
+
+def is_local(fs) -> bool:
+    """Whether an fsspec filesystem is the local disk."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def open_output(url: str, mode: str):
+    """Open ``url`` for writing on its filesystem, creating parent directories as needed."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    return fs.open(path, mode)
+
+
+def move(fs, src: str, dst: str) -> None:
+    """Rename on local disks; on object stores a server-side copy (the destination object
+    appears whole or not at all) and a delete."""
+    if is_local(fs):
+        fs.mv(src, dst)
+    else:
+        fs.copy(src, dst)
+        fs.rm(src)
+
+
+def write_atomically(url: str, data: bytes) -> None:
+    """Write ``data`` aside, then move it to ``url``: readers never see a partial file."""
+    fs, path = fsspec.core.url_to_fs(url)
+    with open_output(url + ".inprogress", "wb") as f:
+        f.write(data)
+    move(fs, path + ".inprogress", path)
