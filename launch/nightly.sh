@@ -3,6 +3,10 @@
 #
 #   launch/nightly.sh 2026-11-21            # that day's export
 #   launch/nightly.sh                       # yesterday (UTC)
+#   launch/nightly.sh 2026-11-21 --force    # redo the day (further options go to pipeline.run)
+#
+# Launching a day again resumes it: input files already done (marked under the output's
+# _shards/) are skipped, the others are annotated.
 #
 # Settings come from the environment (defaults in brackets):
 #   PROJECT, REGION [europe-west4], BUCKET (gs://... root holding exports, outputs, config),
@@ -11,6 +15,7 @@
 # Input:  $BUCKET/exports/DATE/   Output: $BUCKET/annotations/DATE/
 set -euo pipefail
 DATE=${1:-$(date -u -d yesterday +%F)}
+shift || true
 [[ $DATE =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$ ]] || { echo "usage: $0 [YYYY-MM-DD]" >&2; exit 2; }
 : "${PROJECT:?set PROJECT}" "${BUCKET:?set BUCKET}" "${IMAGE:?set IMAGE}"
 REGION=${REGION:-europe-west4}
@@ -34,4 +39,4 @@ if [[ -n $GPU ]]; then
 else
   args+=(--machine_type n2-highcpu-16 --precision auto)
 fi
-exec python -m pipeline.run "${args[@]}"
+exec python -m pipeline.run "${args[@]}" "$@"

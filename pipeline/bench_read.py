@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from pipeline.bench_language import LANGS, load
-from transforms.read import Fields, plan_reads, read_task, split_task
+from transforms.read import Fields, list_files, plan_reads, read_task, split_task
 
 
 def write_formats(records: list[dict], root: Path) -> dict[str, str]:
@@ -46,7 +46,7 @@ def read_all(pattern: str) -> tuple[int, int, float]:
     """(documents, UTF-8 bytes of text, seconds) to list, split and read everything."""
     t = time.perf_counter()
     n = size = 0
-    for planned in plan_reads(pattern):
+    for planned in plan_reads(list_files(pattern)):
         for task in split_task(planned):
             for doc in read_task(task, Fields()):
                 n += 1

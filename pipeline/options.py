@@ -16,6 +16,9 @@ class AnnotateOptions(PipelineOptions):
         parser.add_argument("--input", help="Directory of .txt files, a glob, or JSONL file(s).")
         parser.add_argument("--output", help="Output directory (local path or fsspec URL).")
         parser.add_argument("--tasks", help="Task file (YAML) naming each task and its model.")
+        parser.add_argument("--force", action="store_true",
+                            help="Redo every input shard, even those an earlier run over the "
+                                 "same --output completed (and marked in OUT/_shards/).")
         parser.add_argument("--language", default=None,
                             help="Language (ISO 639-1) of documents whose record and file name "
                                  "give none; without it, their language is detected.")

@@ -1,6 +1,7 @@
 """Annotate documents with every task of a task file: ``python -m pipeline.run --help``.
 
 read -> route by language -> per task: segment, batch by tokens, RunInference -> align -> write.
+A rerun over the same output skips the input shards already done (``--force`` redoes them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
 
 from pipeline.options import AnnotateOptions
 from pipeline.smoke_models import is_smoke_model
-from pipeline.summary import counter_totals, counters_table, now, write_run_record
+from pipeline.summary import (counter_totals, counters_table, job_config, now,
+                              write_run_record)
 from pipeline.tasks import TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
 from transforms.batch import BatchByTokens
@@ -23,18 +25,20 @@ from transforms.handlers import TokenClassifierHandler
 from transforms.read import Fields, ReadDocuments
 from transforms.route import RouteDoFn, mark_duplicates
 from transforms.segment import FAILURES, REFERENCE_WINDOW, SegmentDoFn
+from transforms.shards import Resume
 from transforms.write import WriteOutputs
 
 LOG = logging.getLogger("pipeline")
 
 
-def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]) -> None:
-    """The whole job: read, route, infer per task, align, write."""
+def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
+          resume: Resume, run_id: str) -> None:
+    """The whole job: read (the shards not yet done), route, infer per task, align, write."""
+    read, shards = p | "ReadDocuments" >> ReadDocuments(
+        opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
+        opts.input_format, opts.split_bytes)
     docs = (
-        p
-        | "ReadDocuments" >> ReadDocuments(
-            opts.input, Fields(opts.id_field, opts.text_field, opts.lang_field), opts.input_format,
-            opts.split_bytes)
+        read
         | "KeyById" >> beam.GroupBy(lambda d: d.doc_id)
         | "OncePerId" >> beam.FlatMapTuple(mark_duplicates)
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
@@ -52,8 +56,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Align" >> beam.ParDo(AlignDoFn(specs, opts.reference_compat)).with_outputs(
             DOCUMENTS, ERRORS, main="spans")
     )
-    (aligned.spans, aligned[DOCUMENTS], aligned[ERRORS]) | "Write" >> WriteOutputs(
-        opts.output, specs)
+    (aligned.spans, aligned[DOCUMENTS], aligned[ERRORS], shards) | "Write" >> WriteOutputs(
+        specs, resume, run_id)
 
 
 class InferTask(beam.PTransform):
@@ -117,15 +121,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         if is_smoke_model(spec.model):
             LOG.warning("task %s: SMOKE TEST model with RANDOM weights (%s): its spans are noise",
                         spec.name, spec.model)
+    config = job_config(opts, specs)
+    started = now()
+    run_id = started.strftime("%Y%m%dT%H%M%SZ")
     p = test_pipeline or beam.Pipeline(
         runner=local_runner(options.view_as(StandardOptions).runner), options=options)
-    build(p, opts, specs)
-    started = now()
+    build(p, opts, specs, Resume(opts.output, config, opts.force), run_id)
     result = p.run()
     result.wait_until_finish()
     totals = counter_totals(result)
     if not options.view_as(TestOptions).dry_run:
-        write_run_record(opts.output, options.get_all_options(drop_default=True), specs,
+        write_run_record(opts.output, run_id, options.get_all_options(drop_default=True), config,
                          started, now(), totals)
     LOG.info("done: outputs under %s\n%s", opts.output, counters_table(totals))
     return result

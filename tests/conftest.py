@@ -41,6 +41,18 @@ def read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8")
 
 
+def read_outputs(out: Path, tasks=("procedure", "symptom")) -> tuple[dict, list]:
+    """A run's TSV rows per task and document rows (without ``source``), sorted: what two runs
+    must agree on."""
+    import pandas as pd
+
+    tsv = {t: sorted(pd.read_csv(out / f"{t}.tsv", sep="\t", keep_default_na=False)
+                     .itertuples(index=False, name=None)) for t in tasks}
+    documents = pd.read_parquet(out / "documents").drop(columns=["source"])
+    documents = documents.astype(object).where(documents.notna(), None)  # NaN != NaN
+    return tsv, sorted(documents.itertuples(index=False, name=None))
+
+
 def run_pipeline(*args: str, check: bool = True, env: dict | None = None
                  ) -> subprocess.CompletedProcess:
     """``python -m pipeline.run ARGS`` in a hermetic environment; output captured."""

@@ -49,6 +49,7 @@ def span_row(doc: Document, task: str, span: Span) -> dict:
     return Row(
         doc_id=doc.doc_id, task=task, label=span.label, start=span.start, end=span.end,
         text=doc.text[span.start:span.end], score=span.score, lang=doc.lang,
+        source=doc.source,
     )
 
 

@@ -6,9 +6,10 @@
 
 Records carry an id, a text and optionally a language (``--id_field``, ``--text_field``,
 ``--lang_field``); other fields travel to ``out/documents/`` as JSON (``meta``). Files are
-listed on a worker, large uncompressed JSONL files are split into byte ranges and Parquet files
-into row groups, and documents are redistributed after reading, so neither a big shard nor a
-big folder stalls one worker. Text is decoded from bytes, never newline-translated, so offsets
+listed on a worker, skipping those an earlier run over the same output completed (see
+``transforms.shards``); large uncompressed JSONL files are split into byte ranges and Parquet
+files into row groups, and documents are redistributed after reading, so neither a big shard
+nor a big folder stalls one worker. Text is decoded from bytes, never newline-translated, so offsets
 count characters exactly as stored. A record that cannot be read becomes a ``failed`` document
 with the reason; it is never dropped.
 """
@@ -19,7 +20,7 @@ import io
 import json
 import posixpath
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 import fsspec
@@ -27,7 +28,8 @@ import fsspec.compression
 import fsspec.utils
 from apache_beam.metrics import Metrics
 
-from transforms.records import FAILED, Document
+from transforms.records import FAILED, Document, Shard
+from transforms.shards import Resume, file_version, pending
 from transforms.storage import is_local
 
 TXT, JSONL, PARQUET = "txt", "jsonl", "parquet"
@@ -83,32 +85,35 @@ def input_format(path: str, forced: str | None = None) -> str | None:
     return None
 
 
-def list_files(pattern: str, forced: str | None = None) -> list[tuple[str, int]]:
-    """(url, size) of the input files named by a directory, a glob or a file."""
+def list_files(pattern: str, forced: str | None = None) -> list[Shard]:
+    """The input files named by a directory, a glob or a file, sorted by URL."""
     fs, _, paths = fsspec.get_fs_token_paths(pattern)
-    found: dict[str, int] = {}
+    found: dict[str, dict] = {}
     for p in paths:
         if fs.isdir(p):
             for f, info in fs.find(p, detail=True).items():
                 if input_format(f, forced) and info.get("type") != "directory":
-                    found[f] = int(info.get("size") or 0)
+                    found[f] = info
         elif fs.isfile(p):
             if input_format(p, forced) is None:
                 raise InputError(f"{p!r}: unknown input format: name it .txt, .jsonl[.gz|.zst] "
                                  "or .parquet, or pass --input_format")
-            found[p] = int(fs.size(p) or 0)
-    return sorted((f if is_local(fs) else fs.unstrip_protocol(f), n) for f, n in found.items())
+            found[p] = fs.info(p)
+    return sorted((
+        Shard(f if is_local(fs) else fs.unstrip_protocol(f), int(info.get("size") or 0),
+              file_version(info))
+        for f, info in found.items()), key=lambda s: s.url)
 
 
-def plan_reads(pattern: str, forced: str | None = None) -> Iterator[ReadTask]:
+def plan_reads(shards: Iterable[Shard], forced: str | None = None) -> Iterator[ReadTask]:
     """One task per file, ``.txt`` files in batches (fetched concurrently from object stores)."""
     txt: list[str] = []
-    for path, size in list_files(pattern, forced):
-        fmt = input_format(path, forced)
+    for shard in shards:
+        fmt = input_format(shard.url, forced)
         if fmt == TXT:
-            txt.append(path)
+            txt.append(shard.url)
         else:
-            yield ReadTask((path,), fmt, size)
+            yield ReadTask((shard.url,), fmt, shard.size)
     for i in range(0, len(txt), TXT_BATCH):
         yield ReadTask(tuple(txt[i:i + TXT_BATCH]), TXT)
 
@@ -249,26 +254,53 @@ def read_task(task: ReadTask, fields: Fields) -> Iterator[Document]:
                        reason=f"read: shard unreadable from here on ({type(e).__name__})")
 
 
-class ReadDocuments(beam.PTransform):
-    """A pattern -> ``Document``s, listed, split and read on workers, spread by document."""
+SHARDS = "shards"
 
-    def __init__(self, pattern: str, fields: Fields = Fields(), input_format: str | None = None,
-                 split_bytes: int = SPLIT_BYTES) -> None:
+
+class _ListShards(beam.DoFn):
+    """A pattern -> read tasks for the shards still to do; the shards themselves go to
+    the ``shards`` output (their markers are written once their rows are committed)."""
+
+    def __init__(self, input_format: str | None, resume: Resume) -> None:
+        self._format, self._resume = input_format, resume
+
+    def process(self, pattern: str) -> Iterator:
+        listed = list_files(pattern, self._format)
+        todo = pending(listed, self._resume)
+        Metrics.counter("shards", "listed").inc(len(listed))
+        Metrics.counter("shards", "complete_skipped").inc(len(listed) - len(todo))
+        Metrics.counter("shards", "to_do").inc(len(todo))
+        for shard in todo:
+            yield beam.pvalue.TaggedOutput(SHARDS, shard)
+        yield from plan_reads(todo, self._format)
+
+
+class ReadDocuments(beam.PTransform):
+    """A pattern -> (``Document``s, ``Shard``s read): only shards that no earlier run over the
+    same output completed; listed, split and read on workers, spread by document."""
+
+    def __init__(self, pattern: str, resume: Resume, fields: Fields = Fields(),
+                 input_format: str | None = None, split_bytes: int = SPLIT_BYTES) -> None:
         super().__init__()
         if not list_files(pattern, input_format):  # fail before the job starts
             raise InputError(f"no input files match {pattern!r}")
         self._pattern, self._fields, self._format = pattern, fields, input_format
-        self._split = split_bytes
+        self._split, self._resume = split_bytes, resume
 
     def expand(self, pbegin):
-        fmt, fields, split = self._format, self._fields, self._split
-        return (
+        fields, split = self._fields, self._split
+        listed = (
             pbegin
             | "Pattern" >> beam.Create([self._pattern])
-            | "ListFiles" >> beam.FlatMap(plan_reads, fmt)
+            | "ListShards" >> beam.ParDo(_ListShards(self._format, self._resume)).with_outputs(
+                SHARDS, main="tasks")
+        )
+        documents = (
+            listed.tasks
             | "SpreadFiles" >> beam.Reshuffle()
             | "SplitFiles" >> beam.FlatMap(split_task, split)
             | "SpreadPieces" >> beam.Reshuffle()
             | "Read" >> beam.FlatMap(read_task, fields)
             | "SpreadDocuments" >> beam.Reshuffle()
         )
+        return documents, listed[SHARDS]

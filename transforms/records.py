@@ -10,6 +10,23 @@ ANNOTATED, SKIPPED, FAILED = "annotated", "skipped", "failed"
 
 
 @dataclass(frozen=True)
+class Shard:
+    """One input file: its URL, size and version on its store (checksum or modification time).
+
+    ``stale`` names the completion markers of the file's earlier states, to replace.
+    """
+
+    url: str
+    size: int = 0
+    version: str = ""
+    stale: tuple[str, ...] = ()
+
+    def with_(self, **changes) -> "Shard":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class Document:
     """One input document; ``text`` is exactly as read (``None`` when it could not be read).
 

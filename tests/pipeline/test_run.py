@@ -142,7 +142,7 @@ def test_run_record(annotated, spaccc_sample, smoke_tasks):
     assert record["counts"]["documents/annotated"] == len(list(spaccc_sample.glob("*.txt")))
     assert record["counts"]["documents/task_symptom"] == record["counts"]["documents/read"]
     assert record["options"]["tasks"] == str(smoke_tasks)
-    assert set(record["tasks"]) == {"procedure", "symptom"}
-    assert len(record["tasks"]["symptom"]["model"]["fingerprint"]) == 16
+    assert set(record["config"]["tasks"]) == {"procedure", "symptom"}
+    assert len(record["config"]["tasks"]["symptom"]["model"]["fingerprint"]) == 16
     assert record["started"] < record["ended"] and record["throughput"]["documents_per_s"] > 0
     assert "documents/annotated" in proc.stderr  # the counters table at the end of the run

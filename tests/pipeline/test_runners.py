@@ -2,11 +2,10 @@
 
 import shutil
 
-import pandas as pd
 import pytest
 
 from pipeline.run import run
-from tests.conftest import run_pipeline, spaccc_files
+from tests.conftest import read_outputs, run_pipeline, spaccc_files
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +16,6 @@ def docs(tmp_path_factory):
     return d
 
 
-def outputs(out):
-    tsv = {t: sorted(pd.read_csv(out / f"{t}.tsv", sep="\t", keep_default_na=False)
-                     .itertuples(index=False, name=None)) for t in ("procedure", "symptom")}
-    documents = pd.read_parquet(out / "documents").drop(columns=["source"])
-    documents = documents.astype(object).where(documents.notna(), None)  # NaN != NaN
-    return tsv, sorted(documents.itertuples(index=False, name=None))
-
-
 @pytest.mark.parametrize("runner_args", [
     ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
     ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"],
@@ -33,7 +24,7 @@ def test_same_outputs_as_the_direct_runner(docs, smoke_tasks, tmp_path, runner_a
     common = ["--input", str(docs), "--tasks", str(smoke_tasks), "--language", "es"]
     run_pipeline(*common, "--output", str(tmp_path / "direct"))
     run_pipeline(*common, "--output", str(tmp_path / "other"), *runner_args)
-    direct, other = outputs(tmp_path / "direct"), outputs(tmp_path / "other")
+    direct, other = read_outputs(tmp_path / "direct"), read_outputs(tmp_path / "other")
     assert len(direct[0]["procedure"]) > 100
     assert other == direct
 

@@ -36,13 +36,16 @@ def test_gs_input_output_and_model(gcs, smoke_tasks, tmp_path):
     gcs.put(str(smoke_tasks.parent / "stl_procedure"), "bkt/models/", recursive=True)
     gcs.pipe("bkt/models/tasks.yaml", b"tasks:\n  procedure:\n    kind: hf\n"
              b"    model: stl_procedure\n    languages: [es]\n")
-    run_pipeline("--input", "gs://bkt/in/", "--output", "gs://bkt/out", "--tasks",
-                 "gs://bkt/models/tasks.yaml", "--language", "es",
-                 env={"CLINICAL_NER_CACHE": str(tmp_path / "cache")})
+    def annotate():
+        run_pipeline("--input", "gs://bkt/in/", "--output", "gs://bkt/out", "--tasks",
+                     "gs://bkt/models/tasks.yaml", "--language", "es",
+                     env={"CLINICAL_NER_CACHE": str(tmp_path / "cache")})
+        with gcs.open("bkt/out/procedure.tsv", "rb") as f:
+            return pd.read_csv(f, sep="\t", keep_default_na=False)
+
+    tsv = annotate()
     assert (tmp_path / "cache").exists()  # the model was copied to the worker's cache
     texts = {f.stem: read_text(f) for f in docs} | {r["id"]: r["text"] for r in records}
-    with gcs.open("bkt/out/procedure.tsv", "rb") as f:
-        tsv = pd.read_csv(f, sep="\t", keep_default_na=False)
     assert set(tsv.filename) == set(texts)
     for r in tsv.itertuples():
         assert r.text == texts[r.filename][r.start_span:r.end_span]
@@ -50,6 +53,14 @@ def test_gs_input_output_and_model(gcs, smoke_tasks, tmp_path):
     documents = pd.read_parquet(io.BytesIO(gcs.cat(part)))
     assert sorted(documents.doc_id) == sorted(texts)
     assert not gcs.glob("bkt/out/.tmp-*")
+
+    markers = {json.loads(gcs.cat(m))["source"]: m for m in gcs.glob("bkt/out/_shards/*.json")}
+    assert set(markers) == {f"gs://bkt/in/txt/{f.name}" for f in docs} | {"gs://bkt/in/e3c.jsonl.gz"}
+    assert json.loads(gcs.cat(markers["gs://bkt/in/e3c.jsonl.gz"]))["version"].startswith("md5")
+    gcs.rm(markers[f"gs://bkt/in/txt/{docs[0].name}"])  # a rerun redoes that file only
+    again = annotate()
+    assert json.loads(gcs.cat("bkt/out/run.json"))["counts"]["documents/read"] == 1
+    assert sorted(again.itertuples(index=False)) == sorted(tsv.itertuples(index=False))
 
 
 def test_every_format_gives_the_same_spans(smoke_tasks, tmp_path):

@@ -30,7 +30,7 @@ def keys(docs):
 @pytest.mark.parametrize("split", [97, 1000, 4096, 50_000])
 def test_byte_ranges_read_every_line_once(shard, split):
     whole = keys(read_jsonl(ReadTask((str(shard),), "jsonl"), Fields()))
-    (planned,) = plan_reads(str(shard))
+    (planned,) = plan_reads(list_files(str(shard)))
     tasks = list(split_task(planned, split_bytes=split))
     assert len(tasks) > 1
     pieces = [d for t in tasks for d in keys(read_jsonl(t, Fields()))]
@@ -60,7 +60,7 @@ def test_parquet_by_row_group(tmp_path):
     rows = [{"id": f"d{i}", "text": f"texto {i}", "lang": "es"} for i in range(2500)]
     path = tmp_path / "x.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=1000)
-    tasks = [t for planned in plan_reads(str(path)) for t in split_task(planned)]
+    tasks = [t for planned in plan_reads(list_files(str(path))) for t in split_task(planned)]
     assert [t.row_groups for t in tasks] == [(0,), (1,), (2,)]
     docs = [d for t in tasks for d in read_parquet(t, Fields())]
     assert [d.doc_id for d in docs] == [r["id"] for r in rows]
@@ -92,5 +92,5 @@ def test_listing(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
     (tmp_path / "notes.csv").write_text("x")
-    assert [p.rsplit("/", 1)[-1] for p, _ in list_files(str(tmp_path))] == ["a.txt", "b.jsonl.gz"]
+    assert [p.url.rsplit("/", 1)[-1] for p in list_files(str(tmp_path))] == ["a.txt", "b.jsonl.gz"]
     assert len(list_files(str(tmp_path / "*.txt"))) == 1
