@@ -154,25 +154,29 @@ def evaluate(reference: str | Path, pred: str | Path, entity: str | None = None)
     return score(load_tsv(reference), load_predictions(pred), entity)
 
 
-def languages(gold: pd.DataFrame, pred: pd.DataFrame, manifest: Path | None) -> pd.Series:
-    """Language per document: a ``documents/`` manifest, else ``MultiClinNER-<lang>-`` names."""
+def manifest_languages(manifest: str | Path) -> pd.Series:
+    """doc_id -> language from a pipeline ``documents/`` manifest (any fsspec URL)."""
+    docs = pd.read_parquet(manifest, columns=["doc_id", "lang"]).dropna()
+    return docs.drop_duplicates("doc_id").set_index("doc_id")["lang"]
+
+
+def languages(gold: pd.DataFrame, pred: pd.DataFrame, known: pd.Series | None) -> pd.Series:
+    """Language per document: ``known`` (doc_id -> lang), else ``MultiClinNER-<lang>-`` names."""
     names = pd.Series(pd.concat([gold.filename, pred.filename]).dropna().unique())
     lang = names.astype(str).str.extract(_LANG_IN_NAME, expand=False).str.lower()
     lang.index = names
-    if manifest is not None and manifest.exists():
-        docs = pd.read_parquet(manifest, columns=["doc_id", "lang"]).dropna()
-        known = docs.drop_duplicates("doc_id").set_index("doc_id")["lang"]
+    if known is not None:
         lang = known.reindex(names.astype(str)).set_axis(names).fillna(lang)
     return lang.fillna("und")
 
 
 def breakdown(gold: pd.DataFrame, pred: pd.DataFrame, by: str,
-              manifest: Path | None = None) -> dict[str, dict]:
-    """Official metrics per label or per language."""
+              known_langs: pd.Series | None = None) -> dict[str, dict]:
+    """Official metrics per label or per language (see ``languages``)."""
     if by == "label":
         labels = sorted(set(gold.label.dropna()) | set(pred.label.dropna()), key=str)
         return {str(lab): score(gold, pred, lab) for lab in labels}
-    lang = languages(gold, pred, manifest)
+    lang = languages(gold, pred, known_langs)
     out = {}
     for code in sorted(lang.unique()):
         docs = set(lang.index[lang == code])
@@ -217,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     manifest = args.documents or (args.pred / "documents" if args.pred.is_dir() else None)
     if args.entity:
         gold, pred = gold[gold.label == args.entity], pred[pred.label == args.entity]
+    known = manifest_languages(manifest) if manifest and manifest.exists() else None
     for by in dict.fromkeys(args.by):
-        result[f"by_{by}"] = breakdown(gold, pred, by, manifest)
+        result[f"by_{by}"] = breakdown(gold, pred, by, known)
     print(format_table(result) if args.table else json.dumps(result, indent=2))
 
 

@@ -16,8 +16,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
 
 from pipeline.options import AnnotateOptions
 from pipeline.smoke_models import is_smoke_model
-from pipeline.summary import (counter_totals, counters_table, job_config, now,
-                              write_run_record)
+from pipeline.summary import job_config, metric_totals, metrics_table, now, write_run_record
 from pipeline.tasks import TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
 from transforms.batch import BatchByTokens
@@ -129,11 +128,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     build(p, opts, specs, Resume(opts.output, config, opts.force), run_id)
     result = p.run()
     result.wait_until_finish()
-    totals = counter_totals(result)
+    totals = metric_totals(result)
     if not options.view_as(TestOptions).dry_run:
         write_run_record(opts.output, run_id, options.get_all_options(drop_default=True), config,
                          started, now(), totals)
-    LOG.info("done: outputs under %s\n%s", opts.output, counters_table(totals))
+    LOG.info("done: outputs under %s\n%s", opts.output, metrics_table(totals))
     return result
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import posixpath
 import subprocess
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -18,25 +19,55 @@ from transforms.shards import file_version
 from transforms.storage import write_atomically
 
 
-def counter_totals(result) -> dict[str, int] | None:
-    """The job's Beam counters summed over steps, or ``None`` if the runner has none."""
+@dataclass
+class RunMetrics:
+    """A job's Beam counters and distributions, each summed over the steps that report it."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    distributions: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def metric_totals(result) -> RunMetrics | None:
+    """The job's metrics, or ``None`` if the runner reports none."""
     try:
-        counters = result.metrics().query()["counters"]
+        query = result.metrics().query()
     except (AttributeError, NotImplementedError, KeyError):
         return None
-    totals: dict[str, int] = {}
-    for c in counters:
+    totals = RunMetrics()
+    for c in query.get("counters", ()):
         name = f"{c.key.metric.namespace}/{c.key.metric.name}"
-        totals[name] = totals.get(name, 0) + int(c.committed or 0)
-    return dict(sorted(totals.items()))
+        totals.counters[name] = totals.counters.get(name, 0) + int(c.committed or 0)
+    for d in query.get("distributions", ()):
+        r = d.committed
+        if r is None or not r.count:
+            continue
+        name = f"{d.key.metric.namespace}/{d.key.metric.name}"
+        old = totals.distributions.get(name)
+        if old:
+            r_count, r_sum = old["count"] + r.count, old["sum"] + r.sum
+            r_min, r_max = min(old["min"], r.min), max(old["max"], r.max)
+        else:
+            r_count, r_sum, r_min, r_max = r.count, r.sum, r.min, r.max
+        totals.distributions[name] = {"count": r_count, "sum": r_sum, "min": r_min,
+                                      "max": r_max, "mean": round(r_sum / r_count, 3)}
+    totals.counters = dict(sorted(totals.counters.items()))
+    totals.distributions = dict(sorted(totals.distributions.items()))
+    return totals
 
 
-def counters_table(totals: Mapping[str, int] | None) -> str:
-    """Counters as an aligned two-column table."""
+def metrics_table(totals: RunMetrics | None) -> str:
+    """Counters, then distributions (count, mean, min, max), as aligned text."""
     if totals is None:
         return "(no metrics from this runner)"
-    width = max((len(k) for k in totals), default=0)
-    return "\n".join(f"  {k:<{width}}  {v:>10,}" for k, v in totals.items())
+    names = [*totals.counters, *totals.distributions]
+    width = max((len(k) for k in names), default=0)
+    lines = [f"  {k:<{width}}  {v:>12,}" for k, v in totals.counters.items()]
+    if totals.distributions:
+        lines.append(f"  {'distribution':<{width}}  {'count':>12}  {'mean':>12}  {'min':>10}"
+                     f"  {'max':>10}")
+        lines += [f"  {k:<{width}}  {d['count']:>12,}  {d['mean']:>12,.1f}  {d['min']:>10,}"
+                  f"  {d['max']:>10,}" for k, d in totals.distributions.items()]
+    return "\n".join(lines)
 
 
 def code_version() -> dict[str, str | None]:
@@ -101,7 +132,8 @@ def write_run_record(output: str, run_id: str, options: Mapping[str, Any],
                      totals: Mapping[str, int] | None) -> dict:
     """Write ``OUT/run.json`` (aside, then moved into place) and return it."""
     seconds = (ended - started).total_seconds()
-    documents = (totals or {}).get("documents/read", 0)
+    totals = totals or RunMetrics()
+    documents = totals.counters.get("documents/read", 0)
     record = {
         "run_id": run_id,
         "started": started.isoformat(), "ended": ended.isoformat(),
@@ -109,7 +141,8 @@ def write_run_record(output: str, run_id: str, options: Mapping[str, Any],
         "code_version": code_version(),
         "options": {k: v for k, v in options.items() if v is not None},
         "config": dict(config),
-        "counts": dict(totals or {}),
+        "counts": totals.counters,
+        "distributions": totals.distributions,
         "throughput": {"documents": documents,
                        "documents_per_s": round(documents / seconds, 2) if seconds else None},
     }

@@ -88,6 +88,15 @@ def spaccc_sample(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def annotated(spaccc_sample, smoke_tasks, tmp_path_factory):
+    """``python -m pipeline.run`` over ``spaccc_sample`` with the smoke models: (out, process)."""
+    out = tmp_path_factory.mktemp("out")
+    proc = run_pipeline("--input", str(spaccc_sample), "--output", str(out),
+                        "--tasks", str(smoke_tasks), "--language", "es")
+    return out, proc
+
+
 def _free_port() -> int:
     import socket
 

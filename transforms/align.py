@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Iterable, Iterator, Mapping
 
 import apache_beam as beam
@@ -84,6 +85,8 @@ class AlignDoFn(beam.DoFn):
         self._compat = reference_compat
         self._schemes: dict[tuple[str, str | None], LabelScheme] = {}
         self._done, self._t0, self._last = 0, 0.0, 0.0
+        self._chars = Metrics.distribution("documents", "chars")
+        self._spans = Metrics.distribution("documents", "spans_per_document")
 
     def _progress(self) -> None:
         """Log documents done and their rate, now and then (ids and counts only)."""
@@ -122,15 +125,20 @@ class AlignDoFn(beam.DoFn):
                     failures.append(Failure(doc.key, task, "align", type(e).__name__))
                     continue
                 n_spans += len(spans)
+                for label, n in Counter(s.label for s in spans).items():
+                    Metrics.counter("spans", f"{task}/{label}").inc(n)
                 for span in spans:
                     yield span_row(doc, task, span)
             if failures:
-                Metrics.counter("documents", "failed").inc()
                 reason = "; ".join(f"{f.task + ' ' if f.task else ''}{f.stage}: {f.error}"
                                    for f in failures)
                 doc = doc.with_(status=FAILED, reason=reason)
                 for f in failures:
                     yield beam.pvalue.TaggedOutput(ERRORS, error_row(doc, f))
             Metrics.counter("documents", doc.status or ANNOTATED).inc()
+            if doc.text is not None:
+                self._chars.update(len(doc.text))
+            if not doc.status:
+                self._spans.update(n_spans)
             self._progress()
             yield beam.pvalue.TaggedOutput(DOCUMENTS, document_row(doc, n_spans))

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.tasks import TaskSpec
@@ -100,6 +101,9 @@ class TokenClassifierHandler(ModelHandler[Sequence[Window], WindowResult, TokenC
 
     def _run(self, batch: Sequence[Window], model: TokenClassifier) -> Iterable[WindowResult]:
         ids, mask = pad_batch(batch, model.pad_id, self._pad_to)
+        real = int(mask.sum())
+        Metrics.counter("tokens", f"real_{self._spec.name}").inc(real)
+        Metrics.counter("tokens", f"padding_{self._spec.name}").inc(ids.size - real)
         preds = model.predict(ids, mask, [w.positions for w in batch], [w.head for w in batch])
         for w, (label_ids, probs) in zip(batch, preds):
             yield WindowResult(w.key, w.task, w.head, w.index, w.starts, w.ends,

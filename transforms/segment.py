@@ -13,6 +13,7 @@ from typing import Iterator, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 
 from transforms.records import Document, Failure, Window
 
@@ -124,6 +125,8 @@ class SegmentDoFn(beam.DoFn):
         self._overlap = overlap
         self._compat = reference_compat
         self._tokenizer = None
+        self._windows = Metrics.counter("windows", spec.name)
+        self._tokens = Metrics.distribution("windows", f"tokens_{spec.name}")
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -143,5 +146,7 @@ class SegmentDoFn(beam.DoFn):
                                                              type(e).__name__))
             return
         head = self._spec.head_for(doc.lang)
+        self._windows.inc(len(pieces))
         for i, p in enumerate(pieces):
+            self._tokens.update(len(p.input_ids))
             yield Window(doc.key, self._spec.name, head, i, *p)

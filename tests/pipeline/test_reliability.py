@@ -82,6 +82,28 @@ def test_every_record_ends_in_exactly_one_state(messy_run):
     assert set(docs.status) == {"annotated", "skipped", "failed"}
 
 
+def test_counters_agree_with_the_documents_table(messy_run):
+    out, _, docs, _, _ = messy_run
+    record = json.loads((out / "run.json").read_text())
+    counts = record["counts"]
+    assert {s: counts.get(f"documents/{s}", 0) for s in ("annotated", "skipped", "failed")} == \
+        docs.status.value_counts().to_dict()
+    annotated = docs[docs.status == "annotated"]
+    spans = pd.read_parquet(out / "spans")
+    assert record["distributions"]["documents/spans_per_document"]["count"] == len(annotated)
+    assert record["distributions"]["documents/spans_per_document"]["sum"] == len(spans)
+    by_label = spans.groupby(["task", "label"]).size()
+    assert {k: v for k, v in counts.items() if k.startswith("spans/")} == {
+        f"spans/{t}/{lab}": n for (t, lab), n in by_label.items()}
+    for task in ("procedure", "symptom"):
+        tokens = record["distributions"][f"windows/tokens_{task}"]
+        assert counts[f"windows/{task}"] == tokens["count"]
+        assert counts[f"tokens/real_{task}"] == tokens["sum"]  # every window ran once
+        assert counts[f"tokens/padding_{task}"] >= 0
+        latency = record["distributions"][f"RunInference_{task}/inference_batch_latency_micro_secs"]
+        assert latency["count"] > 0 and latency["min"] > 0
+
+
 def test_failures_are_dead_letters_without_text(messy_run):
     out, _, docs, _, _ = messy_run
     errors = pd.read_parquet(out / "errors")

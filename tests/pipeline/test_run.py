@@ -5,18 +5,9 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from tests.conftest import E3C, read_text, run_pipeline
 from transforms.words import split_words
-
-
-@pytest.fixture(scope="module")
-def annotated(spaccc_sample, smoke_tasks, tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    proc = run_pipeline("--input", str(spaccc_sample), "--output", str(out),
-                        "--tasks", str(smoke_tasks), "--language", "es")
-    return out, proc
 
 
 def test_hermetic_local_run(annotated):

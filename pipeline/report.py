@@ -1,0 +1,281 @@
+"""A run's report: ``python -m pipeline.report OUT [--gold GOLD.tsv ...] [--hide_texts]``.
+
+Writes ``OUT/report.html``: one self-contained page (plots as inline SVG drawn with matplotlib,
+no script, nothing fetched) with the run's figures, mentions per label and language, documents
+per language and state, document length and spans-per-document distributions, throughput, the
+most frequent mention texts per label (``--hide_texts`` leaves every mention text out of the
+page, for reports that leave the secure zone) and, given gold TSVs, the MultiClinAI evaluation.
+``OUT`` may be any fsspec URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import fsspec
+import matplotlib
+import pandas as pd
+
+from pipeline.evaluate import breakdown, load_tsv, score
+from transforms.storage import write_atomically
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+_THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}")
+
+TOP_TEXTS = 15
+_SPAN_COLUMNS = ["doc_id", "task", "label", "start", "end", "lang"]
+
+
+@dataclass
+class RunOutputs:
+    """What the report reads from an output directory."""
+
+    out: str
+    documents: pd.DataFrame
+    spans: pd.DataFrame  # ``text`` only when texts may be shown
+    record: dict[str, Any]
+
+
+def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
+    """The documents and spans tables and ``run.json`` (empty when absent) of ``out``."""
+    out = out.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(out)
+    if not fs.exists(f"{root}/documents"):
+        raise FileNotFoundError(f"{out}: no documents/ here; is it a pipeline output?")
+    documents = pd.read_parquet(f"{out}/documents", columns=[
+        "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"])
+    spans = pd.read_parquet(f"{out}/spans", columns=_SPAN_COLUMNS + (["text"] if with_texts
+                                                                     else []))
+    record = json.loads(fs.cat(f"{root}/run.json")) if fs.exists(f"{root}/run.json") else {}
+    return RunOutputs(out, documents, spans, record)
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _bars(table: pd.DataFrame, title: str, xlabel: str, stacked: bool) -> str:
+    """Horizontal bars, one row per index value, one colour per column."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * max(len(table), 2) + 1.4))
+    if table.empty:
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        table.plot.barh(ax=ax, stacked=stacked, width=0.8)
+        ax.invert_yaxis()
+        ax.legend(title=table.columns.name, fontsize=8, title_fontsize=8, frameon=False,
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_ylabel("")
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+        ax.xaxis.set_major_formatter(_THOUSANDS)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def _histogram(values: pd.Series, title: str, xlabel: str) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    values = values.dropna()
+    if values.empty:
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.hist(values, bins=40, color="C0")
+        ax.xaxis.set_major_formatter(_THOUSANDS)
+        ax.axvline(values.median(), color="C1", linestyle="--",
+                   label=f"median {values.median():,.0f}")
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("documents")
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def figures(run: RunOutputs) -> dict[str, str]:
+    """The report's plots as SVG, by title."""
+    docs, spans = run.documents, run.spans
+    mentions = pd.crosstab(spans.label, spans.lang.fillna("none")).rename_axis(
+        index=None, columns="language")
+    states = pd.crosstab(docs.lang.fillna("none"), docs.status).rename_axis(
+        index=None, columns="state")
+    with_text = docs[docs.n_chars > 0]
+    annotated = docs[docs.status == "annotated"]
+    return {
+        "Mentions per label and language": _bars(mentions, "Mentions per label and language",
+                                                 "mentions", stacked=False),
+        "Documents per language and state": _bars(states, "Documents per language and state",
+                                                  "documents", stacked=True),
+        "Document length": _histogram(with_text.n_chars, "Document length", "characters"),
+        "Spans per document": _histogram(annotated.n_spans, "Spans per annotated document",
+                                         "spans (all tasks)"),
+    }
+
+
+def top_texts(spans: pd.DataFrame, n: int = TOP_TEXTS) -> dict[str, pd.DataFrame]:
+    """The ``n`` most frequent mention texts of each label (case and spacing as written)."""
+    return {label: g.text.value_counts().head(n).rename_axis("text").reset_index(name="mentions")
+            for label, g in spans.groupby("label", sort=True)}
+
+
+def evaluation(run: RunOutputs, gold_paths: Sequence[str]) -> dict[str, Any]:
+    """MultiClinAI scores of the run's spans against gold TSVs, overall, by label and language,
+    over the documents of the run (gold of other documents is left out and counted)."""
+    gold = pd.concat([load_tsv(p) for p in gold_paths], ignore_index=True)
+    mine = gold.filename.astype(str).isin(set(run.documents.doc_id))
+    outside = gold[~mine].filename.nunique()
+    gold = gold[mine]
+    pred = run.spans.rename(columns={"doc_id": "filename", "start": "start_span",
+                                     "end": "end_span"})
+    pred = pred.assign(text="")[["filename", "label", "start_span", "end_span", "text"]]
+    known = run.documents.dropna(subset=["lang"]).drop_duplicates("doc_id").set_index(
+        "doc_id").lang
+    return {**score(gold, pred), "by_label": breakdown(gold, pred, "label"),
+            "by_lang": breakdown(gold, pred, "lang", known),
+            "gold_documents": gold.filename.nunique(), "gold_documents_not_in_run": outside}
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
+    def cell(v: Any, tag: str, i: int) -> str:
+        cls = ' class="num"' if i >= numeric_from else ""
+        if isinstance(v, float):
+            v = f"{v:.4f}"
+        elif isinstance(v, int):
+            v = f"{v:,}"
+        return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
+
+    head = "".join(cell(h, "th", i) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell(v, "td", i) for i, v in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _evaluation_html(result: dict[str, Any]) -> str:
+    rows = [("all", result)] + [(f"label {k}", v) for k, v in result["by_label"].items()] + [
+        (f"language {k}", v) for k, v in result["by_lang"].items()]
+    table = _table(
+        ["", "strict P", "strict R", "strict F1", "TP", "FP", "FN", "char P", "char R",
+         "char F1"],
+        [(name, float(s["precision"]), float(s["recall"]), float(s["f1"]), s["tp"], s["fp"],
+          s["fn"], float(c["precision"]), float(c["recall"]), float(c["f1"]))
+         for name, r in rows for s, c in [(r["strict"], r["char_f1"])]])
+    note = (f"{result['gold_documents']:,} documents of this run have gold mentions; gold of "
+            f"{result['gold_documents_not_in_run']:,} other documents is left out.")
+    return f'{table}<p class="muted">{note}</p>'
+
+
+
+def _tiles(run: RunOutputs) -> str:
+    docs, record = run.documents, run.record
+    states = docs.status.value_counts()
+    throughput = record.get("throughput", {})
+    tiles = [("documents", f"{len(docs):,}"),
+             *((s, f"{int(states.get(s, 0)):,}") for s in ("annotated", "skipped", "failed")),
+             ("mentions", f"{len(run.spans):,}"),
+             ("languages", f"{docs.lang.nunique():,}")]
+    if record:
+        tiles += [("last run: documents read", f"{throughput.get('documents', 0):,}"),
+                  ("last run: wall time", f"{record.get('seconds', 0):,.0f} s"),
+                  ("last run: documents/s", f"{throughput.get('documents_per_s') or 0:,.2f}")]
+    return "".join(f'<div class="tile"><div class="v">{html.escape(v)}</div>'
+                   f'<div class="k">{html.escape(k)}</div></div>' for k, v in tiles)
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;
+background:#f6f7f9}
+header{background:#1f3b57;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;opacity:.85}main{padding:18px 28px;max-width:1400px}
+.tiles{display:flex;flex-wrap:wrap;gap:10px}.tile{background:#fff;border-radius:6px;
+padding:10px 16px;min-width:120px;box-shadow:0 1px 2px #0002}.tile .v{font-size:22px;
+font-weight:600}.tile .k{color:#666;font-size:12px}.grid{display:grid;gap:14px;
+grid-template-columns:repeat(auto-fit,minmax(560px,1fr))}section,.card{background:#fff;
+border-radius:6px;padding:12px 16px;margin-top:14px;box-shadow:0 1px 2px #0002}
+.card svg{width:100%;height:auto}h2{font-size:16px;margin:0 0 8px}table{border-collapse:collapse;
+font-size:13px}th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+.num{text-align:right;font-variant-numeric:tabular-nums}.texts{display:flex;flex-wrap:wrap;
+gap:24px}.muted{color:#777}details summary{cursor:pointer}
+"""
+
+
+def render(run: RunOutputs, gold: dict[str, Any] | None, show_texts: bool) -> str:
+    """The report page."""
+    record = run.record
+    plots = "".join(f'<div class="card">{svg}</div>' for svg in figures(run).values())
+    if show_texts:
+        texts = "".join(
+            f"<div><h3>{html.escape(label)}</h3>{_table(['text', 'mentions'], t.values)}</div>"
+            for label, t in top_texts(run.spans).items()) or '<p class="muted">no mentions</p>'
+    else:
+        texts = '<p class="muted">Mention texts are hidden in this report (--hide_texts).</p>'
+    evaluation_html = (_evaluation_html(gold) if gold else
+                       '<p class="muted">No gold given (python -m pipeline.report OUT --gold '
+                       'GOLD.tsv).</p>')
+    tasks = record.get("config", {}).get("tasks", {})
+    models = _table(["task", "kind", "languages", "model", "fingerprint"], [
+        (name, t.get("kind"), ", ".join(t.get("languages", [])), t["model"].get("location"),
+         t["model"].get("fingerprint", "")) for name, t in tasks.items()], numeric_from=99)
+    counts = record.get("counts", {})
+    counters = _table(["counter", "value"], sorted(counts.items()))
+    dists = _table(["distribution", "count", "mean", "min", "max"], [
+        (k, d["count"], round(d["mean"], 2), d["min"], d["max"])
+        for k, d in sorted(record.get("distributions", {}).items())])
+    code = record.get("code_version", {})
+    subtitle = (f"run {record.get('run_id', '?')}, {record.get('started', '?')} to "
+                f"{record.get('ended', '?')}, code {code.get('package')} "
+                f"{(code.get('commit') or '')[:10]}") if record else "no run.json"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>Clinical NER report: {html.escape(run.out)}</title><style>{_CSS}</style></head>
+<body><header><h1>Clinical NER report</h1><p>{html.escape(run.out)} &middot;
+{html.escape(subtitle)}</p></header><main>
+<div class="tiles">{_tiles(run)}</div>
+<div class="grid">{plots}</div>
+<section><h2>Evaluation (MultiClinAI strict and character F1)</h2>{evaluation_html}</section>
+<section><h2>Most frequent mention texts per label</h2><div class="texts">{texts}</div></section>
+<section><h2>Tasks and models</h2>{models}</section>
+<section><details><summary><b>Counters and distributions of the last run</b></summary>
+{counters}{dists}</details></section>
+</main></body></html>
+"""
+
+
+def write_report(out: str, gold_paths: Sequence[str] = (), show_texts: bool = True) -> str:
+    """Write ``OUT/report.html``; returns its URL."""
+    run = load_outputs(out, with_texts=show_texts)
+    gold = evaluation(run, gold_paths) if gold_paths else None
+    url = f"{run.out}/report.html"
+    write_atomically(url, render(run, gold, show_texts).encode("utf-8"))
+    return url
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", help="A pipeline output directory (local path or fsspec URL).")
+    ap.add_argument("--gold", action="append", default=[],
+                    help="Gold MultiClinAI TSV to evaluate against (repeatable).")
+    ap.add_argument("--hide_texts", action="store_true",
+                    help="Leave every mention text out of the report.")
+    args = ap.parse_args(argv)
+    try:
+        print(write_report(args.out, args.gold, show_texts=not args.hide_texts))
+    except FileNotFoundError as e:
+        raise SystemExit(f"pipeline.report: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The run report: what it shows, what it hides, and that a real browser renders it."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.evaluate import load_tsv, score
+from pipeline.report import write_report
+from tests.conftest import SPACCC
+
+GOLD = [str(SPACCC / "gold_symptom.tsv"), str(SPACCC / "gold_procedure.tsv")]
+
+
+@pytest.fixture(scope="module")
+def report(annotated):
+    out, _ = annotated
+    write_report(str(out), GOLD)
+    return out, (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_shows_the_run(report, spaccc_sample):
+    out, page = report
+    assert page.count("<svg") == 4  # mentions, documents, length, spans per document
+    for title in ("Mentions per label and language", "Documents per language and state",
+                  "Document length", "Spans per annotated document",
+                  "Most frequent mention texts per label", "Evaluation"):
+        assert title in page
+    n_docs = len(list(spaccc_sample.glob("*.txt")))
+    assert f'<div class="v">{n_docs}</div><div class="k">documents</div>' in page
+    # self-contained: nothing to fetch, nothing to run
+    assert "<script" not in page and "<link" not in page and 'src="' not in page
+    # the evaluation row is the MultiClinAI score of the run's spans on its own documents
+    ids = {p.stem for p in spaccc_sample.glob("*.txt")}
+    gold = pd.concat([load_tsv(g) for g in GOLD])
+    gold = gold[gold.filename.isin(ids)]
+    spans = pd.read_parquet(out / "spans")
+    pred = spans.rename(columns={"doc_id": "filename", "start": "start_span", "end": "end_span"})
+    strict = score(gold, pred)["strict"]
+    assert f"<td>all</td><td class=\"num\">{strict['precision']:.4f}</td>" in page
+    assert f"<td class=\"num\">{strict['tp']:,}</td>" in page
+    top = spans[spans.label == "SYMPTOM"].text.value_counts()
+    assert f"<td>{top.index[0]}</td><td class=\"num\">{top.iloc[0]:,}</td>" in page
+
+
+def test_hide_texts_leaves_every_mention_text_out(annotated, tmp_path):
+    out, _ = annotated
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    write_report(str(copy), GOLD, show_texts=False)
+    page = (copy / "report.html").read_text(encoding="utf-8")
+    texts = set(pd.read_parquet(out / "spans").text)
+    words = {t for t in texts if len(t) >= 6 and t.isalpha()}
+    assert len(words) > 20
+    assert not [t for t in words if t in page]
+    assert "hidden in this report" in page
+
+
+def _browser() -> str | None:
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("CLINICAL_NER_REQUIRE_BROWSER"):
+            pytest.fail("no Chromium found (apt-get install chromium, or set CHROMIUM)")
+        pytest.skip("no Chromium (apt-get install chromium); CI installs it")
+    from PIL import Image
+
+    out, _ = report
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--no-first-run", "--disable-background-networking", f"--user-data-dir={tmp_path}/p",
+         "--window-size=1280,2000", f"--screenshot={shot}", (out / "report.html").as_uri()],
+        check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (2000, 1280)
+    # matplotlib's first colour (#1f77b4) fills the bars and histograms: the plots are drawn
+    blue = (np.abs(pixels - [31, 119, 180]).sum(axis=2) < 30).sum()
+    assert blue > 20_000
+    # and the header bar (#1f3b57) is at the top: the page's CSS applied
+    assert (np.abs(pixels[20, 640] - [31, 59, 87]).sum()) < 10
+
+
+def test_report_of_a_folder_that_is_no_output_says_so(tmp_path):
+    from pipeline.report import main
+
+    with pytest.raises(SystemExit, match="no documents/ here"):
+        main([str(tmp_path)])
