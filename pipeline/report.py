@@ -22,7 +22,7 @@ import matplotlib
 import pandas as pd
 
 from pipeline.evaluate import breakdown, load_tsv, score
-from transforms.storage import write_atomically
+from transforms.storage import read_parquet_dir, write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -50,10 +50,10 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
     fs, root = fsspec.core.url_to_fs(out)
     if not fs.exists(f"{root}/documents"):
         raise FileNotFoundError(f"{out}: no documents/ here; is it a pipeline output?")
-    documents = pd.read_parquet(f"{out}/documents", columns=[
-        "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"])
-    spans = pd.read_parquet(f"{out}/spans", columns=_SPAN_COLUMNS + (["text"] if with_texts
-                                                                     else []))
+    documents = read_parquet_dir(f"{out}/documents", [
+        "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"]).to_pandas()
+    spans = read_parquet_dir(f"{out}/spans", _SPAN_COLUMNS + (["text"] if with_texts
+                                                             else [])).to_pandas()
     record = json.loads(fs.cat(f"{root}/run.json")) if fs.exists(f"{root}/run.json") else {}
     return RunOutputs(out, documents, spans, record)
 
@@ -186,9 +186,14 @@ def _tiles(run: RunOutputs) -> str:
              ("mentions", f"{len(run.spans):,}"),
              ("languages", f"{docs.lang.nunique():,}")]
     if record:
+        counts, seconds = record.get("counts", {}), record.get("seconds") or 0
+        real = sum(v for k, v in counts.items() if k.startswith("tokens/real_"))
+        padding = sum(v for k, v in counts.items() if k.startswith("tokens/padding_"))
         tiles += [("last run: documents read", f"{throughput.get('documents', 0):,}"),
-                  ("last run: wall time", f"{record.get('seconds', 0):,.0f} s"),
-                  ("last run: documents/s", f"{throughput.get('documents_per_s') or 0:,.2f}")]
+                  ("last run: wall time", f"{seconds:,.0f} s"),
+                  ("last run: documents/s", f"{throughput.get('documents_per_s') or 0:,.2f}"),
+                  ("last run: model tokens/s", f"{real / seconds if seconds else 0:,.0f}"),
+                  ("last run: padding", f"{padding / max(real + padding, 1):.1%}")]
     return "".join(f'<div class="tile"><div class="v">{html.escape(v)}</div>'
                    f'<div class="k">{html.escape(k)}</div></div>' for k, v in tiles)
 

@@ -36,3 +36,19 @@ def write_atomically(url: str, data: bytes) -> None:
     with open_output(url + ".inprogress", "wb") as f:
         f.write(data)
     move(fs, path + ".inprogress", path)
+
+
+def read_parquet_dir(url: str, columns: list[str] | None = None):
+    """All ``*.parquet`` files of a directory (any fsspec URL) as one pyarrow Table, read file by
+    file through fsspec (pyarrow's own dataset reader can stall on some object stores)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(url)
+    tables = []
+    for part in sorted(fs.glob(posixpath.join(root, "*.parquet"))):
+        with fs.open(part, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    if not tables:
+        raise FileNotFoundError(f"{url}: no Parquet files")
+    return pa.concat_tables(tables, promote_options="default")

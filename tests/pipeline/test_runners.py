@@ -39,8 +39,8 @@ def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
                  save_main_session=False)
     transforms = result.job.proto_pipeline.components.transforms.values()
     names = {t.unique_name: t for t in transforms}
-    for step in ("ReadDocuments/Read", "Route", "Infer_symptom/RunInference", "Align",
-                 "Write/Finalize"):
+    for step in ("ReadDocuments/ListShards", "ReadDocuments/Read", "Route",
+                 "Infer_symptom/RunInference", "Align", "Write/Finalize", "Write/MarkComplete"):
         assert step in names
     hinted = [n for n, t in names.items() if t.environment_id and any(
         b"nvidia-l4" in v for v in result.job.proto_pipeline.components.environments[

@@ -62,6 +62,11 @@ def test_gs_input_output_and_model(gcs, smoke_tasks, tmp_path):
     assert json.loads(gcs.cat("bkt/out/run.json"))["counts"]["documents/read"] == 1
     assert sorted(again.itertuples(index=False)) == sorted(tsv.itertuples(index=False))
 
+    from pipeline.report import write_report
+
+    assert write_report("gs://bkt/out") == "gs://bkt/out/report.html"
+    assert b"Mentions per label and language" in gcs.cat("bkt/out/report.html")
+
 
 def test_every_format_gives_the_same_spans(smoke_tasks, tmp_path):
     src = tmp_path / "in"
