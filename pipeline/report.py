@@ -20,9 +20,11 @@ from typing import Any, Sequence
 import fsspec
 import matplotlib
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.evaluate import breakdown, load_tsv, score
-from transforms.storage import read_parquet_dir, write_atomically
+from transforms.storage import iter_parquet_dir, read_parquet_dir, write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -31,31 +33,60 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 _THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}")
 
 TOP_TEXTS = 15
-_SPAN_COLUMNS = ["doc_id", "task", "label", "start", "end", "lang"]
 
 
 @dataclass
 class RunOutputs:
-    """What the report reads from an output directory."""
+    """What the report reads from an output directory: the documents table, span counts (the
+    spans themselves are read a file at a time), and ``run.json``."""
 
     out: str
     documents: pd.DataFrame
-    spans: pd.DataFrame  # ``text`` only when texts may be shown
+    mentions: pd.DataFrame  # label, lang, n
+    texts: pd.DataFrame | None  # label, text, n (None: texts must not be shown)
     record: dict[str, Any]
 
 
+def _count(table: pa.Table, keys: list[str]) -> pd.DataFrame:
+    """Rows of ``table`` per distinct ``keys`` (column ``n``)."""
+    counts = table.group_by(keys).aggregate([([], "count_all")]).to_pandas()
+    return counts.rename(columns={"count_all": "n"})
+
+
 def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
-    """The documents and spans tables and ``run.json`` (empty when absent) of ``out``."""
+    """Read ``out`` for the report; memory grows with documents and distinct mention texts,
+    not with mentions."""
     out = out.rstrip("/")
     fs, root = fsspec.core.url_to_fs(out)
     if not fs.exists(f"{root}/documents"):
         raise FileNotFoundError(f"{out}: no documents/ here; is it a pipeline output?")
     documents = read_parquet_dir(f"{out}/documents", [
         "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"]).to_pandas()
-    spans = read_parquet_dir(f"{out}/spans", _SPAN_COLUMNS + (["text"] if with_texts
-                                                             else [])).to_pandas()
+    mentions, texts = [], []
+    for t in iter_parquet_dir(f"{out}/spans", ["label", "lang"] + (["text"] * with_texts)):
+        mentions.append(_count(t, ["label", "lang"]))
+        if with_texts:
+            texts.append(_count(t, ["label", "text"]))
     record = json.loads(fs.cat(f"{root}/run.json")) if fs.exists(f"{root}/run.json") else {}
-    return RunOutputs(out, documents, spans, record)
+    return RunOutputs(out, documents, _sum(mentions, ["label", "lang"]),
+                      _sum(texts, ["label", "text"]) if with_texts else None, record)
+
+
+def _sum(counts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    if not counts:
+        return pd.DataFrame(columns=[*keys, "n"])
+    return pd.concat(counts).groupby(keys, dropna=False, as_index=False)["n"].sum()
+
+
+def predictions_of(out: str, doc_ids: set[str]) -> pd.DataFrame:
+    """The spans of some documents, in the scorer's columns."""
+    ids = pa.array(sorted(doc_ids), pa.string())
+    tables = [t.filter(pc.is_in(t["doc_id"], value_set=ids)) for t in iter_parquet_dir(
+        f"{out}/spans", ["doc_id", "label", "start", "end"])]
+    pred = (pa.concat_tables(tables).to_pandas() if tables else
+            pd.DataFrame(columns=["doc_id", "label", "start", "end"]))
+    pred = pred.rename(columns={"doc_id": "filename", "start": "start_span", "end": "end_span"})
+    return pred.assign(text="")
 
 
 def _svg(fig) -> str:
@@ -106,8 +137,9 @@ def _histogram(values: pd.Series, title: str, xlabel: str) -> str:
 
 def figures(run: RunOutputs) -> dict[str, str]:
     """The report's plots as SVG, by title."""
-    docs, spans = run.documents, run.spans
-    mentions = pd.crosstab(spans.label, spans.lang.fillna("none")).rename_axis(
+    docs = run.documents
+    mentions = run.mentions.fillna({"lang": "none"}).pivot_table(
+        index="label", columns="lang", values="n", aggfunc="sum", fill_value=0).rename_axis(
         index=None, columns="language")
     states = pd.crosstab(docs.lang.fillna("none"), docs.status).rename_axis(
         index=None, columns="state")
@@ -124,22 +156,21 @@ def figures(run: RunOutputs) -> dict[str, str]:
     }
 
 
-def top_texts(spans: pd.DataFrame, n: int = TOP_TEXTS) -> dict[str, pd.DataFrame]:
+def top_texts(texts: pd.DataFrame, n: int = TOP_TEXTS) -> dict[str, pd.DataFrame]:
     """The ``n`` most frequent mention texts of each label (case and spacing as written)."""
-    return {label: g.text.value_counts().head(n).rename_axis("text").reset_index(name="mentions")
-            for label, g in spans.groupby("label", sort=True)}
+    return {label: g.sort_values(["n", "text"], ascending=[False, True]).head(n)[["text", "n"]]
+            for label, g in texts.groupby("label", sort=True)}
 
 
 def evaluation(run: RunOutputs, gold_paths: Sequence[str]) -> dict[str, Any]:
     """MultiClinAI scores of the run's spans against gold TSVs, overall, by label and language,
     over the documents of the run (gold of other documents is left out and counted)."""
     gold = pd.concat([load_tsv(p) for p in gold_paths], ignore_index=True)
-    mine = gold.filename.astype(str).isin(set(run.documents.doc_id))
+    run_ids = set(run.documents.doc_id)
+    mine = gold.filename.astype(str).isin(run_ids)
     outside = gold[~mine].filename.nunique()
     gold = gold[mine]
-    pred = run.spans.rename(columns={"doc_id": "filename", "start": "start_span",
-                                     "end": "end_span"})
-    pred = pred.assign(text="")[["filename", "label", "start_span", "end_span", "text"]]
+    pred = predictions_of(run.out, set(gold.filename.astype(str)))
     known = run.documents.dropna(subset=["lang"]).drop_duplicates("doc_id").set_index(
         "doc_id").lang
     return {**score(gold, pred), "by_label": breakdown(gold, pred, "label"),
@@ -183,7 +214,7 @@ def _tiles(run: RunOutputs) -> str:
     throughput = record.get("throughput", {})
     tiles = [("documents", f"{len(docs):,}"),
              *((s, f"{int(states.get(s, 0)):,}") for s in ("annotated", "skipped", "failed")),
-             ("mentions", f"{len(run.spans):,}"),
+             ("mentions", f"{int(run.mentions.n.sum()):,}"),
              ("languages", f"{docs.lang.nunique():,}")]
     if record:
         counts, seconds = record.get("counts", {}), record.get("seconds") or 0
@@ -215,14 +246,14 @@ gap:24px}.muted{color:#777}details summary{cursor:pointer}
 """
 
 
-def render(run: RunOutputs, gold: dict[str, Any] | None, show_texts: bool) -> str:
-    """The report page."""
+def render(run: RunOutputs, gold: dict[str, Any] | None) -> str:
+    """The report page (mention texts only if ``run`` has them)."""
     record = run.record
     plots = "".join(f'<div class="card">{svg}</div>' for svg in figures(run).values())
-    if show_texts:
+    if run.texts is not None:
         texts = "".join(
             f"<div><h3>{html.escape(label)}</h3>{_table(['text', 'mentions'], t.values)}</div>"
-            for label, t in top_texts(run.spans).items()) or '<p class="muted">no mentions</p>'
+            for label, t in top_texts(run.texts).items()) or '<p class="muted">no mentions</p>'
     else:
         texts = '<p class="muted">Mention texts are hidden in this report (--hide_texts).</p>'
     evaluation_html = (_evaluation_html(gold) if gold else
@@ -263,7 +294,7 @@ def write_report(out: str, gold_paths: Sequence[str] = (), show_texts: bool = Tr
     run = load_outputs(out, with_texts=show_texts)
     gold = evaluation(run, gold_paths) if gold_paths else None
     url = f"{run.out}/report.html"
-    write_atomically(url, render(run, gold, show_texts).encode("utf-8"))
+    write_atomically(url, render(run, gold).encode("utf-8"))
     return url
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from typing import Iterator
 
 import fsspec
 
@@ -38,17 +39,22 @@ def write_atomically(url: str, data: bytes) -> None:
     move(fs, path + ".inprogress", path)
 
 
-def read_parquet_dir(url: str, columns: list[str] | None = None):
-    """All ``*.parquet`` files of a directory (any fsspec URL) as one pyarrow Table, read file by
-    file through fsspec (pyarrow's own dataset reader can stall on some object stores)."""
-    import pyarrow as pa
+def iter_parquet_dir(url: str, columns: list[str] | None = None) -> Iterator:
+    """Each ``*.parquet`` file of a directory (any fsspec URL) as a pyarrow Table, read through
+    fsspec file by file (pyarrow's own dataset reader can stall on some object stores)."""
     import pyarrow.parquet as pq
 
     fs, root = fsspec.core.url_to_fs(url)
-    tables = []
     for part in sorted(fs.glob(posixpath.join(root, "*.parquet"))):
         with fs.open(part, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
+            yield pq.read_table(f, columns=columns)
+
+
+def read_parquet_dir(url: str, columns: list[str] | None = None):
+    """All ``*.parquet`` files of a directory as one pyarrow Table."""
+    import pyarrow as pa
+
+    tables = list(iter_parquet_dir(url, columns))
     if not tables:
         raise FileNotFoundError(f"{url}: no Parquet files")
     return pa.concat_tables(tables, promote_options="default")

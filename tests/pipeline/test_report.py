@@ -1,5 +1,6 @@
 """The run report: what it shows, what it hides, and that a real browser renders it."""
 
+import html
 import os
 import shutil
 import subprocess
@@ -43,7 +44,10 @@ def test_report_shows_the_run(report, spaccc_sample):
     assert f"<td>all</td><td class=\"num\">{strict['precision']:.4f}</td>" in page
     assert f"<td class=\"num\">{strict['tp']:,}</td>" in page
     top = spans[spans.label == "SYMPTOM"].text.value_counts()
-    assert f"<td>{top.index[0]}</td><td class=\"num\">{top.iloc[0]:,}</td>" in page
+    first = min(top.index[top == top.max()])  # ties: alphabetical
+    row = f'<tr><td>{html.escape(first)}</td><td class="num">{top.max():,}</td></tr>'
+    assert f"<h3>SYMPTOM</h3><table><thead><tr><th>text</th><th class=\"num\">mentions</th>" \
+           f"</tr></thead><tbody>{row}" in page
 
 
 def test_hide_texts_leaves_every_mention_text_out(annotated, tmp_path):
