@@ -126,7 +126,11 @@ class _WriteShards(beam.DoFn):
 def _drop_sources(fs, path: str, redone: pa.Array) -> None:
     """Remove the rows of ``redone`` input shards from one Parquet file (or the file)."""
     with fs.open(path, "rb") as f:
-        sources = pq.read_table(f, columns=["source"])["source"]
+        pf = pq.ParquetFile(f)
+        if "source" not in pf.schema_arrow.names:
+            raise ValueError(f"{path}: written by an older version (no `source` column): "
+                             "annotate into a new --output, or remove this file")
+        sources = pf.read(columns=["source"])["source"]
     if not pc.any(pc.is_in(sources, value_set=redone)).as_py():
         return
     with fs.open(path, "rb") as f:
