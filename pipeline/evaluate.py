@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from transforms.language import lang_from_name
+
 REQUIRED_COLUMNS = ["filename", "label", "start_span", "end_span", "text"]
-_LANG_IN_NAME = re.compile(r"MultiClinNER-([A-Za-z]{2})-")
 
 
 class EvaluationInputError(ValueError):
@@ -154,16 +154,17 @@ def evaluate(reference: str | Path, pred: str | Path, entity: str | None = None)
     return score(load_tsv(reference), load_predictions(pred), entity)
 
 
-def manifest_languages(manifest: str | Path) -> pd.Series:
-    """doc_id -> language from a pipeline ``documents/`` manifest (any fsspec URL)."""
-    docs = pd.read_parquet(manifest, columns=["doc_id", "lang"]).dropna()
+def document_languages(documents: pd.DataFrame) -> pd.Series:
+    """doc_id -> language from a pipeline documents table (the first row of an id; documents
+    without a language left out)."""
+    docs = documents[["doc_id", "lang"]].dropna()
     return docs.drop_duplicates("doc_id").set_index("doc_id")["lang"]
 
 
 def languages(gold: pd.DataFrame, pred: pd.DataFrame, known: pd.Series | None) -> pd.Series:
     """Language per document: ``known`` (doc_id -> lang), else ``MultiClinNER-<lang>-`` names."""
     names = pd.Series(pd.concat([gold.filename, pred.filename]).dropna().unique())
-    lang = names.astype(str).str.extract(_LANG_IN_NAME, expand=False).str.lower()
+    lang = names.astype(str).map(lang_from_name)
     lang.index = names
     if known is not None:
         lang = known.reindex(names.astype(str)).set_axis(names).fillna(lang)
@@ -221,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest = args.documents or (args.pred / "documents" if args.pred.is_dir() else None)
     if args.entity:
         gold, pred = gold[gold.label == args.entity], pred[pred.label == args.entity]
-    known = manifest_languages(manifest) if manifest and manifest.exists() else None
+    known = (document_languages(pd.read_parquet(manifest, columns=["doc_id", "lang"]))
+             if manifest and manifest.exists() else None)
     for by in dict.fromkeys(args.by):
         result[f"by_{by}"] = breakdown(gold, pred, by, known)
     print(format_table(result) if args.table else json.dumps(result, indent=2))

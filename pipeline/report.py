@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.evaluate import breakdown, load_tsv, score
+from pipeline.evaluate import breakdown, document_languages, load_tsv, score
 from transforms.storage import iter_parquet_dir, read_parquet_dir, write_atomically
 
 matplotlib.use("Agg")
@@ -171,8 +171,7 @@ def evaluation(run: RunOutputs, gold_paths: Sequence[str]) -> dict[str, Any]:
     outside = gold[~mine].filename.nunique()
     gold = gold[mine]
     pred = predictions_of(run.out, set(gold.filename.astype(str)))
-    known = run.documents.dropna(subset=["lang"]).drop_duplicates("doc_id").set_index(
-        "doc_id").lang
+    known = document_languages(run.documents)
     return {**score(gold, pred), "by_label": breakdown(gold, pred, "label"),
             "by_lang": breakdown(gold, pred, "lang", known),
             "gold_documents": gold.filename.nunique(), "gold_documents_not_in_run": outside}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from contextlib import contextmanager
 from typing import Iterator
 
 import fsspec
@@ -31,12 +32,21 @@ def move(fs, src: str, dst: str) -> None:
         fs.rm(src)
 
 
-def write_atomically(url: str, data: bytes) -> None:
-    """Write ``data`` aside, then move it to ``url``: readers never see a partial file."""
-    fs, path = fsspec.core.url_to_fs(url)
-    with open_output(url + ".inprogress", "wb") as f:
-        f.write(data)
+@contextmanager
+def atomic_output(fs, path: str) -> Iterator:
+    """A file to write ``path`` through: written aside, moved into place when the block ends
+    without error, so readers never see a partial file."""
+    with fs.open(path + ".inprogress", "wb") as f:
+        yield f
     move(fs, path + ".inprogress", path)
+
+
+def write_atomically(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` (any fsspec URL, parent folders created) atomically."""
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with atomic_output(fs, path) as f:
+        f.write(data)
 
 
 def iter_parquet_dir(url: str, columns: list[str] | None = None) -> Iterator:

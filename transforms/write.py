@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import posixpath
 import uuid
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, Sequence
 
@@ -32,7 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.shards import Resume, shard_counts, write_marker
-from transforms.storage import move, open_output
+from transforms.storage import atomic_output, move, open_output
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
@@ -143,28 +144,25 @@ def _drop_sources(fs, path: str, redone: pa.Array) -> None:
 
 
 def _write_table(fs, path: str, table: pa.Table) -> None:
-    """Write a Parquet file aside, then move it into place."""
-    with fs.open(path + ".inprogress", "wb") as f:
+    """Write a Parquet file atomically."""
+    with atomic_output(fs, path) as f:
         pq.write_table(table, f)
-    move(fs, path + ".inprogress", path)
 
 
 def write_tsv(fs, root: str, tasks: Iterable[str]) -> None:
-    """``<task>.tsv`` for each task from all span files (each written aside, then moved)."""
-    files = {t: fs.open(posixpath.join(root, f"{t}.tsv.inprogress"), "wb") for t in tasks}
-    for f in files.values():
-        f.write((TSV_HEADER + "\n").encode("utf-8"))
-    columns = ["doc_id", "task", "label", "start", "end", "text"]
-    for part in sorted(fs.glob(posixpath.join(root, "spans", "*.parquet"))):
-        with fs.open(part, "rb") as src:
-            for batch in pq.ParquetFile(src).iter_batches(batch_size=65536, columns=columns):
-                for row in batch.to_pylist():
-                    if row["task"] in files:
-                        files[row["task"]].write((tsv_line(row) + "\n").encode("utf-8"))
-    for task, f in files.items():
-        f.close()
-        final = posixpath.join(root, f"{task}.tsv")
-        move(fs, final + ".inprogress", final)
+    """``<task>.tsv`` for each task from all span files (each written atomically)."""
+    with ExitStack() as stack:
+        files = {t: stack.enter_context(atomic_output(fs, posixpath.join(root, f"{t}.tsv")))
+                 for t in tasks}
+        for f in files.values():
+            f.write((TSV_HEADER + "\n").encode("utf-8"))
+        columns = ["doc_id", "task", "label", "start", "end", "text"]
+        for part in sorted(fs.glob(posixpath.join(root, "spans", "*.parquet"))):
+            with fs.open(part, "rb") as src:
+                for batch in pq.ParquetFile(src).iter_batches(batch_size=65536, columns=columns):
+                    for row in batch.to_pylist():
+                        if row["task"] in files:
+                            files[row["task"]].write((tsv_line(row) + "\n").encode("utf-8"))
 
 
 def finalize(parts: Sequence[tuple[str, str]], out: str, tasks: Iterable[str], tmp: str,
