@@ -7,6 +7,8 @@ A rerun over the same output skips the input shards already done (``--force`` re
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Mapping, Sequence
 
 import apache_beam as beam
@@ -17,11 +19,11 @@ from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions,
 from pipeline.options import AnnotateOptions
 from pipeline.smoke_models import is_smoke_model
 from pipeline.summary import job_config, metric_totals, metrics_table, now, write_run_record
-from pipeline.tasks import TaskSpec, load_tasks
+from pipeline.tasks import TaskFileError, TaskSpec, load_tasks
 from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
 from transforms.batch import BatchByTokens
 from transforms.handlers import TokenClassifierHandler
-from transforms.read import Fields, ReadDocuments
+from transforms.read import Fields, InputError, ReadDocuments
 from transforms.route import RouteDoFn, mark_duplicates
 from transforms.segment import FAILURES, REFERENCE_WINDOW, SegmentDoFn
 from transforms.shards import Resume
@@ -138,13 +140,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
 
 def main() -> None:
     """Console entry point."""
-    import sys
-
-    from pipeline.tasks import TaskFileError
-    from transforms.read import InputError
-
-    import os
-
     level = os.environ.get("CLINICAL_NER_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":

@@ -1,4 +1,5 @@
-"""What a run leaves behind besides its outputs: the counters table and ``OUT/run.json``."""
+"""What a run leaves behind besides its outputs: the metrics table, ``OUT/run.json``, and the
+job configuration that completion markers record."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
 
 def write_run_record(output: str, run_id: str, options: Mapping[str, Any],
                      config: Mapping[str, Any], started: datetime, ended: datetime,
-                     totals: Mapping[str, int] | None) -> dict:
+                     totals: RunMetrics | None) -> dict:
     """Write ``OUT/run.json`` (aside, then moved into place) and return it."""
     seconds = (ended - started).total_seconds()
     totals = totals or RunMetrics()

@@ -16,12 +16,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.records import Document, Failure, Window
-
-FAILURES = "failures"
 from transforms.windows import plan_windows
 from transforms.words import sentence_starts, split_words
 
-
+FAILURES = "failures"
 REFERENCE_WINDOW, REFERENCE_STRIDE = 512, 128
 
 

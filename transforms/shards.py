@@ -18,6 +18,7 @@ import json
 import logging
 import posixpath
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 import fsspec
@@ -58,8 +59,9 @@ class Resume:
     config: Mapping[str, Any] = field(default_factory=dict)
     force: bool = False
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """The configuration's hash (computed once: every shard's marker name uses it)."""
         return config_fingerprint(self.config)
 
     @property
@@ -88,8 +90,9 @@ def pending(shards: Iterable[Shard], resume: Resume) -> list[Shard]:
     markers = existing_markers(resume.root)
     todo, done = [], 0
     for shard in shards:
-        mine = markers.get(resume.marker(shard).split(".", 1)[0], [])
-        if resume.marker(shard) in mine and not resume.force:
+        name = resume.marker(shard)
+        mine = markers.get(name.split(".", 1)[0], [])
+        if name in mine and not resume.force:
             done += 1
             continue
         todo.append(shard.with_(stale=tuple(mine)))
