@@ -1,11 +1,40 @@
-"""Command-line options of the annotation job (Beam's argparse conventions)."""
+"""Command-line options of the annotation job, and a strict parser for them.
+
+``AnnotateOptions`` is a Beam ``PipelineOptions`` subclass (so the options travel to workers);
+``parse_options`` checks a command line against every option that this job and Beam's runners
+know, lists them all, grouped, with their defaults under ``--help``, and refuses an unknown or
+mistyped option with the nearest valid one, before anything runs.
+"""
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import sys
+from typing import Sequence
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.handlers import PRECISIONS
-from transforms.read import FORMATS
+from transforms.shards import FORMATS
+from transforms.spec import PRECISIONS
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def boolean(value: str | bool) -> bool:
+    """``--flag``, ``--flag=true`` or ``--flag false``: Flex Templates pass explicit values."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _flag(group, name: str, help: str) -> None:
+    group.add_argument(name, type=boolean, nargs="?", const=True, default=False, metavar="BOOL",
+                       help=help)
 
 
 class AnnotateOptions(PipelineOptions):
@@ -13,59 +42,153 @@ class AnnotateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--input", help="Directory of .txt files, a glob, or JSONL file(s).")
-        parser.add_argument("--output", help="Output directory (local path or fsspec URL).")
-        parser.add_argument("--tasks", help="Task file (YAML) naming each task and its model.")
-        parser.add_argument("--force", action="store_true",
-                            help="Redo every input shard, even those an earlier run over the "
-                                 "same --output completed (and marked in OUT/_shards/).")
-        parser.add_argument("--language", default=None,
+        io = parser.add_argument_group("input and output")
+        io.add_argument("--input", help="Input: a folder (searched recursively), a glob or a "
+                        "file of .txt, .jsonl[.gz|.zst] or .parquet documents; local or any "
+                        "fsspec URL (gs://, s3://). Required.")
+        io.add_argument("--output", help="Output folder (local path or fsspec URL). Required.")
+        io.add_argument("--input_format", default=None, choices=FORMATS,
+                        help="Input format when file names do not say it.")
+        io.add_argument("--id_field", default="id", help="Record field of the document id.")
+        io.add_argument("--text_field", default="text", help="Record field of the text.")
+        io.add_argument("--lang_field", default="lang",
+                        help="Record field of the language (`language` is also read).")
+        io.add_argument("--split_bytes", type=int, default=64 << 20,
+                        help="Uncompressed JSONL files larger than this are read in pieces of "
+                             "this many bytes, in parallel.")
+        _flag(io, "--force", "Redo every input shard, even those an earlier run over the same "
+                             "--output completed (and marked in OUT/_shards/).")
+
+        models = parser.add_argument_group("tasks and languages")
+        models.add_argument("--tasks", help="Task file (YAML) naming each task and its model. "
+                            "Required.")
+        models.add_argument("--language", default=None,
                             help="Language (ISO 639-1) of documents whose record and file name "
                                  "give none; without it, their language is detected.")
-        parser.add_argument("--min_lang_confidence", type=float, default=0.2,
+        models.add_argument("--min_lang_confidence", type=float, default=0.2,
                             help="Detected languages below this confidence become 'und'.")
-        parser.add_argument("--reference_compat", action="store_true",
-                            help="Reproduce the DT4H reference inference scripts exactly.")
-        parser.add_argument("--max_tokens", type=int, default=512,
-                            help="Sub-words per model window, special tokens included (whole "
-                                 "sentences are packed; 256 is about 20%% faster on CPU).")
-        parser.add_argument("--overlap", type=int, default=None,
-                            help="Sub-words shared by consecutive windows of a long sentence "
-                                 "(default: a quarter of --max_tokens; --reference_compat uses "
-                                 "a stride of 128).")
-        parser.add_argument("--compile", action="store_true",
-                            help="torch.compile the encoder: about 10%% faster on CPU after a "
-                                 "one-off compilation of about a minute per worker.")
-        parser.add_argument("--batch_tokens", type=int, default=8192,
-                            help="Token budget of one inference batch (windows sorted by length).")
-        parser.add_argument("--max_batch_windows", type=int, default=256,
-                            help="Most windows in one inference batch.")
-        parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                            help="auto: bf16 on CUDA and on CPUs with AMX, else fp32 "
-                                 "(fp32 with --reference_compat).")
-        parser.add_argument("--inference_accelerator", default=None,
-                            help="Dataflow accelerator for the inference steps only, e.g. "
-                                 "'type:nvidia-l4;count:1;install-nvidia-driver' (a resource "
-                                 "hint: the CPU stages run on CPU workers).")
-        parser.add_argument("--large_model", action="store_true",
-                            help="Share one model copy across a worker's processes (GPU workers).")
-        parser.add_argument("--input_format", default=None, choices=FORMATS,
-                            help="Input format when file names do not say it.")
-        parser.add_argument("--split_bytes", type=int, default=64 << 20,
-                            help="Uncompressed JSONL files larger than this are read in pieces "
-                                 "of this many bytes, in parallel.")
-        parser.add_argument("--id_field", default="id", help="Record field of the document id.")
-        parser.add_argument("--text_field", default="text", help="Record field of the text.")
-        parser.add_argument("--lang_field", default="lang",
-                            help="Record field of the language (`language` is also read).")
+        _flag(models, "--reference_compat",
+              "Reproduce the DT4H reference inference scripts exactly (raw text, 512-token "
+              "windows with stride 128, fp32, their decoding).")
+
+        infer = parser.add_argument_group("inference")
+        infer.add_argument("--max_tokens", type=int, default=512,
+                           help="Sub-words per model window, special tokens included (whole "
+                                "sentences are packed).")
+        infer.add_argument("--overlap", type=int, default=None,
+                           help="Sub-words shared by consecutive windows of a long sentence "
+                                "(default: a quarter of --max_tokens).")
+        infer.add_argument("--precision", default="auto", choices=PRECISIONS,
+                           help="auto: bf16 on CUDA GPUs and on CPUs with AMX or AVX-512 BF16, "
+                                "else fp32 (fp32 with --reference_compat).")
+        infer.add_argument("--batch_tokens", type=int, default=8192,
+                           help="Token budget of one inference batch (padded size, windows "
+                                "sorted by length). GPU: 16k-64k.")
+        infer.add_argument("--max_batch_windows", type=int, default=256,
+                           help="Most windows in one inference batch.")
+        infer.add_argument("--group_tokens", type=int, default=None,
+                           help="Tokens of the documents grouped for one inference call "
+                                "(their windows are sorted together; default: 8 x "
+                                "--batch_tokens).")
+        _flag(infer, "--compile", "torch.compile the encoder (a one-off compilation per "
+                                  "worker; worth it for long runs).")
+        infer.add_argument("--torch_threads", type=int, default=None,
+                           help="Threads of each process that runs a model (default: the "
+                                "cores divided among the local worker processes).")
+        infer.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                           help="Where models run; cuda fails at model load if no GPU is "
+                                "usable (implied by --inference_accelerator).")
+        infer.add_argument("--inference_accelerator", default=None,
+                           help="Dataflow accelerator for the inference steps only, e.g. "
+                                "'type:nvidia-l4;count:1;install-nvidia-driver' (a resource "
+                                "hint: the CPU stages run on CPU workers).")
+        _flag(infer, "--large_model", "Share one model copy among a worker's processes (a GPU "
+                                      "machine with several worker processes).")
 
     def validate_required(self) -> None:
         """Fail with a usage message when a required option is missing or out of range."""
         missing = [f"--{n}" for n in ("input", "output", "tasks") if not getattr(self, n)]
         if missing:
-            raise SystemExit(f"pipeline.run: missing required option(s) {', '.join(missing)}")
+            raise SystemExit(f"pipeline.run: missing required option(s) {', '.join(missing)} "
+                             "(see --help)")
         if self.overlap is None:
             self.overlap = self.max_tokens // 4
         if self.max_tokens < 8 or not 0 <= 2 * self.overlap <= self.max_tokens - 2:
             raise SystemExit("pipeline.run: need --max_tokens >= 8 and 0 <= 2*--overlap <= "
                              "--max_tokens - 2")
+        if self.batch_tokens < self.max_tokens:
+            raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
+
+
+def _option_classes() -> list[type[PipelineOptions]]:
+    """This job's options first, then every options class of Beam's runners."""
+    seen: list[type[PipelineOptions]] = [AnnotateOptions]
+    todo = list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        if cls not in seen:
+            seen.append(cls)
+            todo.extend(cls.__subclasses__())
+    return seen
+
+
+def parser() -> argparse.ArgumentParser:
+    """Every option of the job and of Beam's runners, grouped, with defaults in the help."""
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        usage="python -m pipeline.run --input IN --output OUT --tasks TASKS.yaml [options]",
+        description="Annotate clinical documents with the NER models of a task file: read, "
+                    "route by language, infer per task, align, write TSV and Parquet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        epilog="Runner options follow Beam's (https://beam.apache.org/documentation/runners/"
+               "): e.g. --runner DataflowRunner --project P --region R --temp_location gs://...")
+    for cls in _option_classes():
+        if cls is AnnotateOptions:
+            cls._add_argparse_args(p)
+            continue
+        group = p.add_argument_group(f"Beam: {cls.__name__}")
+        try:
+            cls._add_argparse_args(_Grouped(group))
+        except argparse.ArgumentError:  # an option two Beam classes declare
+            continue
+    return p
+
+
+class _Grouped:
+    """Gives Beam's ``_add_argparse_args`` an argument group as if it were the parser."""
+
+    def __init__(self, group) -> None:
+        self._group = group
+
+    def add_argument(self, *args, **kwargs):
+        kwargs.pop("required", None)
+        try:
+            return self._group.add_argument(*args, **kwargs)
+        except argparse.ArgumentError:  # declared by another class already
+            return None
+
+    def add_argument_group(self, *args, **kwargs):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self._group, name)
+
+
+def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
+    """Beam ``PipelineOptions`` from a command line that names only known options; ``--help``
+    prints them all and exits."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    if "-h" in argv or "--help" in argv:
+        p.print_help()
+        raise SystemExit(0)
+    _, unknown = p.parse_known_args(argv)
+    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+    if flags or unknown:
+        known = [s for action in p._actions for s in action.option_strings]
+        wrong = (flags or unknown)[0]
+        near = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else " (see --help)"
+        p.error(f"unknown option {wrong}{hint}")
+    return PipelineOptions(argv)
+

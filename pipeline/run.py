@@ -1,6 +1,7 @@
 """Annotate documents with every task of a task file: ``python -m pipeline.run --help``.
 
-read -> route by language -> per task: segment, batch by tokens, RunInference -> align -> write.
+read -> route by language -> segment (once per tokenizer) -> group -> infer, per task ->
+align -> write. A document travels with its windows and predictions; nothing joins them back.
 A rerun over the same output skips the input shards already done (``--force`` redoes them).
 """
 
@@ -12,86 +13,66 @@ import sys
 from typing import Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import (PipelineOptions, SetupOptions, StandardOptions,
-                                                  TestOptions)
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
+                                                  StandardOptions, TestOptions)
 
-from pipeline.options import AnnotateOptions
-from pipeline.smoke_models import is_smoke_model
-from pipeline.summary import job_config, metric_totals, metrics_table, now, write_run_record
-from pipeline.tasks import TaskFileError, TaskSpec, load_tasks
-from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
-from transforms.batch import BatchByTokens
-from transforms.handlers import TokenClassifierHandler
-from transforms.read import Fields, InputError, ReadDocuments
-from transforms.route import RouteDoFn, mark_duplicates
-from transforms.segment import FAILURES, REFERENCE_WINDOW, SegmentDoFn
-from transforms.shards import Resume
+from pipeline.options import AnnotateOptions, parse_options
+from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
+                              write_run_record)
+from pipeline.tasks import TaskFileError, has_random_weights, load_tasks
+from transforms.align import AlignDoFn
+from transforms.batch import GroupDocuments
+from transforms.handlers import InferenceConfig, TokenClassifierHandler
+from transforms.read import Fields, ReadDocuments, plan_reads
+from transforms.route import RouteDoFn
+from transforms.segment import REFERENCE_WINDOW, SegmentDoFn
+from transforms.shards import InputError, Resume, expand_pattern, list_files, pending
+from transforms.spec import TaskSpec
 from transforms.write import WriteOutputs
 
 LOG = logging.getLogger("pipeline")
+LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner",
+                 "PortableRunner")
 
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
-          resume: Resume, run_id: str) -> None:
+          resume: Resume, run_id: str, record: Mapping) -> None:
     """The whole job: read (the shards not yet done), route, infer per task, align, write."""
-    read, shards = p | "ReadDocuments" >> ReadDocuments(
+    docs, shards = p | "ReadDocuments" >> ReadDocuments(
         opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
         opts.input_format, opts.split_bytes)
-    docs = (
-        read
-        | "KeyById" >> beam.GroupBy(lambda d: d.doc_id)
-        | "OncePerId" >> beam.FlatMapTuple(mark_duplicates)
+    groups = (
+        docs
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
                                           opts.language, opts.min_lang_confidence))
+        | "Segment" >> beam.ParDo(SegmentDoFn(specs, opts.max_tokens, opts.overlap,
+                                              opts.reference_compat))
+        | "Group" >> beam.ParDo(GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens))
     )
-    inferred = [docs | f"Infer_{name}" >> InferTask(spec, opts) for name, spec in specs.items()]
-    key = beam.WithKeys
-    aligned = (
-        {"doc": docs | "KeyDocs" >> key(lambda d: d.key),
-         "preds": [i[0] for i in inferred] | "AllPredictions" >> beam.Flatten()
-         | "KeyPreds" >> key(lambda r: r.key),
-         "failures": [i[1] for i in inferred] | "AllFailures" >> beam.Flatten()
-         | "KeyFailures" >> key(lambda f: f.key)}
-        | "Join" >> beam.CoGroupByKey()
-        | "Align" >> beam.ParDo(AlignDoFn(specs, opts.reference_compat)).with_outputs(
-            DOCUMENTS, ERRORS, main="spans")
-    )
-    (aligned.spans, aligned[DOCUMENTS], aligned[ERRORS], shards) | "Write" >> WriteOutputs(
-        specs, resume, run_id)
+    for name, spec in specs.items():
+        groups = groups | f"Infer_{name}" >> infer(spec, opts)
+    rows = groups | "Documents" >> beam.FlatMap(lambda group: group) | "Align" >> beam.ParDo(
+        AlignDoFn(specs, opts.reference_compat))
+    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id)
+    totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
-class InferTask(beam.PTransform):
-    """Documents routed to one task -> its window predictions."""
+def infer(spec: TaskSpec, opts: AnnotateOptions) -> beam.PTransform:
+    """RunInference of one task over groups of documents (the GPU step, if any)."""
+    compat = opts.reference_compat
+    config = InferenceConfig(
+        precision="fp32" if compat and opts.precision == "auto" else opts.precision,
+        batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
+        max_batch_windows=opts.max_batch_windows,
+        pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
+        require_cuda=opts.device == "cuda" or bool(opts.inference_accelerator),
+        threads=opts.torch_threads)
+    from apache_beam.ml.inference.base import RunInference
 
-    def __init__(self, spec: TaskSpec, opts: AnnotateOptions) -> None:
-        super().__init__()
-        self._spec = spec
-        self._opts = opts
-
-    def expand(self, docs):
-        """-> (window predictions, segmentation failures)."""
-        o, spec = self._opts, self._spec
-        precision = "fp32" if o.reference_compat and o.precision == "auto" else o.precision
-        pad_to = REFERENCE_WINDOW if o.reference_compat else None
-        windows = (
-            docs
-            | "Select" >> beam.Filter(lambda d, name=spec.name: name in d.tasks)
-            | "Segment" >> beam.ParDo(SegmentDoFn(spec, o.max_tokens, o.overlap,
-                                                  o.reference_compat)).with_outputs(
-                FAILURES, main="windows")
-        )
-        infer = RunInference(
-            TokenClassifierHandler(spec, precision, pad_to, o.large_model, o.compile))
-        if o.inference_accelerator:
-            infer = infer.with_resource_hints(accelerator=o.inference_accelerator)
-        predictions = (
-            windows.windows
-            | "Batch" >> beam.ParDo(BatchByTokens(o.batch_tokens, o.max_batch_windows,
-                                                  pad_to=pad_to))
-            | "RunInference" >> infer
-        )
-        return predictions, windows[FAILURES]
+    step = RunInference(TokenClassifierHandler(spec, config, opts.large_model))
+    if opts.inference_accelerator:
+        step = step.with_resource_hints(accelerator=opts.inference_accelerator)
+    return step
 
 
 def local_runner(runner: str | None):
@@ -104,50 +85,110 @@ def local_runner(runner: str | None):
     if runner in (None, "DirectRunner"):
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        LOG.info("DirectRunner: running on Beam's in-process FnApiRunner (no Prism download)")
+        LOG.info("DirectRunner: running on Beam's FnApiRunner (no Prism download)")
         return FnApiRunner()
     return runner
 
 
+def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume
+               ) -> dict[str, int]:
+    """For a local run: count the shards listed and to do, and use every core by default, one
+    worker process per core (up to one per read task), torch's threads divided among them."""
+    listed = list(list_files(opts.input, opts.input_format))
+    if not listed:
+        raise InputError(f"no input files match {opts.input!r}")
+    todo = list(pending(listed, resume))
+    LOG.info("input: %d shards, %d complete (skipped), %d to do", len(listed),
+             len(listed) - len(todo), len(todo))
+    direct = options.view_as(DirectOptions)
+    cores = os.cpu_count() or 1
+    tasks = sum(1 for _ in plan_reads(todo, opts.input_format))
+    if direct.direct_num_workers in (None, 1) and not _given(options, "direct_num_workers"):
+        direct.direct_num_workers = max(1, min(cores, tasks))
+    if direct.direct_num_workers > 1 and not _given(options, "direct_running_mode"):
+        direct.direct_running_mode = "multi_processing"
+    if opts.torch_threads is None:
+        workers = direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
+        opts.torch_threads = max(1, cores // max(1, workers))
+    return {"shards/listed": len(listed), "shards/complete_skipped": len(listed) - len(todo),
+            "shards/to_do": len(todo)}
+
+
+def _given(options: PipelineOptions, name: str) -> bool:
+    return name in options.get_all_options(drop_default=True, retain_unknown_options=True)
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None):
-    """Parse options, validate the task file (before any document is read), run the job."""
-    options = PipelineOptions(argv)
+    """Parse options, validate the task file (before any document is read), run the job.
+
+    Local runners wait for the job and print its metrics; other runners (Dataflow, a Flex
+    Template launcher) submit it and return: the job writes its own run record when it ends.
+    """
+    options = parse_options(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
     opts = options.view_as(AnnotateOptions)
     opts.validate_required()
     specs = load_tasks(opts.tasks)
+    check_windows(specs, opts)
     LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
     for spec in specs.values():
-        if is_smoke_model(spec.model):
+        if has_random_weights(spec.model):
             LOG.warning("task %s: SMOKE TEST model with RANDOM weights (%s): its spans are noise",
                         spec.name, spec.model)
     config = job_config(opts, specs)
     started = now()
-    run_id = started.strftime("%Y%m%dT%H%M%SZ")
-    p = test_pipeline or beam.Pipeline(
-        runner=local_runner(options.view_as(StandardOptions).runner), options=options)
-    build(p, opts, specs, Resume(opts.output, config, opts.force), run_id)
+    run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
+    resume = Resume(opts.output, config, opts.force)
+    runner = options.view_as(StandardOptions).runner
+    local = runner in LOCAL_RUNNERS and test_pipeline is None
+    record = {"output": opts.output, "run_id": run_id, "config": config, "started": started,
+              "options": options.get_all_options(drop_default=True)}
+    if local:
+        shards = plan_local(options, opts, resume)
+        if not shards["shards/to_do"]:
+            LOG.info("nothing to do: every input shard is complete (--force redoes them)")
+            write_run_record(shards, **record)
+            return None
+    elif not expand_pattern(opts.input):
+        raise InputError(f"no input files match {opts.input!r}")
+    p = test_pipeline or beam.Pipeline(runner=local_runner(runner), options=options)
+    build(p, opts, specs, resume, run_id, record)
     result = p.run()
+    if not local or options.view_as(TestOptions).dry_run:
+        LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))
+        return result
     result.wait_until_finish()
     totals = metric_totals(result)
-    if not options.view_as(TestOptions).dry_run:
-        write_run_record(opts.output, run_id, options.get_all_options(drop_default=True), config,
-                         started, now(), totals)
+    finish_run_record(opts.output, totals)
     LOG.info("done: outputs under %s\n%s", opts.output, metrics_table(totals))
     return result
 
 
+def check_windows(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
+    """Windows must fit every model's positions: a set-up error, before anything runs."""
+    need = REFERENCE_WINDOW if opts.reference_compat else opts.max_tokens
+    for spec in specs.values():
+        if spec.max_positions and need > spec.max_positions:
+            raise TaskFileError(f"task {spec.name!r}: windows of {need} sub-words do not fit "
+                                f"its model ({spec.max_positions} positions): lower "
+                                "--max_tokens")
+
+
 def main() -> None:
     """Console entry point."""
-    level = os.environ.get("CLINICAL_NER_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level != "DEBUG":
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    from pipeline.logs import configure_logging
+
+    configure_logging()
     try:
         run(sys.argv[1:])
     except (TaskFileError, InputError) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a fault that stopped the job: say what to do
+        from pipeline.logs import stopped_message
+
+        LOG.debug("the job stopped", exc_info=True)
+        raise SystemExit(stopped_message(e)) from None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import fsspec
 
-from pipeline.tasks import TaskSpec
+from transforms.spec import TaskSpec
 from transforms.shards import file_version
 from transforms.storage import write_atomically
 
@@ -128,13 +128,15 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
     }
 
 
-def write_run_record(output: str, run_id: str, options: Mapping[str, Any],
-                     config: Mapping[str, Any], started: datetime, ended: datetime,
-                     totals: RunMetrics | None) -> dict:
-    """Write ``OUT/run.json`` (aside, then moved into place) and return it."""
+def write_run_record(totals: Mapping[str, int], output: str, run_id: str,
+                     options: Mapping[str, Any], config: Mapping[str, Any], started: datetime
+                     ) -> dict:
+    """Write ``OUT/run.json`` (aside, then moved into place) from the run's own counts, when
+    the job ends (it is the job's last step, on Dataflow too), and return it."""
+    ended = now()
     seconds = (ended - started).total_seconds()
-    totals = totals or RunMetrics()
-    documents = totals.counters.get("documents/read", 0)
+    counts = dict(sorted((k, v) for k, v in totals.items() if v))
+    documents = counts.get("documents/read", 0)
     record = {
         "run_id": run_id,
         "started": started.isoformat(), "ended": ended.isoformat(),
@@ -142,14 +144,30 @@ def write_run_record(output: str, run_id: str, options: Mapping[str, Any],
         "code_version": code_version(),
         "options": {k: v for k, v in options.items() if v is not None},
         "config": dict(config),
-        "counts": totals.counters,
-        "distributions": totals.distributions,
+        "counts": counts,
+        "distributions": {},
         "throughput": {"documents": documents,
                        "documents_per_s": round(documents / seconds, 2) if seconds else None},
     }
+    _write(output, record)
+    return record
+
+
+def finish_run_record(output: str, metrics: RunMetrics | None) -> dict:
+    """Add the runner's metrics (counters the data cannot give, distributions) to the record
+    the job wrote (local runs, which wait for the job)."""
+    with fsspec.open(output.rstrip("/") + "/run.json", "rt", encoding="utf-8") as f:
+        record = json.load(f)
+    if metrics is not None:
+        record["counts"] = dict(sorted({**metrics.counters, **record["counts"]}.items()))
+        record["distributions"] = metrics.distributions
+    _write(output, record)
+    return record
+
+
+def _write(output: str, record: Mapping[str, Any]) -> None:
     write_atomically(output.rstrip("/") + "/run.json",
                      json.dumps(record, indent=2, default=str).encode("utf-8"))
-    return record
 
 
 def now() -> datetime:

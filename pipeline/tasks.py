@@ -14,57 +14,61 @@ tasks:
     # labels: [B-SYMPTOM, I-SYMPTOM, O]   # default: B-/I-<ENTITY>, O from the head name
 ```
 Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encoder``).
+Parsing imports neither torch nor Beam until a model file must be opened.
 """
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import fsspec
 import yaml
 
-from transforms.models import ModelLoadError, load_state_dict, localize, mtl_heads
-from transforms.spans import LabelScheme, bio_scheme
+from transforms.spans import bio_scheme
+from transforms.spec import KINDS, TaskSpec, normalize_lang
+from transforms.storage import localize
 
-KINDS = ("hf", "mtl")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEAD_ENTITY = re.compile(r"^([A-Za-z]+)(?:_[a-z]{2})?(?:_ner)?$")
-_LANG_ALIASES = {"cz": "cs"}
+RANDOM_WEIGHTS_MARKER = "SMOKE_TEST_RANDOM_WEIGHTS"
+# The files that define a tokenizer's output (two tasks with equal files share windows).
+_TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json",
+                    "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt")
+
+__all__ = ["TaskFileError", "TaskSpec", "load_tasks", "normalize_lang", "has_random_weights"]
 
 
 class TaskFileError(ValueError):
     """A problem of the task file, with the task it concerns and how to fix it."""
 
 
-def normalize_lang(code: str) -> str:
-    """ISO 639-1 code, lower case; ``cz`` (a common slip for Czech) becomes ``cs``."""
-    code = str(code).strip().lower().replace("_", "-").split("-")[0]
-    return _LANG_ALIASES.get(code, code)
+def has_random_weights(location: str) -> bool:
+    """Whether a model folder (or a checkpoint's folder) is marked as random-weight test model."""
+    from pathlib import Path
+
+    path = Path(location)
+    return (path if path.is_dir() else path.parent).joinpath(RANDOM_WEIGHTS_MARKER).exists()
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """One NER task: which model, which languages, which head and labels per language."""
+def tokenizer_key(location: str) -> str:
+    """Equal for tokenizers made of equal files (a content hash); else the location."""
+    fs, path = fsspec.core.url_to_fs(location) if "://" in location else (None, location)
+    if fs is None:
+        from pathlib import Path
 
-    name: str
-    kind: str
-    model: str
-    languages: tuple[str, ...]
-    tokenizer: str
-    encoder: str | None = None
-    heads: Mapping[str, str | None] = field(default_factory=dict)  # lang -> head (None for hf)
-    labels: Mapping[str | None, tuple[str, ...]] = field(default_factory=dict)  # head -> labels
-
-    def head_for(self, lang: str) -> str | None:
-        """The model head that serves ``lang`` (``None`` for a single-head model)."""
-        return self.heads[lang]
-
-    def scheme(self, head: str | None) -> LabelScheme:
-        """The BIO scheme of ``head``'s labels."""
-        return bio_scheme(dict(enumerate(self.labels[head])))
+        folder = Path(location)
+        if not folder.is_dir():
+            return location
+        digest = hashlib.sha1()
+        for name in _TOKENIZER_FILES:
+            f = folder / name
+            if f.is_file():
+                digest.update(name.encode() + b"\0" + f.read_bytes())
+        return "sha1:" + digest.hexdigest()[:16]
+    return location
 
 
 def load_tasks(path: str) -> dict[str, TaskSpec]:
@@ -110,13 +114,12 @@ def _parse(name: str, cfg: Any, base: str) -> TaskSpec:
         raise fail("`model:` is missing: a model directory, hub id or checkpoint path")
     model = _resolve(str(cfg["model"]), base)
     try:
-        if kind == "hf":
-            return _parse_hf(name, cfg, model, base)
-        return _parse_mtl(name, cfg, model, base)
-    except (ModelLoadError, ValueError, OSError) as e:
-        if isinstance(e, TaskFileError):
-            raise
+        spec = (_parse_hf if kind == "hf" else _parse_mtl)(name, cfg, model, base)
+    except TaskFileError:
+        raise
+    except (ValueError, OSError) as e:
         raise fail(str(e)) from e
+    return spec
 
 
 def _languages(cfg: Mapping[str, Any], default: list[str]) -> tuple[str, ...]:
@@ -126,65 +129,119 @@ def _languages(cfg: Mapping[str, Any], default: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(normalize_lang(x) for x in langs))
 
 
-def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
-    from transformers import AutoConfig
+def _config(location: str, what: str, fix: str, revision: str | None = None) -> dict:
+    """A model's or encoder's ``config.json`` (read as JSON: no torch, no transformers), or a
+    ``ValueError`` saying what to fix."""
+    import json
+    from pathlib import Path
 
+    check_location(location)
     try:
-        config = AutoConfig.from_pretrained(localize(model))
-    except OSError as e:
-        raise ValueError(
-            f"cannot load the model config of {model!r} ({type(e).__name__}). Fix: point "
-            "`model:` at a local directory with config.json (download it once where a hub is "
-            "reachable), or run where the hub is reachable"
-        ) from e
-    id2label = getattr(config, "id2label", None) or {}
-    labels = bio_scheme(id2label).id2label
+        if is_hub_id(location):
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(location.removeprefix("hf://"), "config.json",
+                                   revision=revision)
+        else:
+            path = str(Path(localize(location)) / "config.json")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except Exception as e:  # noqa: BLE001 - the hub's errors are of many kinds: one message
+        raise ValueError(f"cannot load the {what} config of {location!r} ({type(e).__name__}"
+                         f"{hub_note(location)}). Fix: {fix}") from None
+
+
+def _max_positions(config: Mapping[str, Any]) -> int | None:
+    """Sub-words a window may hold, special tokens included (RoBERTa offsets positions by the
+    padding index + 1)."""
+    n = config.get("max_position_embeddings")
+    if not n:
+        return None
+    pad = config.get("pad_token_id")
+    return n - (pad + 1) if str(config.get("model_type", "")).endswith("roberta") and pad else n
+
+
+def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
+    revision = cfg.get("revision")
+    config = _config(model, "model", "point `model:` at a local directory with config.json "
+                     "(download it once where a hub is reachable), or run where the hub is "
+                     "reachable", revision)
+    labels = bio_scheme(config.get("id2label") or {}).id2label
     langs = _languages(cfg, [])
+    tokenizer = _resolve(str(cfg.get("tokenizer", model)), base)
     return TaskSpec(
-        name=name, kind="hf", model=model, languages=langs,
-        tokenizer=_resolve(str(cfg.get("tokenizer", model)), base),
-        heads={lang: None for lang in langs}, labels={None: labels},
+        name=name, kind="hf", model=model, languages=langs, tokenizer=tokenizer,
+        heads={lang: (None,) for lang in langs}, labels={None: labels},
+        tokenizer_key=tokenizer_key(tokenizer), revision=revision,
+        max_positions=_max_positions(config),
     )
 
 
-def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
-    from transformers import AutoConfig
-
+def _heads(cfg: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``heads:`` as language -> heads (a language may give one head or a list of them)."""
     heads_cfg = cfg.get("heads")
     if not isinstance(heads_cfg, dict) or not heads_cfg:
-        raise ValueError("`heads:` must map each language to a head, e.g. {es: symptom_es_ner}")
-    heads = {normalize_lang(k): str(v) for k, v in heads_cfg.items()}
+        raise ValueError("`heads:` must map each language to a head or a list of heads, e.g. "
+                         "{es: symptom_es_ner} or {es: [disease, symptom, procedure]}")
+    heads = {}
+    for lang, value in heads_cfg.items():
+        names = value if isinstance(value, list) else [value]
+        if not names or not all(isinstance(h, str) and h for h in names):
+            raise ValueError(f"`heads: {lang}:` must name one head or a list of heads")
+        heads[normalize_lang(lang)] = tuple(dict.fromkeys(names))
+    return heads
+
+
+def _head_labels(cfg: Mapping[str, Any], head: str) -> list[str]:
+    """A head's labels: ``labels:`` (a list for every head, or a mapping per head), else the
+    DT4H order for the entity named by ``entity:`` or by the head."""
+    labels = cfg.get("labels")
+    if isinstance(labels, dict):
+        labels = labels.get(head)
+    if labels:
+        return list(labels)
+    entity = cfg.get("entity")
+    if isinstance(entity, dict):
+        entity = entity.get(head)
+    return _default_labels(head, entity)
+
+
+def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
+    from transforms.models import ModelLoadError, load_state_dict, mtl_heads
+
+    heads = _heads(cfg)
     langs = _languages(cfg, list(heads))
     no_head = [lang for lang in langs if lang not in heads]
     if no_head:
         raise ValueError(f"languages {no_head} have no entry in `heads:`")
-    found = mtl_heads(load_state_dict(model))
-    missing = sorted({h for h in heads.values() if h not in found})
+    check_location(model)
+    try:
+        found = mtl_heads(load_state_dict(model, cfg.get("revision")))
+    except ModelLoadError as e:
+        raise ValueError(f"{e}{hub_note(model)}") from None
+    wanted = sorted({h for lang in langs for h in heads[lang]})
+    missing = [h for h in wanted if h not in found]
     if missing:
         raise ValueError(
             f"checkpoint {model!r} has no head {missing}; its heads are {sorted(found)}. "
             "Fix `heads:` to name existing heads"
         )
     encoder = _resolve(str(cfg.get("encoder", "FacebookAI/xlm-roberta-base")), base)
-    try:
-        AutoConfig.from_pretrained(localize(encoder))
-    except OSError as e:
-        raise ValueError(
-            f"cannot load the encoder config {encoder!r} ({type(e).__name__}). Fix: set "
-            "`encoder:` to a local xlm-roberta-base directory (config and tokenizer)"
-        ) from e
+    config = _config(encoder, "encoder", "set `encoder:` to a local xlm-roberta-base directory "
+                     "(config and tokenizer)")
     labels: dict[str | None, tuple[str, ...]] = {}
-    for head in sorted(set(heads.values())):
-        labs = cfg.get("labels") or _default_labels(head, cfg.get("entity"))
-        labs = bio_scheme(dict(enumerate(labs))).id2label
+    for head in wanted:
+        labs = bio_scheme(dict(enumerate(_head_labels(cfg, head)))).id2label
         n_out = found[head][0].shape[0]
         if len(labs) != n_out:
             raise ValueError(f"head {head!r} has {n_out} outputs but labels are {list(labs)}")
         labels[head] = labs
+    tokenizer = _resolve(str(cfg.get("tokenizer", encoder)), base)
     return TaskSpec(
-        name=name, kind="mtl", model=model, languages=langs,
-        tokenizer=_resolve(str(cfg.get("tokenizer", encoder)), base), encoder=encoder,
-        heads={lang: heads[lang] for lang in langs}, labels=labels,
+        name=name, kind="mtl", model=model, languages=langs, tokenizer=tokenizer,
+        encoder=encoder, heads={lang: heads[lang] for lang in langs}, labels=labels,
+        tokenizer_key=tokenizer_key(tokenizer), revision=cfg.get("revision"),
+        max_positions=_max_positions(config),
     )
 
 
@@ -199,3 +256,51 @@ def _default_labels(head: str, entity: str | None) -> list[str]:
         entity = m.group(1)
     ent = entity.upper()
     return [f"B-{ent}", f"I-{ent}", "O"]
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_hub: dict[str, str] = {}  # "state": "reachable" | why it is not
+
+
+def is_hub_id(location: str) -> bool:
+    """Whether a model location names a hub repository (``org/name``) rather than a path."""
+    from pathlib import Path
+
+    return (location.startswith("hf://") or (
+        "://" not in location and _HUB_ID.match(location) is not None
+        and not Path(location).exists()))
+
+
+def check_location(location: str) -> None:
+    """Fail at once, in one line, on a local path that does not exist. For a hub id, check
+    once per process that the hub answers within 5 s; if it does not, go offline, so that a
+    model in the local hub cache loads at once and any other fails at once (not after minutes
+    of retries) with a message that says so."""
+    import os
+
+    if not is_hub_id(location):
+        if "://" not in location:
+            from pathlib import Path
+
+            if not Path(location).exists():
+                raise ValueError(f"{location!r} does not exist")
+        return
+    if "state" not in _hub and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+        import urllib.request
+
+        from huggingface_hub import constants
+
+        try:
+            urllib.request.urlopen(constants.ENDPOINT, timeout=5).close()
+            _hub["state"] = "reachable"
+        except OSError as e:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            constants.HF_HUB_OFFLINE = True
+            _hub["state"] = f"the hub ({constants.ENDPOINT}) is unreachable from here " \
+                            f"({type(e).__name__})"
+
+
+def hub_note(location: str) -> str:
+    """Why a hub model may have failed to load, if the hub could not be reached."""
+    state = _hub.get("state", "reachable")
+    return f"; {state}" if is_hub_id(location) and state != "reachable" else ""

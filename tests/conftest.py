@@ -29,6 +29,26 @@ os.environ.update({k: v for k, v in HERMETIC_ENV.items() if k.startswith(("HF_",
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption("--e2e", action="store_true",
+                     help="also run the end-to-end tests (python -m pipeline.run in a "
+                          "subprocess, storage emulators, a browser); CI runs them")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "e2e: end to end (runs the real job); needs --e2e")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if config.getoption("--e2e"):
+        return
+    selected = [i for i in items if "e2e" not in i.keywords]
+    deselected = [i for i in items if "e2e" in i.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
 def spaccc_files(n: int, longest: int = 0) -> list[Path]:
     """The first ``n`` SPACCC documents by name plus the ``longest`` largest ones."""
     files = sorted((SPACCC / "txt").glob("*.txt"))
@@ -74,7 +94,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def smoke_tasks(tmp_path_factory) -> Path:
     """The smoke models (hf procedure, mtl symptom es/it/ro) and their task file."""
-    from pipeline.smoke_models import build_smoke_models
+    from tests.fixtures.models import build_smoke_models
 
     return build_smoke_models(tmp_path_factory.mktemp("models"), TOKENIZER)
 
@@ -150,3 +170,34 @@ def s3_server():
         yield env
     finally:
         server.stop()
+
+
+class BeamCounters:
+    """Beam counters and distributions updated inside ``with BeamCounters() as c:``, as a
+    runner would collect them (``c.counters["documents/read"]``)."""
+
+    def __enter__(self) -> "BeamCounters":
+        from apache_beam.metrics.execution import MetricsContainer
+        from apache_beam.runners.worker import statesampler
+        from apache_beam.utils.counters import CounterFactory
+
+        self._container = MetricsContainer("step")
+        self._sampler = statesampler.StateSampler("", CounterFactory())
+        statesampler.set_current_tracker(self._sampler)
+        self._state = self._sampler.scoped_state("step", "process",
+                                                 metrics_container=self._container)
+        self._sampler.start()
+        self._state.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from apache_beam.runners.worker import statesampler
+
+        self._state.__exit__(*exc)
+        self._sampler.stop()
+        statesampler.set_current_tracker(None)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {f"{k.metric.namespace}/{k.metric.name}": v
+                for k, v in self._container.get_cumulative().counters.items()}

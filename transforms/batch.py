@@ -1,9 +1,10 @@
-"""Batches of windows from many documents by token budget, sorted by length.
+"""Documents in groups for inference, and a group's windows in token-budget batches.
 
-Windows are buffered up to ``buffer`` at a time (memory is bounded by the buffer, not by the
-corpus), sorted by length, and cut greedily into batches whose padded size (rows x longest)
-stays within ``budget`` tokens and ``max_windows`` rows, so padding is only to the batch's
-longest window and batches hold windows of similar lengths.
+``GroupDocuments`` gathers whole documents (each with all its windows) up to a token budget
+per group, in a buffer bounded by that budget: memory holds the documents in flight, never
+the corpus. Inside a group, ``token_batches`` sorts the windows of all its documents by
+length and cuts them into batches whose padded size (rows x longest) stays within the batch
+budget, so padding is only to the batch's longest window.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.records import Work
+
 T = TypeVar("T")
 
 
 def token_batches(items: Sequence[T], length: Callable[[T], int], budget: int,
                   max_items: int) -> list[list[T]]:
     """Sort ``items`` by ``length`` and cut them into batches of padded size <= ``budget``
-    (a single item longer than the budget is a batch of its own)."""
+    and at most ``max_items`` items, each batch as full as the budget allows (a single item
+    longer than the budget is a batch of its own)."""
     batches: list[list[T]] = []
     current: list[T] = []
     for item in sorted(items, key=length):
@@ -33,29 +37,33 @@ def token_batches(items: Sequence[T], length: Callable[[T], int], budget: int,
     return batches
 
 
-class BatchByTokens(beam.DoFn):
-    """Windows -> lists of windows, per ``token_batches`` over a bounded buffer."""
+def work_tokens(work: Work) -> int:
+    """Sub-words of all the windows of a document in flight."""
+    return sum(int(w.id_bounds[-1]) for w in work.windows.values())
 
-    def __init__(self, budget: int, max_windows: int, buffer: int = 4096,
-                 pad_to: int | None = None) -> None:
-        self._budget, self._max, self._buffer, self._pad_to = budget, max_windows, buffer, pad_to
-        self._items: list = []
 
-    def _length(self, window) -> int:
-        return self._pad_to or len(window.input_ids)
+class GroupDocuments(beam.DoFn):
+    """``Work`` items -> groups (tuples) of about ``budget`` tokens of windows, or at most
+    ``max_documents`` documents; the buffer never holds more than one group."""
+
+    def __init__(self, budget: int, max_documents: int = 4096) -> None:
+        self._budget, self._max = budget, max_documents
+        self._items: list[Work] = []
+        self._tokens = 0
 
     def start_bundle(self) -> None:
-        self._items = []
+        self._items, self._tokens = [], 0
 
-    def process(self, window) -> Iterator[list]:
-        self._items.append(window)
-        if len(self._items) >= self._buffer:
-            yield from self._flush()
+    def process(self, work: Work) -> Iterator[tuple[Work, ...]]:
+        self._items.append(work)
+        self._tokens += work_tokens(work)
+        if self._tokens >= self._budget or len(self._items) >= self._max:
+            yield self._flush()
 
-    def _flush(self) -> Iterator[list]:
-        items, self._items = self._items, []
-        yield from token_batches(items, self._length, self._budget, self._max)
+    def _flush(self) -> tuple[Work, ...]:
+        group, self._items, self._tokens = tuple(self._items), [], 0
+        return group
 
     def finish_bundle(self) -> Iterator:
-        for batch in self._flush():
-            yield GlobalWindows.windowed_value(batch)
+        if self._items:
+            yield GlobalWindows.windowed_value(self._flush())

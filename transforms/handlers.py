@@ -1,116 +1,189 @@
-"""Beam ``ModelHandler``s for the two model kinds, used through ``RunInference``.
+"""The Beam ``ModelHandler`` of a task, used through ``RunInference``.
 
-Elements are batches (lists of ``Window``) built upstream by token budget, so the handlers skip
-RunInference's own batching. A batch is padded only to its longest window (or to a fixed
-length for ``--reference_compat``). Only numpy arrays go in and out.
+Each element is a group of documents in flight (``tuple[Work, ...]``, built upstream by
+``GroupDocuments``), so RunInference's own batching is skipped. The handler sorts the windows
+of the group's documents by length, cuts them into token-budget batches padded to their
+longest window, runs every head of the task on one encoder pass per batch, and returns the
+group with each document's predictions attached: predictions never leave their document.
+
+Faults: a batch that fails for a fault of the data is retried window by window and only the
+windows that fail alone fail their document (stage ``inference``). Out of memory retries the
+batch in halves down to one window; a fault of the machine (accelerator error, out of memory
+on one window, a lost model process) is raised so that the runner retries the bundle. A
+model that fails on every window of a batch from several documents is broken, not fed bad
+data: that is raised too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
-import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipeline.tasks import TaskSpec
-from transforms.models import TokenClassifier, load_hf, load_mtl
-from transforms.records import Window, WindowResult
+from transforms.batch import token_batches
+from transforms.faults import is_machine_fault, is_out_of_memory
+from transforms.records import Failure, Predictions, Work
+from transforms.spec import TaskSpec
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def pick_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+LOG = logging.getLogger("pipeline")
+Group = tuple[Work, ...]
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX-512 BF16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        flags = []
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+class ModelFault(RuntimeError):
+    """The model failed on every window of a batch from several documents."""
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for ``--precision`` on ``device`` (``auto``: bf16 where it is fast:
-    CUDA with bf16, or a CPU with AMX or AVX-512 BF16; else fp16 on CUDA, fp32 on CPU)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a task's model runs: precision, batching, device and threads."""
+
+    precision: str = "auto"
+    batch_tokens: int = 8192
+    max_batch_windows: int = 256
+    pad_to: int | None = None  # --reference_compat pads every window to 512
+    compile: bool = False
+    require_cuda: bool = False
+    threads: int | None = None  # torch threads of the process that runs the model
 
 
-def pad_batch(windows: Sequence[Window], pad_id: int, pad_to: int | None = None):
-    """Stack windows into (ids, attention mask), padded to the longest or to ``pad_to``."""
-    length = pad_to or max(len(w.input_ids) for w in windows)
-    ids = np.full((len(windows), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(windows), length), dtype=np.int64)
-    for r, w in enumerate(windows):
-        ids[r, : len(w.input_ids)] = w.input_ids
-        mask[r, : len(w.input_ids)] = 1
-    return ids, mask
+class Slot(NamedTuple):
+    """One window of one document of the group."""
+
+    item: int
+    window: int
+    length: int
 
 
-class TokenClassifierHandler(ModelHandler[Sequence[Window], WindowResult, TokenClassifier]):
-    """Runs one task's model (``hf`` or ``mtl``) on batches of windows."""
+class TaskInference:
+    """A group's windows for one task through a model's ``predict``: pure of Beam, testable."""
 
-    def __init__(self, spec: TaskSpec, precision: str = "auto", pad_to: int | None = None,
-                 large_model: bool = False, compile_model: bool = False) -> None:
+    def __init__(self, spec: TaskSpec, config: InferenceConfig) -> None:
+        self.spec, self.config = spec, config
+        self._real = Metrics.counter("tokens", f"real_{spec.name}")
+        self._padding = Metrics.counter("tokens", f"padding_{spec.name}")
+        self._failed = Metrics.counter("windows", f"failed_{spec.name}")
+
+    def __call__(self, group: Group, model) -> Group:
+        """The group with this task's predictions (or failures) attached to its documents."""
+        spec, key = self.spec, self.spec.tokenizer_key or self.spec.tokenizer
+        slots = [Slot(i, k, int(n))
+                 for i, work in enumerate(group)
+                 if spec.name in work.doc.tasks and not work.failed(spec.name)
+                 for k, n in enumerate(work.windows[key].lengths)]
+        if not slots:
+            return group
+        heads = {i: spec.heads_for(group[i].doc.lang) for i in {s.item for s in slots}}
+        out = {i: (np.zeros((int(group[i].windows[key].word_bounds[-1]), len(h)), np.int16),
+                   np.zeros((int(group[i].windows[key].word_bounds[-1]), len(h)), np.float32))
+               for i, h in heads.items()}
+        errors: dict[int, str] = {}
+        length = (lambda s: self.config.pad_to) if self.config.pad_to else (lambda s: s.length)
+        for batch in token_batches(slots, length, self.config.batch_tokens,
+                                   self.config.max_batch_windows):
+            for slot, result in self._run(group, key, heads, batch, model):
+                if isinstance(result, str):
+                    errors.setdefault(slot.item, result)
+                    continue
+                windows = group[slot.item].windows[key]
+                a, b = windows.word_bounds[slot.window], windows.word_bounds[slot.window + 1]
+                out[slot.item][0][a:b], out[slot.item][1][a:b] = result
+        done = list(group)
+        for i, h in heads.items():
+            work = group[i]
+            if i in errors:
+                failure = Failure(work.doc.key, spec.name, "inference", errors[i])
+                done[i] = work.with_(failures=work.failures + (failure,))
+            else:
+                done[i] = work.with_(predictions={**work.predictions,
+                                                  spec.name: Predictions(h, *out[i])})
+        return tuple(done)
+
+    def _run(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot], model
+             ) -> list[tuple[Slot, Any]]:
+        """``(slot, (labels, probs))`` per window, or ``(slot, error class)`` for a window that
+        the model rejects; faults of the machine are raised."""
+        wanted = tuple(dict.fromkeys(h for s in batch for h in heads[s.item]))
+        windows = [group[s.item].windows[key] for s in batch]
+        try:
+            labels, probs = model.predict(
+                [w.window_ids(s.window) for w, s in zip(windows, batch)],
+                [w.window_positions(s.window) for w, s in zip(windows, batch)],
+                list(wanted), self.config.pad_to)
+        except Exception as e:  # sorted below: machine faults raise, data faults are isolated
+            if is_out_of_memory(e) and len(batch) > 1:
+                model.release_memory()
+                half = len(batch) // 2
+                return (self._run(group, key, heads, batch[:half], model)
+                        + self._run(group, key, heads, batch[half:], model))
+            if is_machine_fault(e):
+                raise
+            if len(batch) == 1:
+                self._failed.inc()
+                return [(batch[0], type(e).__name__)]
+            results = [r for s in batch for r in self._run(group, key, heads, [s], model)]
+            if len({s.item for s in batch}) > 1 and all(isinstance(r, str) for _, r in results):
+                raise ModelFault(
+                    f"task {self.spec.name}: the model failed on each of {len(batch)} windows "
+                    f"of {len({s.item for s in batch})} documents ({type(e).__name__}): a "
+                    "fault of the model or the machine, not of the data") from e
+            return results
+        real = sum(s.length for s in batch)
+        width = self.config.pad_to or max(s.length for s in batch)
+        self._real.inc(real)
+        self._padding.inc(len(batch) * width - real)
+        results, offset = [], 0
+        for s, w in zip(batch, windows):
+            n = len(w.window_positions(s.window))
+            columns = [wanted.index(h) for h in heads[s.item]]
+            results.append((s, (labels[offset:offset + n, columns],
+                                probs[offset:offset + n, columns])))
+            offset += n
+        return results
+
+
+class TokenClassifierHandler(ModelHandler[Group, Group, Any]):
+    """Runs one task's model (``hf`` or ``mtl``) on groups of documents."""
+
+    def __init__(self, spec: TaskSpec, config: InferenceConfig = InferenceConfig(),
+                 large_model: bool = False) -> None:
         super().__init__(large_model=large_model)
-        self._spec = spec
-        self._precision = precision
-        self._pad_to = pad_to
-        self._compile = compile_model
+        self._spec, self._config = spec, config
+        self._inference: TaskInference | None = None
 
-    def load_model(self) -> TokenClassifier:
-        device = pick_device()
-        dtype = resolve_dtype(self._precision, device)
+    def load_model(self):
+        import torch
+
+        from transforms.models import load_hf, load_mtl, pick_device, resolve_dtype
+
+        if self._config.threads:
+            torch.set_num_threads(self._config.threads)
         spec = self._spec
+        device = pick_device(self._config.require_cuda)
+        dtype = resolve_dtype(self._config.precision, device)
         if spec.kind == "hf":
-            model = load_hf(spec.model, device, dtype)
+            model = load_hf(spec.model, device, dtype, spec.revision)
         else:
-            heads = sorted({h for h in spec.heads.values() if h is not None})
-            model = load_mtl(spec.model, spec.encoder, heads, device, dtype)
-        if self._compile:
+            model = load_mtl(spec.model, spec.encoder, [h for h in spec.all_heads if h],
+                             device, dtype, spec.revision)
+        if self._config.compile:
             model.compile()
+        LOG.info("task %s: model loaded (%s, %s, %d threads)", spec.name, device,
+                 str(dtype).removeprefix("torch."), torch.get_num_threads())
         return model
 
-    def run_inference(
-        self, batch: Sequence[Window], model: TokenClassifier,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[WindowResult]:
-        """Run the batch; if it fails, run its windows one by one so that only the culprit
-        fails (it comes back with ``error`` set)."""
-        try:
-            return list(self._run(batch, model))
-        except Exception as e:  # a model error on one window must not fail the others
-            if len(batch) == 1:
-                w = batch[0]
-                return [WindowResult(w.key, w.task, w.head, w.index, w.starts, w.ends,
-                                     np.zeros(0, np.int16), np.zeros(0, np.float32),
-                                     error=type(e).__name__)]
-            return [r for w in batch for r in self.run_inference([w], model, inference_args)]
+    def run_inference(self, batch: Group, model: Any,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[Group]:
+        """``batch`` is one group of documents; returns it with this task's predictions."""
+        if self._inference is None:
+            self._inference = TaskInference(self._spec, self._config)
+        return [self._inference(batch, model)]
 
-    def _run(self, batch: Sequence[Window], model: TokenClassifier) -> Iterable[WindowResult]:
-        ids, mask = pad_batch(batch, model.pad_id, self._pad_to)
-        real = int(mask.sum())
-        Metrics.counter("tokens", f"real_{self._spec.name}").inc(real)
-        Metrics.counter("tokens", f"padding_{self._spec.name}").inc(ids.size - real)
-        preds = model.predict(ids, mask, [w.positions for w in batch], [w.head for w in batch])
-        for w, (label_ids, probs) in zip(batch, preds):
-            yield WindowResult(w.key, w.task, w.head, w.index, w.starts, w.ends,
-                               label_ids.astype(np.int16), probs)
-
-    def get_num_bytes(self, batch: Sequence[Window]) -> int:
-        return sum(w.input_ids.nbytes for w in batch)
+    def get_num_bytes(self, batch: Group) -> int:
+        return sum(w.ids.nbytes for work in batch for w in work.windows.values())
 
     def get_metrics_namespace(self) -> str:
         return f"RunInference_{self._spec.name}"

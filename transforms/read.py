@@ -6,12 +6,13 @@
 
 Records carry an id, a text and optionally a language (``--id_field``, ``--text_field``,
 ``--lang_field``); other fields travel to ``out/documents/`` as JSON (``meta``). Files are
-listed on a worker, skipping those an earlier run over the same output completed (see
+listed on workers, skipping those an earlier run over the same output completed (see
 ``transforms.shards``); large uncompressed JSONL files are split into byte ranges and Parquet
-files into row groups, and documents are redistributed after reading, so neither a big shard
-nor a big folder stalls one worker. Text is decoded from bytes, never newline-translated, so offsets
-count characters exactly as stored. A record that cannot be read becomes a ``failed`` document
-with the reason; it is never dropped.
+files into row groups, and these read tasks (not the documents) are spread over the workers, so
+neither a big shard nor a big folder stalls one worker and no document's text is shuffled.
+Text is decoded from bytes, never newline-translated, so offsets count characters exactly as
+stored. A record whose bytes are damaged becomes a ``failed`` document with the reason, never
+dropped; a storage or network error is raised, so the runner retries the read.
 """
 
 from __future__ import annotations
@@ -28,19 +29,15 @@ import fsspec.compression
 import fsspec.utils
 from apache_beam.metrics import Metrics
 
+from transforms.faults import is_damaged_data
+from transforms.progress import PROGRESS
 from transforms.records import FAILED, Document, Shard
-from transforms.shards import Resume, file_version, pending
-from transforms.storage import is_local
+from transforms.shards import (Resume, expand_pattern, input_format, list_root, pending)
 
 TXT, JSONL, PARQUET = "txt", "jsonl", "parquet"
-FORMATS = (TXT, JSONL, PARQUET)
-_SUFFIXES = {".txt": TXT, ".jsonl": JSONL, ".jsonl.gz": JSONL, ".jsonl.zst": JSONL,
-             ".parquet": PARQUET}
 SPLIT_BYTES = 64 << 20
-
-
-class InputError(ValueError):
-    """An ``--input`` that names no readable files, with what to fix."""
+TXT_BATCH = 64  # .txt files per read task
+TXT_CONCURRENCY = 4  # requests in flight per task (gcp-storage-emulator stalls above ~4)
 
 
 @dataclass(frozen=True)
@@ -50,10 +47,6 @@ class Fields:
     id: str = "id"
     text: str = "text"
     lang: str = "lang"
-
-
-TXT_BATCH = 64  # .txt files per read task
-TXT_CONCURRENCY = 4  # requests in flight per task (gcp-storage-emulator stalls above ~4)
 
 
 @dataclass(frozen=True)
@@ -74,37 +67,6 @@ class ReadTask:
         return self.paths[0]
 
 
-def input_format(path: str, forced: str | None = None) -> str | None:
-    """The format a file name says (``txt``/``jsonl``/``parquet``), or ``forced``."""
-    if forced:
-        return forced
-    name = path.lower()
-    for suffix, fmt in _SUFFIXES.items():
-        if name.endswith(suffix):
-            return fmt
-    return None
-
-
-def list_files(pattern: str, forced: str | None = None) -> list[Shard]:
-    """The input files named by a directory, a glob or a file, sorted by URL."""
-    fs, _, paths = fsspec.get_fs_token_paths(pattern)
-    found: dict[str, dict] = {}
-    for p in paths:
-        if fs.isdir(p):
-            for f, info in fs.find(p, detail=True).items():
-                if input_format(f, forced) and info.get("type") != "directory":
-                    found[f] = info
-        elif fs.isfile(p):
-            if input_format(p, forced) is None:
-                raise InputError(f"{p!r}: unknown input format: name it .txt, .jsonl[.gz|.zst] "
-                                 "or .parquet, or pass --input_format")
-            found[p] = fs.info(p)
-    return sorted((
-        Shard(f if is_local(fs) else fs.unstrip_protocol(f), int(info.get("size") or 0),
-              file_version(info))
-        for f, info in found.items()), key=lambda s: s.url)
-
-
 def plan_reads(shards: Iterable[Shard], forced: str | None = None) -> Iterator[ReadTask]:
     """One task per file, ``.txt`` files in batches (fetched concurrently from object stores)."""
     txt: list[str] = []
@@ -112,10 +74,13 @@ def plan_reads(shards: Iterable[Shard], forced: str | None = None) -> Iterator[R
         fmt = input_format(shard.url, forced)
         if fmt == TXT:
             txt.append(shard.url)
+            if len(txt) == TXT_BATCH:
+                yield ReadTask(tuple(txt), TXT)
+                txt = []
         else:
             yield ReadTask((shard.url,), fmt, shard.size)
-    for i in range(0, len(txt), TXT_BATCH):
-        yield ReadTask(tuple(txt[i:i + TXT_BATCH]), TXT)
+    if txt:
+        yield ReadTask(tuple(txt), TXT)
 
 
 def split_task(task: ReadTask, split_bytes: int = SPLIT_BYTES) -> Iterator[ReadTask]:
@@ -127,8 +92,13 @@ def split_task(task: ReadTask, split_bytes: int = SPLIT_BYTES) -> Iterator[ReadT
     elif task.fmt == PARQUET:
         import pyarrow.parquet as pq
 
-        with fsspec.open(task.path, "rb") as f:
-            n = pq.ParquetFile(f).metadata.num_row_groups
+        try:
+            with fsspec.open(task.path, "rb") as f:
+                n = pq.ParquetFile(f).metadata.num_row_groups
+        except Exception as e:  # a damaged file is read (and failed) whole by read_task
+            if not is_damaged_data(e):
+                raise
+            n = 0
         for i in range(max(n, 1)):
             yield replace(task, row_groups=(i,) if n else ())
     else:
@@ -149,13 +119,16 @@ def _decode(raw: bytes) -> tuple[str | None, str]:
 
 
 def read_txt(task: ReadTask, fields: Fields | None = None) -> Iterator[Document]:
-    """One document per text file of the task's batch."""
+    """One document per text file of the task's batch; a file gone since it was listed is a
+    failed document, any other storage error is raised."""
     fs, _, paths = fsspec.get_fs_token_paths(list(task.paths))
     contents = fs.cat(paths, on_error="return", batch_size=TXT_CONCURRENCY)
     for url, path in zip(task.paths, paths):
-        raw = contents.get(path, FileNotFoundError())
-        if isinstance(raw, BaseException):
-            text, reason = None, f"unreadable ({type(raw).__name__})"
+        raw = contents.get(path, FileNotFoundError(path))
+        if isinstance(raw, FileNotFoundError):
+            text, reason = None, "gone since it was listed (FileNotFoundError)"
+        elif isinstance(raw, BaseException):
+            raise raw
         else:
             text, reason = _decode(raw)
         if text is None:
@@ -164,24 +137,28 @@ def read_txt(task: ReadTask, fields: Fields | None = None) -> Iterator[Document]
             yield Document(url, doc_id_of(url), text, url)
 
 
-def record_document(record: Any, key: str, where: str, path: str, fields: Fields) -> Document:
+def record_document(record: Any, key: str, where: str, path: str, fields: Fields,
+                    position: int = 0) -> Document:
     """A parsed record as a ``Document``, or a ``failed`` one saying what is wrong with it."""
     if not isinstance(record, dict):
-        return Document(key, where, None, path, status=FAILED, reason="read: not a JSON object")
+        return Document(key, where, None, path, status=FAILED, reason="read: not a JSON object",
+                        position=position)
     doc_id, text = record.get(fields.id), record.get(fields.text)
     has_id = doc_id is not None and doc_id != ""
     doc_id = str(doc_id) if has_id else where
     if not has_id:
         return Document(key, doc_id, None, path, status=FAILED,
-                        reason=f"read: no `{fields.id}` field")
+                        reason=f"read: no `{fields.id}` field", position=position)
     if not isinstance(text, str):
         return Document(key, doc_id, None, path, status=FAILED,
-                        reason=f"read: `{fields.text}` is missing or not a string")
+                        reason=f"read: `{fields.text}` is missing or not a string",
+                        position=position)
     lang = record.get(fields.lang) or record.get("language")
     rest = {k: v for k, v in record.items()
             if k not in (fields.id, fields.text, fields.lang, "language")}
     meta = json.dumps(rest, ensure_ascii=False, default=str) if rest else None
-    return Document(key, doc_id, text, path, lang=str(lang) if lang else None, meta=meta)
+    return Document(key, doc_id, text, path, lang=str(lang) if lang else None, meta=meta,
+                    position=position)
 
 
 def _buffered_lines(raw_file, path: str) -> io.BufferedReader:
@@ -218,11 +195,13 @@ def read_jsonl(task: ReadTask, fields: Fields) -> Iterator[Document]:
             line, reason = _decode(raw)
             if line is not None:
                 try:
-                    yield record_document(json.loads(line), key, where, task.path, fields)
+                    yield record_document(json.loads(line), key, where, task.path, fields,
+                                          offset)
                     continue
                 except json.JSONDecodeError as e:
                     reason = f"not JSON ({e.msg} at column {e.colno})"
-            yield Document(key, where, None, task.path, status=FAILED, reason=f"read: {reason}")
+            yield Document(key, where, None, task.path, status=FAILED, reason=f"read: {reason}",
+                           position=offset)
 
 
 def read_parquet(task: ReadTask, fields: Fields) -> Iterator[Document]:
@@ -236,37 +215,47 @@ def read_parquet(task: ReadTask, fields: Fields) -> Iterator[Document]:
         for batch in pf.iter_batches(batch_size=1024, row_groups=list(task.row_groups) or None):
             for record in batch.to_pylist():
                 yield record_document(record, f"{task.path}#{row}", f"{base}#{row}", task.path,
-                                      fields)
+                                      fields, row)
                 row += 1
 
 
 def read_task(task: ReadTask, fields: Fields) -> Iterator[Document]:
-    """The documents of one piece of a file; an unreadable piece is one ``failed`` record."""
+    """The documents of one piece of a file. A piece whose bytes are damaged (truncated or
+    mislabelled compression, a damaged Parquet file) ends in one ``failed`` record; a storage
+    or network error is raised so that the runner retries the read."""
     reader = {TXT: read_txt, JSONL: read_jsonl, PARQUET: read_parquet}
+    read = Metrics.counter("documents", "read")
+    PROGRESS.start()
     try:
         for doc in reader[task.fmt](task, fields):
-            Metrics.counter("documents", "read").inc()
+            read.inc()
+            PROGRESS.add(read=1)
             yield doc
-    except Exception as e:  # a truncated or mislabelled shard must not stop the job
+    except Exception as e:
+        if not is_damaged_data(e):
+            raise
         where = f"{posixpath.basename(task.path)}@{task.start}"
         Metrics.counter("documents", "unreadable_shards").inc()
+        read.inc()
         yield Document(f"{task.path}@{task.start}!", where, None, task.path, status=FAILED,
-                       reason=f"read: shard unreadable from here on ({type(e).__name__})")
+                       reason=f"read: shard unreadable from here on ({type(e).__name__})",
+                       position=1 << 62)
 
 
 SHARDS = "shards"
 
 
-class _ListShards(beam.DoFn):
-    """A pattern -> read tasks for the shards still to do; the shards themselves go to
+class _CheckMarkers(beam.DoFn):
+    """(bucket, shards) -> read tasks of the shards still to do; the shards themselves go to
     the ``shards`` output (their markers are written once their rows are committed)."""
 
     def __init__(self, input_format: str | None, resume: Resume) -> None:
         self._format, self._resume = input_format, resume
 
-    def process(self, pattern: str) -> Iterator:
-        listed = list_files(pattern, self._format)
-        todo = pending(listed, self._resume)
+    def process(self, element: tuple[str, Iterable[Shard]]) -> Iterator:
+        _, listed = element
+        listed = sorted(listed, key=lambda s: s.url)
+        todo = list(pending(listed, self._resume))
         Metrics.counter("shards", "listed").inc(len(listed))
         Metrics.counter("shards", "complete_skipped").inc(len(listed) - len(todo))
         Metrics.counter("shards", "to_do").inc(len(todo))
@@ -277,30 +266,34 @@ class _ListShards(beam.DoFn):
 
 class ReadDocuments(beam.PTransform):
     """A pattern -> (``Document``s, ``Shard``s read): only shards that no earlier run over the
-    same output completed; listed, split and read on workers, spread by document."""
+    same output completed. The pattern's roots are listed by workers in parallel, markers are
+    checked a bucket at a time, and read tasks are spread over the workers; documents are not
+    shuffled."""
 
     def __init__(self, pattern: str, resume: Resume, fields: Fields = Fields(),
                  input_format: str | None = None, split_bytes: int = SPLIT_BYTES) -> None:
         super().__init__()
-        if not list_files(pattern, input_format):  # fail before the job starts
-            raise InputError(f"no input files match {pattern!r}")
         self._pattern, self._fields, self._format = pattern, fields, input_format
         self._split, self._resume = split_bytes, resume
 
     def expand(self, pbegin):
-        fields, split = self._fields, self._split
+        fields, split, fmt, resume = self._fields, self._split, self._format, self._resume
         listed = (
             pbegin
             | "Pattern" >> beam.Create([self._pattern])
-            | "ListShards" >> beam.ParDo(_ListShards(self._format, self._resume)).with_outputs(
+            | "Roots" >> beam.FlatMap(expand_pattern)
+            | "SpreadRoots" >> beam.Reshuffle()
+            | "ListShards" >> beam.FlatMap(list_root, fmt)
+            | "ByBucket" >> beam.WithKeys(resume.bucket)
+            | "Buckets" >> beam.GroupByKey()
+            | "CheckMarkers" >> beam.ParDo(_CheckMarkers(fmt, resume)).with_outputs(
                 SHARDS, main="tasks")
         )
         documents = (
             listed.tasks
-            | "SpreadFiles" >> beam.Reshuffle()
+            | "SpreadTasks" >> beam.Reshuffle()
             | "SplitFiles" >> beam.FlatMap(split_task, split)
             | "SpreadPieces" >> beam.Reshuffle()
             | "Read" >> beam.FlatMap(read_task, fields)
-            | "SpreadDocuments" >> beam.Reshuffle()
         )
         return documents, listed[SHARDS]

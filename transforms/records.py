@@ -1,8 +1,15 @@
-"""The records that flow between stages. Only plain fields and numpy arrays: cheap to pickle."""
+"""The records that flow between stages. Only plain fields and numpy arrays: cheap to pickle.
+
+A document travels with everything made from it: its windows (``Windows``, one set per
+tokenizer), then each task's predictions (``Predictions``), in one ``Work`` item; items travel
+through inference in groups (``tuple[Work, ...]``). No stage joins predictions back to their
+document: they never leave it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 import numpy as np
 
@@ -13,13 +20,15 @@ ANNOTATED, SKIPPED, FAILED = "annotated", "skipped", "failed"
 class Shard:
     """One input file: its URL, size and version on its store (checksum or modification time).
 
-    ``stale`` names the completion markers of the file's earlier states, to replace.
+    ``stale`` names the completion markers of the file's earlier states, to replace;
+    ``earlier`` the output parts that hold rows of it from earlier runs, to remove.
     """
 
     url: str
     size: int = 0
     version: str = ""
     stale: tuple[str, ...] = ()
+    earlier: tuple[str, ...] = ()
 
     def with_(self, **changes) -> "Shard":
         """A copy with ``changes`` applied."""
@@ -30,7 +39,8 @@ class Shard:
 class Document:
     """One input document; ``text`` is exactly as read (``None`` when it could not be read).
 
-    ``key`` is unique per input record (file, or file and line) even when ids repeat.
+    ``key`` is unique per input record (file, or file and line) even when ids repeat;
+    ``position`` orders the records of one source (byte offset or row; 0 for a ``.txt`` file).
     """
 
     key: str
@@ -44,6 +54,7 @@ class Document:
     status: str = ""
     reason: str = ""
     meta: str | None = field(default=None, repr=False)  # the record's other fields, as JSON
+    position: int = 0
 
     def with_(self, **changes) -> "Document":
         """A copy with ``changes`` applied."""
@@ -61,37 +72,48 @@ class Row(dict):
         return f"Row({shown})"
 
 
-@dataclass(frozen=True)
-class Window:
-    """One model input: sub-word ids with special tokens, and where each predicted word sits.
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """A document's model windows for one tokenizer, packed in flat arrays.
 
-    ``positions[k]`` is the index in ``input_ids`` of the first sub-word of the word that
-    spans characters ``starts[k]:ends[k]`` of the document.
+    Window ``k`` is ``ids[id_bounds[k]:id_bounds[k+1]]`` (special tokens included); it predicts
+    words ``word_bounds[k]:word_bounds[k+1]``: word ``j`` spans characters
+    ``starts[j]:ends[j]`` and is read at index ``positions[j]`` of its window (its first
+    sub-word).
     """
 
-    key: str
-    task: str
-    head: str | None
-    index: int
-    input_ids: np.ndarray = field(repr=False)
-    positions: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
+    ids: np.ndarray = field(repr=False)
+    id_bounds: np.ndarray
+    positions: np.ndarray = field(repr=False)
+    word_bounds: np.ndarray
+    starts: np.ndarray = field(repr=False)
+    ends: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.id_bounds) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sub-words per window."""
+        return np.diff(self.id_bounds)
+
+    def window_ids(self, k: int) -> np.ndarray:
+        """The ids of window ``k``."""
+        return self.ids[self.id_bounds[k]:self.id_bounds[k + 1]]
+
+    def window_positions(self, k: int) -> np.ndarray:
+        """Where window ``k``'s words are read, as indices into its ids."""
+        return self.positions[self.word_bounds[k]:self.word_bounds[k + 1]]
 
 
-@dataclass(frozen=True)
-class WindowResult:
-    """A window's predictions: a label id and its probability for each word it predicts."""
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """One task's predictions for a document: per word (as in its ``Windows``) and per head, a
+    label id and its probability."""
 
-    key: str
-    task: str
-    head: str | None
-    index: int
-    starts: np.ndarray
-    ends: np.ndarray
-    label_ids: np.ndarray
-    probs: np.ndarray = field(repr=False)
-    error: str = ""  # the error class when this window could not be run
+    heads: tuple[str | None, ...]
+    label_ids: np.ndarray = field(repr=False)  # int16 [words, heads]
+    probs: np.ndarray = field(repr=False)  # float32 [words, heads]
 
 
 @dataclass(frozen=True)
@@ -105,3 +127,34 @@ class Failure:
     task: str
     stage: str
     error: str
+
+
+@dataclass(frozen=True)
+class Work:
+    """A document in flight with what was made from it so far."""
+
+    doc: Document
+    windows: Mapping[str, Windows] = field(default_factory=dict)  # by tokenizer key
+    predictions: Mapping[str, Predictions] = field(default_factory=dict)  # by task
+    failures: tuple[Failure, ...] = ()
+
+    def with_(self, **changes) -> "Work":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def failed(self, task: str) -> bool:
+        """Whether a stage failed for ``task``."""
+        return any(f.task == task for f in self.failures)
+
+
+@dataclass(frozen=True)
+class DocumentRows:
+    """What one document adds to the outputs: its state row, its span rows and dead letters,
+    and what it adds to the run's counts."""
+
+    document: Row
+    spans: tuple[Row, ...] = ()
+    errors: tuple[Row, ...] = ()
+    counts: Mapping[str, int] = field(default_factory=dict)
+    key: str = ""  # the input record's key and position (to order records sharing an id)
+    position: int = 0

@@ -1,7 +1,6 @@
 """Each document's language, and the tasks that support it.
 
-Documents sharing an id are kept once (the first by input position); the others are
-``skipped``. The language comes from, in this order: the record's own field, the MultiClinAI file-name
+The language comes from, in this order: the record's own field, the MultiClinAI file-name
 pattern (``MultiClinNER-<lang>-...``), ``--language``, else detection. A document that no task
 can take (no text, ``und``, a language no task supports) is ``skipped`` with the reason; it is
 not an error.
@@ -9,14 +8,13 @@ not an error.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from pipeline.tasks import normalize_lang
 from transforms.language import LOOKALIKES, Detected, LanguageDetector, lang_from_name
 from transforms.records import SKIPPED, Document
+from transforms.spec import normalize_lang
 
 RECORD, FILENAME, OPTION, DETECTED = "record", "filename", "option", "detected"
 
@@ -51,19 +49,8 @@ def route(doc: Document, task_languages: Mapping[str, Sequence[str]]) -> Documen
     return doc.with_(tasks=tasks)
 
 
-def mark_duplicates(doc_id: str, docs: Iterable[Document]) -> Iterator[Document]:
-    """Of documents sharing an id, keep the first by input position; skip the others (their
-    spans would be indistinguishable in the TSV), naming the one kept."""
-    ordered = sorted(docs, key=lambda d: d.key)
-    yield ordered[0]
-    for dup in ordered[1:]:
-        Metrics.counter("documents", "duplicate_ids").inc()
-        yield dup if dup.status else dup.with_(
-            status=SKIPPED, reason=f"duplicate id: kept the record at {ordered[0].key}")
-
-
 class RouteDoFn(beam.DoFn):
-    """Language then routing, counting documents per language and per task."""
+    """Language, then the tasks that support it."""
 
     def __init__(self, task_languages: Mapping[str, Sequence[str]], default_lang: str | None,
                  min_confidence: float = 0.2) -> None:
@@ -82,8 +69,4 @@ class RouteDoFn(beam.DoFn):
         if not doc.status:
             doc = assign_language(doc, self._default,
                                   self._detector.detect if self._detector else None)
-        doc = route(doc, self._tasks)
-        Metrics.counter("documents", f"lang_{doc.lang or 'none'}").inc()
-        for task in doc.tasks:
-            Metrics.counter("documents", f"task_{task}").inc()
-        yield doc
+        yield route(doc, self._tasks)

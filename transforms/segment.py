@@ -1,4 +1,4 @@
-"""Documents -> model windows, on the CPU, with each task's tokenizer.
+"""Documents -> model windows, on the CPU, once per tokenizer (tasks that share one share them).
 
 ``word_windows`` is the pipeline's way: training-regex words fed pre-split to the tokenizer,
 sentences packed into windows, over-long sentences cut at word boundaries with overlap, each
@@ -9,30 +9,25 @@ way (raw text, 512-token windows with stride 128, every word of every window vot
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.records import Document, Failure, Window
+from transforms.faults import is_machine_fault
+from transforms.records import Document, Failure, Windows, Work
+from transforms.spec import TaskSpec
 from transforms.windows import plan_windows
 from transforms.words import sentence_starts, split_words
 
-FAILURES = "failures"
 REFERENCE_WINDOW, REFERENCE_STRIDE = 512, 128
+_EMPTY_I32 = np.zeros(0, np.int32)
+_EMPTY_I64 = np.zeros(0, np.int64)
 
 
-class Piece(NamedTuple):
-    """A window's ids (with special tokens) and the words it predicts."""
-
-    input_ids: np.ndarray
-    positions: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
-
-
-def _special_ids(tokenizer) -> tuple[int, int]:
+def special_ids(tokenizer) -> tuple[int, int]:
+    """The ids that open and close a window (``<s>``/``</s>`` for XLM-R)."""
     cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if cls is None or sep is None:
@@ -40,7 +35,37 @@ def _special_ids(tokenizer) -> tuple[int, int]:
     return cls, sep
 
 
-def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128) -> list[Piece]:
+def pack(pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> Windows:
+    """Windows from ``(ids, positions, starts, ends)`` per window."""
+    if not pieces:
+        zero = np.zeros(1, np.int64)
+        return Windows(_EMPTY_I32, zero, _EMPTY_I32, zero.copy(), _EMPTY_I64, _EMPTY_I64)
+    ids, pos, starts, ends = zip(*pieces)
+    return Windows(
+        np.concatenate(ids).astype(np.int32, copy=False),
+        np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64),
+        np.concatenate(pos).astype(np.int32, copy=False),
+        np.concatenate([[0], np.cumsum([len(x) for x in pos])]).astype(np.int64),
+        np.concatenate(starts).astype(np.int64, copy=False),
+        np.concatenate(ends).astype(np.int64, copy=False),
+    )
+
+
+def _sub_words(tokenizer, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-word ids of pre-split words and how many each word has (no special tokens)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer directly: same ids, less Python per call
+        enc = backend.encode(words, is_pretokenized=True, add_special_tokens=False)
+        ids, word_ids = enc.ids, enc.word_ids
+    else:
+        enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
+        ids, word_ids = enc["input_ids"], enc.word_ids()
+    counts = np.bincount(np.asarray(word_ids, dtype=np.int64), minlength=len(words)) \
+        if len(word_ids) else np.zeros(len(words), np.int64)
+    return np.asarray(ids, dtype=np.int32), counts
+
+
+def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128) -> Windows:
     """Windows of at most ``max_tokens`` ids (special tokens included) over the words of ``text``.
 
     Words the tokenizer maps to no sub-word (e.g. a zero-width space) are treated as whitespace.
@@ -48,22 +73,20 @@ def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128
     """
     starts, ends = split_words(text)
     if len(starts) == 0:
-        return []
-    words = [text[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
-    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
-    ids = np.asarray(enc["input_ids"], dtype=np.int32)
-    counts = np.bincount(np.asarray(enc.word_ids(), dtype=np.int64), minlength=len(words))
+        return pack([])
+    ids, counts = _sub_words(tokenizer, [text[s:e] for s, e in zip(starts.tolist(), ends.tolist())])
     tok_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     keep = counts > 0
-    starts, ends, counts, tok_start = starts[keep], ends[keep], counts[keep], tok_start[keep]
+    if not keep.all():
+        starts, ends, counts, tok_start = starts[keep], ends[keep], counts[keep], tok_start[keep]
     if len(starts) == 0:
-        return []
+        return pack([])
     budget = max_tokens - 2
     capped = np.minimum(counts, budget)
     plans = plan_windows(capped, sentence_starts(text, starts, ends), budget, overlap)
-    cls, sep = _special_ids(tokenizer)
+    cls, sep = special_ids(tokenizer)
     ccum = np.concatenate([[0], np.cumsum(capped)])
-    out = []
+    pieces = []
     for p in plans:
         if np.array_equal(capped[p.first:p.last], counts[p.first:p.last]):
             body = ids[tok_start[p.first]:tok_start[p.last - 1] + counts[p.last - 1]]
@@ -72,17 +95,14 @@ def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128
                 [ids[tok_start[i]:tok_start[i] + capped[i]] for i in range(p.first, p.last)]
             )
         own = slice(p.own_first, p.own_last)
-        out.append(Piece(
-            np.concatenate([[cls], body, [sep]]).astype(np.int32),
-            (1 + ccum[own] - ccum[p.first]).astype(np.int32),
-            starts[own], ends[own],
-        ))
-    return out
+        pieces.append((np.concatenate([[cls], body, [sep]]), 1 + ccum[own] - ccum[p.first],
+                       starts[own], ends[own]))
+    return pack(pieces)
 
 
 def reference_windows(
     text: str, tokenizer, max_length: int = REFERENCE_WINDOW, stride: int = REFERENCE_STRIDE
-) -> list[Piece]:
+) -> Windows:
     """The reference scripts' windows: raw text, truncation with overflow and stride.
 
     Every word of every window predicts (from its first sub-word), at the character span from
@@ -92,7 +112,7 @@ def reference_windows(
         text, truncation=True, max_length=max_length, stride=stride,
         return_overflowing_tokens=True, return_offsets_mapping=True,
     )
-    out = []
+    pieces = []
     for w, ids in enumerate(enc["input_ids"]):
         offsets = enc["offset_mapping"][w]
         first: dict[int, int] = {}
@@ -109,42 +129,59 @@ def reference_windows(
             pos.append(first[wid])
             starts.append(s)
             ends.append(e)
-        out.append(Piece(np.asarray(ids, dtype=np.int32), np.asarray(pos, dtype=np.int32),
-                         np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)))
-    return out
+        pieces.append((np.asarray(ids, dtype=np.int32), np.asarray(pos, dtype=np.int32),
+                       np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)))
+    return pack(pieces)
 
 
 class SegmentDoFn(beam.DoFn):
-    """``Document`` -> ``Window``s for one task (tokenizer loaded once per worker)."""
+    """``Document`` -> ``Work`` with its windows for each tokenizer its tasks use.
 
-    def __init__(self, spec, max_tokens: int, overlap: int, reference_compat: bool) -> None:
-        self._spec = spec
-        self._max_tokens = max_tokens
-        self._overlap = overlap
-        self._compat = reference_compat
-        self._tokenizer = None
-        self._windows = Metrics.counter("windows", spec.name)
-        self._tokens = Metrics.distribution("windows", f"tokens_{spec.name}")
+    Tokenizers are loaded once per worker. A document whose segmentation fails is failed for
+    the tasks of that tokenizer (stage ``segment``); its other tasks go on.
+    """
+
+    def __init__(self, specs: Mapping[str, TaskSpec], max_tokens: int, overlap: int,
+                 reference_compat: bool) -> None:
+        self._key = {name: s.tokenizer_key or s.tokenizer for name, s in specs.items()}
+        self._location = {self._key[name]: s.tokenizer for name, s in specs.items()}
+        self._max_tokens, self._overlap, self._compat = max_tokens, overlap, reference_compat
+        self._tokenizers: dict[str, object] = {}
+        self._windows = {n: Metrics.counter("windows", n) for n in specs}
+        self._tokens = {n: Metrics.distribution("windows", f"tokens_{n}") for n in specs}
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
-        from transforms.models import localize
+        from transforms.storage import localize
 
-        self._tokenizer = AutoTokenizer.from_pretrained(localize(self._spec.tokenizer))
+        self._tokenizers = {key: AutoTokenizer.from_pretrained(localize(location))
+                            for key, location in self._location.items()}
 
-    def process(self, doc: Document) -> Iterator[Window]:
-        try:
-            if self._compat:
-                pieces = reference_windows(doc.text, self._tokenizer)
-            else:
-                pieces = word_windows(doc.text, self._tokenizer, self._max_tokens, self._overlap)
-        except Exception as e:  # one bad document must not fail the job
-            yield beam.pvalue.TaggedOutput(FAILURES, Failure(doc.key, self._spec.name, "segment",
-                                                             type(e).__name__))
-            return
-        head = self._spec.head_for(doc.lang)
-        self._windows.inc(len(pieces))
-        for i, p in enumerate(pieces):
-            self._tokens.update(len(p.input_ids))
-            yield Window(doc.key, self._spec.name, head, i, *p)
+    def segment(self, text: str, key: str) -> Windows:
+        """The windows of ``text`` for the tokenizer ``key``."""
+        tokenizer = self._tokenizers[key]
+        if self._compat:
+            return reference_windows(text, tokenizer)
+        return word_windows(text, tokenizer, self._max_tokens, self._overlap)
+
+    def process(self, doc: Document) -> Iterator[Work]:
+        windows: dict[str, Windows] = {}
+        failed: dict[str, str] = {}
+        for key in dict.fromkeys(self._key[t] for t in doc.tasks):
+            try:
+                windows[key] = self.segment(doc.text, key)
+            except Exception as e:  # a document the tokenizer rejects fails; the machine raises
+                if is_machine_fault(e):
+                    raise
+                failed[key] = type(e).__name__
+        failures = []
+        for task in doc.tasks:
+            key = self._key[task]
+            if key in failed:
+                failures.append(Failure(doc.key, task, "segment", failed[key]))
+                continue
+            self._windows[task].inc(len(windows[key]))
+            for n in windows[key].lengths.tolist():
+                self._tokens[task].update(n)
+        yield Work(doc, windows, failures=tuple(failures))

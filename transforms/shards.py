@@ -1,14 +1,18 @@
-"""Incremental runs: which input shards (files) a run over the same output already completed.
+"""Input shards (files): listing them, and which ones a run over the same output completed.
 
-A shard is complete when ``OUT/_shards/<shard id>.<state>.json`` exists. The shard id names the
-file (a hash of its URL); the state hashes the file's version (size and the store's checksum,
-or its modification time) together with the job's configuration (task file, model versions,
-options that change spans). So a rerun skips a shard only if neither the file nor the
-configuration changed since its marker was written; ``--force`` redoes every shard.
+A shard is complete when ``OUT/_shards/<bucket>/<shard id>.<state>.json`` exists. The shard id
+names the file (a hash of its URL; its first two characters are the bucket); the state hashes
+the file's version (size and the store's checksum, or its modification time) together with the
+job's configuration (task file, model versions, options that change spans). So a rerun skips a
+shard only if neither the file nor the configuration changed since its marker was written;
+``--force`` redoes every shard. Markers are checked a bucket at a time (one listing each), so
+no worker ever holds the markers of the whole output.
 
-A marker is written only after the run's outputs are committed, and a redone shard's earlier
-rows are removed from the outputs when the new ones land, so a shard's rows are never lost or
-doubled, whatever the point a run stopped at.
+A marker is written only after the run's outputs are committed. Beside it, the shard's index
+(``<bucket>/<shard id>.json``) names the output parts that hold the shard's rows: a later run
+that redoes the shard (its file or the configuration changed, its marker was deleted,
+``--force``) removes them from exactly those parts. Listing is streamed: a pattern is expanded into roots (files, folders) that workers
+list in parallel.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import fsspec
 
 from transforms.records import ANNOTATED, FAILED, SKIPPED, Shard
-from transforms.storage import write_atomically
+from transforms.storage import is_local, write_atomically
 
 MARKERS = "_shards"
 LOG = logging.getLogger("pipeline")
@@ -32,6 +36,24 @@ LOG = logging.getLogger("pipeline")
 # S3/HTTP ETags, modification times (local disks and others).
 _VERSION_KEYS = ("md5Hash", "crc32c", "ETag", "etag", "generation", "mtime", "LastModified",
                  "updated", "created")
+_SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".jsonl.zst": "jsonl",
+             ".parquet": "parquet"}
+FORMATS = ("txt", "jsonl", "parquet")
+
+
+class InputError(ValueError):
+    """An ``--input`` that names no readable files, with what to fix."""
+
+
+def input_format(path: str, forced: str | None = None) -> str | None:
+    """The format a file name says (``txt``/``jsonl``/``parquet``), or ``forced``."""
+    if forced:
+        return forced
+    name = path.lower()
+    for suffix, fmt in _SUFFIXES.items():
+        if name.endswith(suffix):
+            return fmt
+    return None
 
 
 def file_version(info: Mapping[str, Any]) -> str:
@@ -40,6 +62,39 @@ def file_version(info: Mapping[str, Any]) -> str:
         if info.get(key) not in (None, ""):
             return f"{key}={info[key]}"
     return ""
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """The roots an ``--input`` names: the folders and files its glob matches (URLs)."""
+    fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    return [p if is_local(fs) else fs.unstrip_protocol(p) for p in sorted(paths)]
+
+
+def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
+    """The input files under ``root`` (a folder, walked folder by folder, or one file)."""
+    fs, path = fsspec.core.url_to_fs(root)
+
+    def shard(p: str, info: Mapping[str, Any]) -> Shard:
+        return Shard(p if is_local(fs) else fs.unstrip_protocol(p), int(info.get("size") or 0),
+                     file_version(info))
+
+    if fs.isdir(path):
+        for folder, _, files in fs.walk(path, detail=True):
+            for name, info in sorted(files.items()):
+                full = posixpath.join(folder, name)
+                if input_format(full, forced) and info.get("type") != "directory":
+                    yield shard(full, info)
+    elif fs.isfile(path):
+        if input_format(path, forced) is None:
+            raise InputError(f"{root!r}: unknown input format: name it .txt, .jsonl[.gz|.zst] "
+                             "or .parquet, or pass --input_format")
+        yield shard(path, fs.info(path))
+
+
+def list_files(pattern: str, forced: str | None = None) -> Iterator[Shard]:
+    """Every input file a pattern names (streamed)."""
+    for root in expand_pattern(pattern):
+        yield from list_root(root, forced)
 
 
 def _digest(*parts: object, n: int = 16) -> str:
@@ -69,55 +124,72 @@ class Resume:
         return f"{self.output.rstrip('/')}/{MARKERS}"
 
     def marker(self, shard: Shard) -> str:
-        """The marker file name that says ``shard`` is complete in this configuration."""
-        return f"{_digest(shard.url)}.{_digest(shard.size, shard.version, self.fingerprint)}.json"
+        """The marker file (``<bucket>/<id>.<state>.json``) that says ``shard`` is complete in
+        this configuration."""
+        sid = _digest(shard.url)
+        return f"{sid[:2]}/{sid}.{_digest(shard.size, shard.version, self.fingerprint)}.json"
+
+    def bucket(self, shard: Shard) -> str:
+        """The marker folder of ``shard``."""
+        return self.marker(shard).split("/", 1)[0]
 
 
-def existing_markers(root: str) -> dict[str, list[str]]:
-    """Marker file names under ``root``, by shard id (one listing, no reads)."""
-    fs, path = fsspec.core.url_to_fs(root)
-    if not fs.exists(path):
-        return {}
+def bucket_markers(resume: Resume, bucket: str) -> tuple[dict[str, list[str]], set[str]]:
+    """One bucket's marker names (``<bucket>/<file>``) by shard id, and the shard ids that have
+    an index (one listing, no reads)."""
+    fs, path = fsspec.core.url_to_fs(f"{resume.root}/{bucket}")
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return {}, set()
     found: dict[str, list[str]] = {}
-    for name in (posixpath.basename(p) for p in fs.ls(path, detail=False)):
+    indexed: set[str] = set()
+    for name in (posixpath.basename(p) for p in names):
         if name.endswith(".json") and name.count(".") == 2:
-            found.setdefault(name.split(".", 1)[0], []).append(name)
-    return found
+            found.setdefault(name.split(".", 1)[0], []).append(f"{bucket}/{name}")
+        elif name.endswith(".json") and name.count(".") == 1:
+            indexed.add(name.split(".", 1)[0])
+    return found, indexed
 
 
-def pending(shards: Iterable[Shard], resume: Resume) -> list[Shard]:
-    """The shards to (re)do; each carries the markers of earlier states it will replace."""
-    markers = existing_markers(resume.root)
-    todo, done = [], 0
+def pending(shards: Iterable[Shard], resume: Resume) -> Iterator[Shard]:
+    """The shards to (re)do; each carries the markers of its earlier states, to replace, and
+    the parts that hold its rows from earlier runs, to remove (read from its index)."""
+    listings: dict[str, tuple[dict[str, list[str]], set[str]]] = {}
     for shard in shards:
         name = resume.marker(shard)
-        mine = markers.get(name.split(".", 1)[0], [])
+        bucket, file = name.split("/")
+        if bucket not in listings:
+            listings[bucket] = bucket_markers(resume, bucket)
+        markers, indexed = listings[bucket]
+        sid = file.split(".", 1)[0]
+        mine = markers.get(sid, [])
         if name in mine and not resume.force:
-            done += 1
             continue
-        todo.append(shard.with_(stale=tuple(mine)))
-    LOG.info("input: %d shards, %d complete (skipped), %d to do", done + len(todo), done,
-             len(todo))
-    return todo
+        earlier = read_marker(resume, f"{bucket}/{sid}.json").get("parts", []) \
+            if sid in indexed else []
+        yield shard.with_(stale=tuple(mine), earlier=tuple(earlier))
 
 
-def shard_counts(documents: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Documents per final state and spans of one shard, from its document rows."""
-    counts = {"documents": 0, ANNOTATED: 0, SKIPPED: 0, FAILED: 0, "spans": 0}
-    for row in documents:
-        counts["documents"] += 1
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        counts["spans"] += int(row["n_spans"] or 0)
-    return counts
+def shard_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """A shard's documents per final state and spans, from its summed document counts."""
+    out = {"documents": 0, ANNOTATED: 0, SKIPPED: 0, FAILED: 0, "spans": 0}
+    for name, n in counts.items():
+        out[name] = out.get(name, 0) + n
+    return out
 
 
-def write_marker(shard: Shard, counts: Mapping[str, int], resume: Resume, run_id: str,
-                 completed: str) -> str:
+def write_marker(shard: Shard, counts: Mapping[str, int], parts: Iterable[str], resume: Resume,
+                 run_id: str, completed: str) -> str:
     """Record ``shard`` as complete (then drop markers of its earlier states); its name."""
     name = resume.marker(shard)
     record = {"source": shard.url, "size": shard.size, "version": shard.version,
-              "run_id": run_id, "completed": completed, "counts": dict(counts),
-              "config_fingerprint": resume.fingerprint, "config": resume.config}
+              "run_id": run_id, "completed": completed, "counts": shard_counts(counts),
+              "parts": sorted(set(parts)), "config_fingerprint": resume.fingerprint,
+              "config": resume.config}
+    index = {"source": shard.url, "parts": record["parts"], "run_id": run_id}
+    write_atomically(f"{resume.root}/{name.split('.', 1)[0]}.json",
+                     json.dumps(index).encode("utf-8"))
     write_atomically(f"{resume.root}/{name}",
                      json.dumps(record, indent=1, default=str).encode("utf-8"))
     fs, root = fsspec.core.url_to_fs(resume.root)
@@ -125,3 +197,12 @@ def write_marker(shard: Shard, counts: Mapping[str, int], resume: Resume, run_id
         if old != name:
             fs.rm(posixpath.join(root, old))
     return name
+
+
+def read_marker(resume: Resume, name: str) -> dict[str, Any]:
+    """A marker's record (``{}`` if it is gone)."""
+    fs, root = fsspec.core.url_to_fs(resume.root)
+    try:
+        return json.loads(fs.cat(posixpath.join(root, name)))
+    except FileNotFoundError:
+        return {}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import fsspec
@@ -25,6 +28,7 @@ def open_output(url: str, mode: str):
 def move(fs, src: str, dst: str) -> None:
     """Rename on local disks; on object stores a server-side copy (the destination object
     appears whole or not at all) and a delete."""
+    fs.makedirs(posixpath.dirname(dst), exist_ok=True)
     if is_local(fs):
         fs.mv(src, dst)
     else:
@@ -36,6 +40,7 @@ def move(fs, src: str, dst: str) -> None:
 def atomic_output(fs, path: str) -> Iterator:
     """A file to write ``path`` through: written aside, moved into place when the block ends
     without error, so readers never see a partial file."""
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fs.open(path + ".inprogress", "wb") as f:
         yield f
     move(fs, path + ".inprogress", path)
@@ -47,6 +52,39 @@ def write_atomically(url: str, data: bytes) -> None:
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with atomic_output(fs, path) as f:
         f.write(data)
+
+
+CACHE_ENV = "CLINICAL_NER_CACHE"
+
+
+def localize(location: str) -> str:
+    """A local path for a model file or directory on a remote fsspec filesystem (gs://, s3://).
+
+    Each worker copies it once into a local cache (``$CLINICAL_NER_CACHE``, default
+    ``~/.cache/clinical-ner``), under a lock, and reuses it afterwards. Local paths, hub ids and
+    ``hf://`` locations are returned unchanged.
+    """
+    if "://" not in location or location.startswith(("hf://", "file://")):
+        return location.removeprefix("file://")
+    from filelock import FileLock
+
+    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
+    dest = root / hashlib.sha1(location.encode()).hexdigest()[:16] / Path(location.rstrip("/")).name
+    done = dest.parent / ".complete"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest.parent / ".lock")):
+        if not done.exists():
+            fs, path = fsspec.core.url_to_fs(location)
+            if not fs.exists(path):
+                raise FileNotFoundError(f"{location!r} does not exist")
+            partial = dest.parent / "partial"
+            if fs.isdir(path):
+                fs.get(path.rstrip("/") + "/", str(partial), recursive=True)
+            else:
+                fs.get(path, str(partial))
+            partial.rename(dest)
+            done.touch()
+    return str(dest)
 
 
 def iter_parquet_dir(url: str, columns: list[str] | None = None) -> Iterator:

@@ -1,28 +1,44 @@
-"""Outputs on any fsspec filesystem (local, gs://, s3://, memory://), written atomically:
+"""Outputs on any fsspec filesystem (local, gs://, s3://, memory://), committed atomically:
 
 - ``<out>/<task>.tsv``: MultiClinAI format ``filename label start_span end_span text``;
-- ``<out>/spans/spans-<run>-NNNNN-of-NNNNN.parquet``: one row per mention;
-- ``<out>/documents/documents-<run>-NNNNN-of-NNNNN.parquet``: one row per input document;
-- ``<out>/errors/errors-<run>-NNNNN-of-NNNNN.parquet``: one dead letter per failure (no text);
-- ``<out>/_shards/``: a completion marker per input shard (see ``transforms.shards``).
+- ``<out>/spans/spans-<run>-<part>.parquet``: one row per mention;
+- ``<out>/documents/documents-<run>-<part>.parquet``: one row per input record;
+- ``<out>/errors/errors-<run>-<part>.parquet``: one dead letter per failure (no text);
+- ``<out>/_tsv/<task>/<run>-<part>.tsv``: the TSV rows of each part (``<task>.tsv`` is their
+  concatenation);
+- ``<out>/_shards/``: a completion marker per input shard (see ``transforms.shards``);
+- ``<out>/_runs/``: which runs committed (``<run>.committed``, ``.tsv``, ``.marked``).
 
-Like Beam's file sinks: each bundle writes temporary Parquet shards under ``<out>/.tmp-<run>/``
-and emits their names; only the names of committed bundles reach the finalize step. Finalize
-first removes, from the Parquet files of earlier runs, the rows of the input shards this run
-redid, then moves this run's files to their final names (``<run>`` is the run's id, so names
-are deterministic per run and earlier runs' files stay), rebuilds each ``<task>.tsv`` from all
-span files (written aside, then moved into place), and removes the temporary directory. Then
-each shard done gets its marker. A crashed run leaves no half-written final file, and a rerun
-redoes exactly the shards without a marker.
+Each worker writes the rows of the documents it annotated into parts of bounded size under
+``<out>/.tmp-<run>/``, as it goes: one element per document, nothing grouped. Duplicate
+document ids are found from ids and positions alone (a ``GroupByKey`` of small references,
+never of text): the first record by input position keeps its rows, later ones are ``skipped``
+when the run commits. Committing (``finalize``, on one worker, from part names and those
+references only) costs what this run wrote, not the history of the output:
+
+1. parts of runs that never committed (a crash during their commit) are removed;
+2. rows of the shards this run redid are removed from the earlier parts that held them (their
+   markers name those parts);
+3. this run's parts are moved to their final names (duplicates patched on the way) and the run
+   is recorded as committed;
+4. each ``<task>.tsv`` gets this run's rows appended (under a journal, so a retry does not
+   append twice), or is rebuilt by concatenating the parts' TSV rows when step 1 or 2 removed
+   rows from it;
+5. then each shard done gets its marker, and the run is recorded as marked.
+
+A crashed run leaves no half-written final file and no row twice; a rerun redoes exactly the
+shards without a marker, and every step is safe to retry.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 import uuid
-from contextlib import ExitStack
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import fsspec
@@ -32,13 +48,17 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.shards import Resume, shard_counts, write_marker
-from transforms.storage import atomic_output, move, open_output
+from transforms.progress import PROGRESS
+from transforms.records import ANNOTATED, FAILED, SKIPPED, DocumentRows, Row, Shard
+from transforms.shards import Resume, write_marker
+from transforms.storage import atomic_output, move, open_output, write_atomically
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
 _NEEDS_QUOTES = frozenset('\t"\n\r')
-_ROWS_PER_GROUP = 50_000
+ROWS_PER_GROUP = 50_000
+DOCUMENTS_PER_PART = 10_000
+RUNS, TSV_PARTS = "_runs", "_tsv"
 
 SPAN_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("task", pa.string()), ("label", pa.string()),
@@ -51,8 +71,6 @@ DOCUMENT_SCHEMA = pa.schema([
     ("tasks", pa.string()), ("status", pa.string()), ("reason", pa.string()),
     ("n_spans", pa.int64()), ("meta", pa.string()),
 ])
-
-
 ERROR_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("key", pa.string()), ("source", pa.string()),
     ("task", pa.string()), ("stage", pa.string()), ("error", pa.string()),
@@ -68,27 +86,84 @@ def tsv_field(value: object) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
-def tsv_line(row: dict) -> str:
+def tsv_line(row: Mapping[str, Any]) -> str:
     """A span row as one MultiClinAI TSV record (without the final newline)."""
     return "\t".join(
         tsv_field(v) for v in (row["doc_id"], row["label"], row["start"], row["end"], row["text"])
     )
 
 
-class _ParquetShard:
+def tsv_lines(spans: pa.Table, task: str) -> bytes:
+    """The TSV records of one task's rows of a span table."""
+    rows = spans.filter(pc.equal(spans["task"], task)).to_pylist()
+    return "".join(tsv_line(r) + "\n" for r in rows).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts: what one worker writes, a bounded number of documents at a time
+
+
+def part_file(root: str, kind: str, part: str) -> str:
+    """The final path of one kind of a part (``part`` is ``<run>-<id>``)."""
+    return posixpath.join(root, kind, f"{kind}-{part}.parquet")
+
+
+def tsv_part_file(root: str, task: str, part: str) -> str:
+    """The final path of one task's TSV rows of a part."""
+    return posixpath.join(root, TSV_PARTS, task, f"{part}.tsv")
+
+
+def run_of(part: str) -> str:
+    """The run id of a part name ``<run>-<id>``."""
+    return part.rsplit("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part written under the run's temporary folder: which documents' rows it holds."""
+
+    name: str  # <run>-<id>
+    tmp: str  # its temporary folder (URL)
+    sources: tuple[str, ...]
+    tasks: tuple[str, ...]  # tasks with TSV rows in it
+
+
+@dataclass(frozen=True)
+class DocRef:
+    """Where a document's rows are, without its text: enough to find duplicate ids and to
+    patch a later duplicate's rows at commit."""
+
+    doc_id: str
+    source: str
+    position: int
+    key: str
+    part: str
+    row: int  # its row in the part's documents file
+    spans: tuple[int, int]  # its rows in the part's spans file
+    errors: tuple[int, int]
+    status: str
+    read_failed: bool
+    counts: tuple[tuple[str, int], ...] = ()  # its spans per task/label
+
+
+class _Sink:
     """Rows appended to one Parquet file in row groups of bounded size."""
 
     def __init__(self, path: str, schema: pa.Schema) -> None:
-        self.path = path
         self._file = open_output(path, "wb")
         self._writer = pq.ParquetWriter(self._file, schema)
         self._schema = schema
-        self._rows: list[dict] = []
+        self._rows: list[Mapping] = []
+        self.count = 0
 
-    def write(self, row: dict) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= _ROWS_PER_GROUP:
+    def write(self, rows: Sequence[Mapping]) -> tuple[int, int]:
+        """Append ``rows``; their row numbers in the file."""
+        first = self.count
+        self._rows.extend(rows)
+        self.count += len(rows)
+        if len(self._rows) >= ROWS_PER_GROUP:
             self._flush()
+        return first, self.count
 
     def _flush(self) -> None:
         if self._rows:
@@ -101,46 +176,155 @@ class _ParquetShard:
         self._file.close()
 
 
-class _WriteShards(beam.DoFn):
-    """Rows -> one temporary Parquet file per bundle; yields ``(kind, url)``."""
+class PartWriter:
+    """One part: a Parquet file per kind and the TSV rows per task, in a temporary folder."""
 
-    def __init__(self, tmp: str, kind: str) -> None:
-        self._tmp, self._kind = tmp, kind
-        self._shard: _ParquetShard | None = None
+    def __init__(self, tmp: str, run_id: str) -> None:
+        self.name = f"{run_id}-{uuid.uuid4().hex[:12]}"
+        self.folder = posixpath.join(tmp, self.name)
+        self._sinks = {kind: _Sink(posixpath.join(self.folder, f"{kind}.parquet"), schema)
+                       for kind, schema in SCHEMAS.items()}
+        self._tsv: dict[str, Any] = {}
+        self._sources: set[str] = set()
+        self.documents = 0
+
+    def add(self, rows: DocumentRows) -> DocRef:
+        """Write one document's rows."""
+        doc = rows.document
+        row, _ = self._sinks["documents"].write([doc])
+        spans = self._sinks["spans"].write(rows.spans)
+        errors = self._sinks["errors"].write(rows.errors)
+        for span in rows.spans:
+            f = self._tsv.get(span["task"])
+            if f is None:
+                f = self._tsv[span["task"]] = open_output(
+                    posixpath.join(self.folder, f"{span['task']}.tsv"), "wb")
+            f.write((tsv_line(span) + "\n").encode("utf-8"))
+        self._sources.add(doc["source"])
+        self.documents += 1
+        labels = Counter(f"{s['task']}/{s['label']}" for s in rows.spans)
+        return DocRef(doc["doc_id"], doc["source"], rows.position, rows.key, self.name, row,
+                      spans, errors, doc["status"], doc["reason"].startswith("read:"),
+                      tuple(sorted(labels.items())))
+
+    def close(self) -> Part:
+        for sink in self._sinks.values():
+            sink.close()
+        for f in self._tsv.values():
+            f.close()
+        return Part(self.name, self.folder, tuple(sorted(self._sources)),
+                    tuple(sorted(self._tsv)))
+
+
+PARTS, COUNTS, TOTALS = "parts", "counts", "totals"
+
+
+class _WriteParts(beam.DoFn):
+    """``DocumentRows`` -> rows in parts (a new part every ``per_part`` documents); yields a
+    ``DocRef`` per document, and per bundle its ``Part``s, its counts per shard and its
+    share of the run's totals."""
+
+    def __init__(self, tmp: str, run_id: str, per_part: int = DOCUMENTS_PER_PART) -> None:
+        self._tmp, self._run_id, self._per_part = tmp, run_id, per_part
+        self._part: PartWriter | None = None
+        self._shards: dict[str, Counter] = {}
+        self._totals: Counter = Counter()
+
+    def setup(self) -> None:
+        PROGRESS.start()
 
     def start_bundle(self) -> None:
-        self._shard = None
+        self._part, self._shards, self._totals = None, {}, Counter()
 
-    def process(self, row: dict) -> None:
-        if self._shard is None:
-            path = posixpath.join(self._tmp, self._kind, f"{uuid.uuid4().hex}.part")
-            self._shard = _ParquetShard(path, SCHEMAS[self._kind])
-        self._shard.write(row)
+    def process(self, rows: DocumentRows) -> Iterator:
+        if self._part is not None and self._part.documents >= self._per_part:
+            yield beam.pvalue.TaggedOutput(PARTS, self._part.close())
+            self._part = None
+        if self._part is None:
+            self._part = PartWriter(self._tmp, self._run_id)
+        yield self._part.add(rows)
+        PROGRESS.add(done=1)
+        doc = rows.document
+        shard = self._shards.setdefault(doc["source"], Counter())
+        shard.update({"documents": 1, doc["status"]: 1, "spans": len(rows.spans)})
+        self._totals.update(rows.counts)
 
     def finish_bundle(self) -> Iterator:
-        if self._shard is not None:
-            self._shard.close()
-            yield GlobalWindows.windowed_value((self._kind, self._shard.path))
-        self._shard = None
+        out = beam.pvalue.TaggedOutput
+        if self._part is not None:
+            yield out(PARTS, GlobalWindows.windowed_value(self._part.close()))
+        self._part = None
+        for source, counts in self._shards.items():
+            yield out(COUNTS, GlobalWindows.windowed_value((source, dict(counts))))
+        if self._totals:
+            yield out(TOTALS, GlobalWindows.windowed_value(dict(self._totals)))
 
 
-def _drop_sources(fs, path: str, redone: pa.Array) -> None:
-    """Remove the rows of ``redone`` input shards from one Parquet file (or the file)."""
+# ---------------------------------------------------------------------------------------------
+# Duplicate ids, from references only
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A later record with an id seen before: its rows are patched at commit."""
+
+    ref: DocRef
+    kept: str  # the key of the record that keeps the id
+
+
+def duplicates(doc_id: str, refs: Iterable[DocRef]) -> Iterator[Duplicate]:
+    """Of the records sharing an id, the first by input position keeps it; the others become
+    ``skipped`` (their spans would be indistinguishable in the TSV). Records that could not
+    be read stay ``failed``."""
+    ordered = sorted(refs, key=lambda r: (r.source, r.position, r.key))
+    for ref in ordered[1:]:
+        Metrics.counter("documents", "duplicate_ids").inc()
+        if not ref.read_failed:
+            yield Duplicate(ref, ordered[0].key)
+
+
+def duplicate_counts(dup: Duplicate) -> Iterator[tuple[str, dict[str, int]]]:
+    """What a duplicate changes in its shard's counts (``source``) and in the run's totals
+    (``""``); it also corrects the Beam counters."""
+    ref = dup.ref
+    Metrics.counter("documents", ref.status).dec()
+    Metrics.counter("documents", SKIPPED).inc()
+    spans = sum(n for _, n in ref.counts)
+    for name, n in ref.counts:
+        Metrics.counter("spans", name).dec(n)
+    yield ref.source, {ref.status: -1, SKIPPED: 1, "spans": -spans}
+    yield "", {f"documents/{ref.status}": -1, f"documents/{SKIPPED}": 1,
+               **{f"spans/{name}": -n for name, n in ref.counts}}
+
+
+def _patch(tables: dict[str, pa.Table], dups: Sequence[Duplicate]) -> dict[str, pa.Table]:
+    """A part's tables with its duplicates' rows patched: spans and dead letters dropped, the
+    document row ``skipped`` with the reason."""
+    drop_spans = [i for d in dups for i in range(*d.ref.spans)]
+    drop_errors = [i for d in dups for i in range(*d.ref.errors)]
+
+    def without(table: pa.Table, rows: list[int]) -> pa.Table:
+        if not rows:
+            return table
+        keep = pc.invert(pc.is_in(pa.array(range(table.num_rows)), pa.array(rows)))
+        return table.filter(keep)
+
+    documents = tables["documents"].to_pylist()
+    for d in dups:
+        documents[d.ref.row].update(status=SKIPPED, n_spans=0, tasks="",
+                                    reason=f"duplicate id: kept the record at {d.kept}")
+    return {"spans": without(tables["spans"], drop_spans),
+            "errors": without(tables["errors"], drop_errors),
+            "documents": pa.Table.from_pylist(documents, DOCUMENT_SCHEMA)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Committing a run
+
+
+def _read(fs, path: str) -> pa.Table:
     with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        if "source" not in pf.schema_arrow.names:
-            raise ValueError(f"{path}: written by an older version (no `source` column): "
-                             "annotate into a new --output, or remove this file")
-        sources = pf.read(columns=["source"])["source"]
-    if not pc.any(pc.is_in(sources, value_set=redone)).as_py():
-        return
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    kept = table.filter(pc.invert(pc.is_in(table["source"], value_set=redone)))
-    if kept.num_rows:
-        _write_table(fs, path, kept)
-    else:
-        fs.rm(path)
+        return pq.read_table(f)
 
 
 def _write_table(fs, path: str, table: pa.Table) -> None:
@@ -149,52 +333,178 @@ def _write_table(fs, path: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
-def write_tsv(fs, root: str, tasks: Iterable[str]) -> None:
-    """``<task>.tsv`` for each task from all span files (each written atomically)."""
-    with ExitStack() as stack:
-        files = {t: stack.enter_context(atomic_output(fs, posixpath.join(root, f"{t}.tsv")))
-                 for t in tasks}
-        for f in files.values():
-            f.write((TSV_HEADER + "\n").encode("utf-8"))
-        columns = ["doc_id", "task", "label", "start", "end", "text"]
-        for part in sorted(fs.glob(posixpath.join(root, "spans", "*.parquet"))):
-            with fs.open(part, "rb") as src:
-                for batch in pq.ParquetFile(src).iter_batches(batch_size=65536, columns=columns):
-                    for row in batch.to_pylist():
-                        if row["task"] in files:
-                            files[row["task"]].write((tsv_line(row) + "\n").encode("utf-8"))
+def _final_parts(fs, root: str) -> dict[str, list[str]]:
+    """Every final part file (Parquet and TSV rows), by part name."""
+    found: dict[str, list[str]] = {}
+    for kind in SCHEMAS:
+        prefix = f"{kind}-"
+        for path in fs.glob(posixpath.join(root, kind, f"{kind}-*.parquet")):
+            found.setdefault(posixpath.basename(path)[len(prefix):-len(".parquet")],
+                             []).append(path)
+    for path in fs.glob(posixpath.join(root, TSV_PARTS, "*", "*.tsv")):
+        found.setdefault(posixpath.basename(path)[:-len(".tsv")], []).append(path)
+    return found
 
 
-def finalize(parts: Sequence[tuple[str, str]], out: str, tasks: Iterable[str], tmp: str,
-             run_id: str, redone: Sequence[str]) -> int:
-    """Commit this run's files over earlier runs' (see the module docstring); safe to retry.
+def run_states(fs, root: str) -> dict[str, set[str]]:
+    """Runs recorded under ``_runs/``, with their states (committed, tsv, marked)."""
+    states: dict[str, set[str]] = {}
+    folder = posixpath.join(root, RUNS)
+    if fs.exists(folder):
+        for path in fs.ls(folder, detail=False):
+            run, _, state = posixpath.basename(path).rpartition(".")
+            states.setdefault(run, set()).add(state)
+    return states
 
-    Returns the number of this run's files.
-    """
+
+def _record_state(fs, root: str, run_id: str, state: str) -> None:
+    write_atomically(fs.unstrip_protocol(posixpath.join(root, RUNS, f"{run_id}.{state}")),
+                     datetime.now(timezone.utc).isoformat().encode())
+
+
+def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[str]) -> bool:
+    """Remove the rows of ``redone`` input shards from one committed part (its TSV rows too);
+    whether it changed."""
+    changed = False
+    spans = None
+    for kind in SCHEMAS:
+        path = part_file(root, kind, part)
+        if not fs.exists(path):
+            continue
+        table = _read(fs, path)
+        kept = table.filter(pc.invert(pc.is_in(table["source"], value_set=redone)))
+        if kind == "spans":
+            spans = kept
+        if kept.num_rows == table.num_rows:
+            continue
+        changed = True
+        if kept.num_rows:
+            _write_table(fs, path, kept)
+        else:
+            fs.rm(path)
+    if changed and spans is not None:
+        for task in tasks:
+            path = tsv_part_file(root, task, part)
+            if fs.exists(path):
+                write_atomically(fs.unstrip_protocol(path), tsv_lines(spans, task))
+    return changed
+
+
+def _commit_part(fs, root: str, part: Part, dups: Sequence[Duplicate]) -> None:
+    """Move one of this run's parts to its final names, its duplicates patched; safe to retry
+    (a file already moved is left as it is)."""
+    tmp = fsspec.core.url_to_fs(part.tmp)[1]
+    sources = {kind: posixpath.join(tmp, f"{kind}.parquet") for kind in SCHEMAS}
+    if dups and all(fs.exists(p) for p in sources.values()):
+        tables = _patch({kind: _read(fs, p) for kind, p in sources.items()}, dups)
+        for kind, table in tables.items():
+            _write_table(fs, part_file(root, kind, part.name), table)
+        for task in part.tasks:
+            write_atomically(fs.unstrip_protocol(tsv_part_file(root, task, part.name)),
+                             tsv_lines(tables["spans"], task))
+        fs.rm(tmp, recursive=True)
+        return
+    for kind, src in sources.items():
+        if fs.exists(src):
+            move(fs, src, part_file(root, kind, part.name))
+    for task in part.tasks:
+        src = posixpath.join(tmp, f"{task}.tsv")
+        if fs.exists(src):
+            fs.makedirs(posixpath.join(root, TSV_PARTS, task), exist_ok=True)
+            move(fs, src, tsv_part_file(root, task, part.name))
+
+
+def _copy_into(fs, dst, paths: Iterable[str]) -> None:
+    for path in paths:
+        with fs.open(path, "rb") as src:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+
+
+def _journal(root: str, task: str) -> str:
+    return posixpath.join(root, TSV_PARTS, f"{task}.journal")
+
+
+def _assemble_tsv(fs, root: str, tasks: Sequence[str], run_id: str, mine: Sequence[str],
+                  rebuild: bool) -> None:
+    """Each ``<task>.tsv``: this run's rows appended, or rebuilt from all parts' TSV rows."""
+    for task in tasks:
+        tsv, journal = posixpath.join(root, f"{task}.tsv"), _journal(root, task)
+        pending = json.loads(fs.cat(journal)) if fs.exists(journal) else None
+        if rebuild or not fs.exists(tsv) or (pending and pending["run"] != run_id):
+            parts = sorted(fs.glob(posixpath.join(root, TSV_PARTS, task, "*.tsv")))
+            with atomic_output(fs, tsv) as f:
+                f.write((TSV_HEADER + "\n").encode("utf-8"))
+                _copy_into(fs, f, parts)
+            if pending:
+                fs.rm(journal)
+            continue
+        if pending is None:
+            pending = {"run": run_id, "size": fs.size(tsv)}
+            write_atomically(fs.unstrip_protocol(journal), json.dumps(pending).encode())
+        _append(fs, tsv, pending["size"],
+                [tsv_part_file(root, task, p) for p in sorted(mine)
+                 if fs.exists(tsv_part_file(root, task, p))])
+
+
+def _append(fs, tsv: str, size: int, parts: Sequence[str]) -> None:
+    """Append ``parts`` to ``tsv`` after its first ``size`` bytes (a retry rewinds first)."""
+    from transforms.storage import is_local
+
+    if is_local(fs):
+        with open(tsv, "r+b") as f:
+            f.truncate(size)
+            f.seek(size)
+            _copy_into(fs, f, parts)
+        return
+    head = fs.cat_file(tsv, start=0, end=size)  # object stores cannot append: rewrite
+    with atomic_output(fs, tsv) as f:
+        f.write(head)
+        _copy_into(fs, f, parts)
+
+
+def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, run_id: str,
+             dups: Sequence[Duplicate], redone: Sequence[Shard]) -> int:
+    """Commit this run (see the module docstring); safe to retry. Returns its part count."""
     fs, root = fsspec.core.url_to_fs(out)
-    redone_array = pa.array(sorted(set(redone)), pa.string())
-    by_kind: dict[str, list[str]] = {}
-    for kind, url in parts:
-        by_kind.setdefault(kind, []).append(fsspec.core.url_to_fs(url)[1])
-    for kind, schema in SCHEMAS.items():
-        target = posixpath.join(root, kind)
-        fs.makedirs(target, exist_ok=True)
-        mine = f"{kind}-{run_id}-"
-        for old in fs.glob(posixpath.join(target, "*.parquet")):
-            if len(redone_array) and not posixpath.basename(old).startswith(mine):
-                _drop_sources(fs, old, redone_array)
-        new = sorted(by_kind.get(kind, []))
-        for i, part in enumerate(new):
-            final = posixpath.join(target, f"{mine}{i:05d}-of-{len(new):05d}.parquet")
-            if fs.exists(part) or not fs.exists(final):  # else moved by an earlier attempt
-                move(fs, part, final)
-        if not fs.glob(posixpath.join(target, "*.parquet")):
-            # An empty table still says what its columns are.
-            _write_table(fs, posixpath.join(target, f"{mine}00000-of-00001.parquet"),
-                         schema.empty_table())
-    tasks = list(tasks)
-    if redone or not all(fs.exists(posixpath.join(root, f"{t}.tsv")) for t in tasks):
-        write_tsv(fs, root, tasks)
+    states = run_states(fs, root)
+    existing = _final_parts(fs, root)
+    rebuild = False
+    # 1. parts of runs that never committed
+    for name, paths in existing.items():
+        run = run_of(name)
+        if run != run_id and "committed" not in states.get(run, ()):
+            for path in paths:
+                fs.rm(path)
+            rebuild = True
+    # 2. rows of redone shards, from the earlier parts their index names (or, for a run that
+    #    committed but did not mark all its shards, from all of its parts)
+    redone_urls = pa.array(sorted({s.url for s in redone}), pa.string())
+    earlier = {part for shard in redone for part in shard.earlier}
+    unmarked = {run for run, st in states.items() if "committed" in st and "marked" not in st}
+    earlier.update(name for name in existing if run_of(name) in unmarked)
+    if len(redone_urls):
+        for name in sorted(earlier):
+            if run_of(name) != run_id:
+                rebuild |= _drop_sources(fs, root, name, redone_urls, tasks)
+    # 3. this run's parts, duplicates patched
+    by_part: dict[str, list[Duplicate]] = {}
+    for d in dups:
+        by_part.setdefault(d.ref.part, []).append(d)
+    for part in parts:
+        _commit_part(fs, root, part, by_part.get(part.name, ()))
+    if "committed" not in states.get(run_id, ()):
+        _record_state(fs, root, run_id, "committed")
+    # 4. the TSV files
+    if "tsv" not in states.get(run_id, ()):
+        _assemble_tsv(fs, root, tasks, run_id, [p.name for p in parts], rebuild)
+        _record_state(fs, root, run_id, "tsv")
+    for task in tasks:
+        if fs.exists(_journal(root, task)):
+            fs.rm(_journal(root, task))
+    for kind, schema in SCHEMAS.items():  # an empty table still says what its columns are
+        if not fs.glob(posixpath.join(root, kind, "*.parquet")):
+            _write_table(fs, part_file(root, kind, f"{run_id}-empty"), schema.empty_table())
     tmp_root = fsspec.core.url_to_fs(tmp)[1]
     if fs.exists(tmp_root):
         fs.rm(tmp_root, recursive=True)
@@ -202,50 +512,89 @@ def finalize(parts: Sequence[tuple[str, str]], out: str, tasks: Iterable[str], t
 
 
 class _WriteMarker(beam.DoFn):
-    """(url, {shard, documents}) -> the shard's marker, once the outputs are committed."""
+    """(url, {shard, counts, parts}) -> the shard's marker, once the outputs are committed."""
 
     def __init__(self, resume: Resume, run_id: str) -> None:
         self._resume, self._run_id = resume, run_id
 
     def process(self, element, committed: int) -> Iterator[str]:
         _, grouped = element
-        counts = shard_counts(grouped["documents"])
+        counts: Counter = Counter()
+        for c in grouped["counts"]:
+            counts.update(c)
         for shard in grouped["shard"]:
             Metrics.counter("shards", "completed").inc()
-            yield write_marker(shard, counts, self._resume, self._run_id,
-                               datetime.now(timezone.utc).isoformat())
+            yield write_marker(shard, dict(counts), grouped["parts"], self._resume,
+                               self._run_id, datetime.now(timezone.utc).isoformat())
+
+
+def _merge(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: Counter = Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)
 
 
 class WriteOutputs(beam.PTransform):
-    """Writes span rows (per task TSV and Parquet), document rows and dead letters (Parquet),
-    then marks the shards of this run complete."""
+    """Writes each document's rows into parts, commits them with this run's duplicate ids
+    patched, marks the shards of this run complete; returns the run's totals (one dict) once
+    every shard is marked."""
 
     def __init__(self, tasks: Iterable[str], resume: Resume, run_id: str) -> None:
         super().__init__()
         self._out = resume.output.rstrip("/")
-        self._tasks = list(tasks)
+        self._tasks = sorted(tasks)
         self._resume, self._run_id = resume, run_id
-        self._tmp = f"{self._out}/.tmp-{run_id}-{uuid.uuid4().hex[:8]}"
+        self._tmp = f"{self._out}/.tmp-{run_id}"
 
     def expand(self, pcolls):
-        spans, documents, errors, shards = pcolls
-        parts = (
-            spans | "SpanShards" >> beam.ParDo(_WriteShards(self._tmp, "spans")),
-            documents | "DocumentShards" >> beam.ParDo(_WriteShards(self._tmp, "documents")),
-            errors | "ErrorShards" >> beam.ParDo(_WriteShards(self._tmp, "errors")),
+        rows, shards = pcolls
+        written = rows | "WriteParts" >> beam.ParDo(
+            _WriteParts(self._tmp, self._run_id)).with_outputs(PARTS, COUNTS, TOTALS, main="refs")
+        dups = (
+            written.refs
+            | "ById" >> beam.WithKeys(lambda r: r.doc_id)
+            | "SameId" >> beam.GroupByKey()
+            | "Duplicates" >> beam.FlatMapTuple(duplicates)
         )
-        redone = shards | "ShardUrls" >> beam.Map(lambda s: s.url)
+        corrections = dups | "DuplicateCounts" >> beam.FlatMap(duplicate_counts)
+        counts = (
+            (written[COUNTS], corrections | "ShardCorrections" >> beam.Filter(lambda kv: kv[0]))
+            | "AllCounts" >> beam.Flatten()
+            | "CountsPerShard" >> beam.CombinePerKey(_merge)
+        )
         committed = (
-            parts
-            | "AllParts" >> beam.Flatten()
+            written[PARTS]
             | "PartList" >> beam.combiners.ToList()
             | "Finalize" >> beam.Map(finalize, self._out, self._tasks, self._tmp, self._run_id,
-                                     beam.pvalue.AsList(redone))
+                                     beam.pvalue.AsList(dups), beam.pvalue.AsList(shards))
         )
-        return (
+        parts_of = written[PARTS] | "PartSources" >> beam.FlatMap(
+            lambda p: [(s, p.name) for s in p.sources])
+        marked = (
             {"shard": shards | "KeyShards" >> beam.WithKeys(lambda s: s.url),
-             "documents": documents | "KeyBySource" >> beam.WithKeys(lambda d: d["source"])}
+             "counts": counts, "parts": parts_of}
             | "ByShard" >> beam.CoGroupByKey()
             | "MarkComplete" >> beam.ParDo(_WriteMarker(self._resume, self._run_id),
                                            beam.pvalue.AsSingleton(committed))
         )
+        totals = (
+            (written[TOTALS], corrections | "RunCorrections" >> beam.Filter(lambda kv: not kv[0])
+             | beam.Map(lambda kv: kv[1]))
+            | "AllTotals" >> beam.Flatten()
+            | "RunTotals" >> beam.CombineGlobally(_merge)
+        )
+        return (
+            marked
+            | "MarkerCount" >> beam.combiners.Count.Globally()
+            | "Marked" >> beam.Map(_mark_run, self._out, self._run_id,
+                                   beam.pvalue.AsSingleton(committed))
+            | "Totals" >> beam.Map(lambda _, totals: totals, beam.pvalue.AsSingleton(totals))
+        )
+
+
+def _mark_run(markers: int, out: str, run_id: str, committed: int) -> int:
+    """Record that every shard of the run has its marker."""
+    fs, root = fsspec.core.url_to_fs(out)
+    _record_state(fs, root, run_id, "marked")
+    return markers

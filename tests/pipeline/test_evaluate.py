@@ -6,7 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline.bench_evaluate import all_pairs_score, as_lists, perturb, synthetic
+from bench.evaluate import all_pairs_score, as_lists, perturb, synthetic
 from pipeline.evaluate import EvaluationInputError, breakdown, load_tsv, score
 from tests.conftest import REPO, SPACCC
 from transforms.write import TSV_HEADER, tsv_line

@@ -5,10 +5,12 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-from pipeline.reference import head_logits_fn, hf_logits_fn, reference_entities
+from bench.reference import head_logits_fn, hf_logits_fn, reference_entities
 from pipeline.tasks import load_tasks
 from tests.conftest import read_text, run_pipeline
 from transforms.models import load_mtl
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_stl_same_rows_as_the_reference(compat_out, smoke_tasks, spaccc_sample):
 
 def test_mtl_same_rows_as_the_reference(compat_out, smoke_tasks, spaccc_sample):
     spec = load_tasks(str(smoke_tasks))["symptom"]
-    head = spec.head_for("es")
+    (head,) = spec.heads_for("es")
     model = load_mtl(spec.model, spec.encoder, [head], torch.device("cpu"), None)
     expected = oracle_rows(spec, head_logits_fn(model.encoder, model.heads[head]),
                            dict(enumerate(spec.labels[head])), spaccc_sample)

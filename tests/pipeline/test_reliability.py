@@ -9,16 +9,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.tasks import load_tasks
 from tests.conftest import E3C, HERMETIC_ENV, REPO, read_text, run_pipeline, spaccc_files
-from transforms.align import DOCUMENTS, ERRORS, AlignDoFn
-from transforms.handlers import TokenClassifierHandler
-from transforms.records import Document, Failure, Window, WindowResult
 
+pytestmark = pytest.mark.e2e
 MARKER = "ZQXPHIMARKER"
 
 
@@ -90,8 +86,13 @@ def test_counters_agree_with_the_documents_table(messy_run):
         docs.status.value_counts().to_dict()
     annotated = docs[docs.status == "annotated"]
     spans = pd.read_parquet(out / "spans")
-    assert record["distributions"]["documents/spans_per_document"]["count"] == len(annotated)
-    assert record["distributions"]["documents/spans_per_document"]["sum"] == len(spans)
+    # the distribution covers every document the models annotated: the later record of the
+    # duplicate id was, before the commit skipped it and dropped its spans
+    dups = docs.reason.str.startswith("duplicate id").sum()
+    assert dups == 1 and counts["documents/duplicate_ids"] == 1
+    per_doc = record["distributions"]["documents/spans_per_document"]
+    assert per_doc["count"] == len(annotated) + dups
+    assert per_doc["sum"] >= len(spans)
     by_label = spans.groupby(["task", "label"]).size()
     assert {k: v for k, v in counts.items() if k.startswith("spans/")} == {
         f"spans/{t}/{lab}": n for (t, lab), n in by_label.items()}
@@ -99,7 +100,6 @@ def test_counters_agree_with_the_documents_table(messy_run):
         tokens = record["distributions"][f"windows/tokens_{task}"]
         assert counts[f"windows/{task}"] == tokens["count"]
         assert counts[f"tokens/real_{task}"] == tokens["sum"]  # every window ran once
-        assert counts[f"tokens/padding_{task}"] >= 0
         latency = record["distributions"][f"RunInference_{task}/inference_batch_latency_micro_secs"]
         assert latency["count"] > 0 and latency["min"] > 0
 
@@ -128,55 +128,6 @@ def test_no_document_text_in_the_logs(messy_run):
     _, proc, _, _, _ = messy_run  # logged at DEBUG, Beam's own loggers included
     assert proc.returncode == 0 and "DEBUG" in proc.stderr
     assert MARKER not in proc.stdout and MARKER not in proc.stderr
-
-
-class FlakyModel:
-    """A model that fails on any batch holding the poisoned window."""
-
-    pad_id = 1
-
-    def predict(self, ids, mask, positions, heads):
-        if (ids == 666).any():
-            raise RuntimeError("CUDA error: an illegal memory access")
-        for p in positions:
-            yield np.zeros(len(p), np.int64), np.ones(len(p), np.float32)
-
-
-def window(key, poison=False):
-    ids = np.array([0, 666 if poison else 10, 11, 2], np.int32)
-    pos = np.array([1, 2], np.int32)
-    return Window(key, "t", None, 0, ids, pos, np.array([0, 3]), np.array([2, 5]))
-
-
-def test_a_model_error_fails_only_the_culprit(smoke_tasks):
-    spec = load_tasks(str(smoke_tasks))["procedure"]
-    handler = TokenClassifierHandler(spec)
-    batch = [window("a"), window("b", poison=True), window("c")]
-    results = handler.run_inference(batch, FlakyModel())
-    assert [(r.key, r.error) for r in results] == [("a", ""), ("b", "RuntimeError"), ("c", "")]
-
-
-def test_align_turns_failures_into_failed_documents_and_dead_letters(smoke_tasks):
-    specs = load_tasks(str(smoke_tasks))
-    fn = AlignDoFn(specs, False)
-    fn.setup()
-    doc = Document("k", "d", "dolor abdominal", "src.txt", lang="es",
-                   tasks=("procedure", "symptom"))
-    ok = WindowResult("k", "symptom", "symptom_es_ner", 0, np.array([0, 6]), np.array([5, 15]),
-                      np.array([0, 1], np.int16), np.array([0.9, 0.8], np.float32))
-    bad = WindowResult("k", "procedure", None, 0, np.array([0]), np.array([5]),
-                       np.zeros(0, np.int16), np.zeros(0, np.float32), error="RuntimeError")
-    out = list(fn.process(("k", {"doc": [doc], "preds": [ok, bad], "failures": []})))
-    spans = [o for o in out if not hasattr(o, "tag")]
-    tagged = {o.tag: o.value for o in out if hasattr(o, "tag")}
-    assert [s["task"] for s in spans] == ["symptom"]  # the other task still delivers
-    assert tagged[DOCUMENTS]["status"] == "failed"
-    assert tagged[DOCUMENTS]["reason"] == "procedure inference: RuntimeError"
-    assert tagged[ERRORS] == {"doc_id": "d", "key": "k", "source": "src.txt",
-                              "task": "procedure", "stage": "inference", "error": "RuntimeError"}
-    seg = list(fn.process(("k", {"doc": [doc], "preds": [ok],
-                                 "failures": [Failure("k", "procedure", "segment", "ValueError")]})))
-    assert {o.tag: o.value for o in seg if hasattr(o, "tag")}[DOCUMENTS]["status"] == "failed"
 
 
 def test_a_10_mb_document(smoke_tasks, tmp_path):
@@ -243,13 +194,3 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_completes(smoke_tasks, tmp_pa
         got = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
         want = pd.read_csv(clean / f"{task}.tsv", sep="\t", keep_default_na=False)
         assert sorted(got.itertuples(index=False)) == sorted(want.itertuples(index=False))
-
-
-def test_progress_lines_carry_counts_not_text(smoke_tasks, caplog):
-    fn = AlignDoFn(load_tasks(str(smoke_tasks)), False)
-    fn.PROGRESS_EVERY_S = 0.0
-    fn.setup()
-    doc = Document("k", "d", f"{MARKER} dolor", "src.txt", lang="es", tasks=())
-    with caplog.at_level("INFO", logger="pipeline"):
-        list(fn.process(("k", {"doc": [doc], "preds": [], "failures": []})))
-    assert "progress: 1 documents done" in caplog.text and MARKER not in caplog.text

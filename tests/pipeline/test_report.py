@@ -13,6 +13,8 @@ from pipeline.evaluate import load_tsv, score
 from pipeline.report import write_report
 from tests.conftest import SPACCC
 
+pytestmark = pytest.mark.e2e
+
 GOLD = [str(SPACCC / "gold_symptom.tsv"), str(SPACCC / "gold_procedure.tsv")]
 
 

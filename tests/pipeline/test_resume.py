@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import read_outputs, read_text, run_pipeline, spaccc_files
 
+pytestmark = pytest.mark.e2e
+
 
 def snapshot(out):
     """Every output file (but the run record) with its bytes and modification time."""
@@ -49,7 +51,7 @@ def test_reruns_do_only_what_is_not_done(inputs, smoke_tasks, tmp_path):
 
     first, _ = annotate()
     assert first["documents/read"] == 7 and inferences(first) > 0
-    assert len(list((out / "_shards").glob("*.json"))) == 5
+    assert len(list((out / "_shards").glob("*/*.*.json"))) == 5
     before = snapshot(out)
 
     again, proc = annotate()  # nothing to do: no document read, no inference, no file touched
@@ -66,7 +68,7 @@ def test_reruns_do_only_what_is_not_done(inputs, smoke_tasks, tmp_path):
     assert read_outputs(out) == expected
     assert len(expected[1]) == 9
 
-    (marker,) = [m for m in (out / "_shards").glob("*.json")
+    (marker,) = [m for m in (out / "_shards").glob("*/*.*.json")
                  if json.loads(m.read_text())["source"].endswith("batch.jsonl")]
     assert json.loads(marker.read_text())["counts"]["documents"] == 3
     marker.unlink()  # only that shard is redone, its rows replaced, not doubled
@@ -77,5 +79,7 @@ def test_reruns_do_only_what_is_not_done(inputs, smoke_tasks, tmp_path):
     forced, _ = annotate("--force")
     assert forced["documents/read"] == 9
     assert read_outputs(out) == expected
+    last = json.loads((out / "run.json").read_text())["run_id"]
     for kind in ("spans", "documents"):  # earlier runs' files gave up all their rows
-        assert len(list((out / kind).glob("*.parquet"))) == 1
+        files = list((out / kind).glob("*.parquet"))
+        assert files and all(f.name.startswith(f"{kind}-{last}-") for f in files)

@@ -5,9 +5,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from tests.conftest import E3C, read_text, run_pipeline
 from transforms.words import split_words
+
+pytestmark = pytest.mark.e2e
 
 
 def test_hermetic_local_run(annotated):

@@ -7,6 +7,8 @@ import pytest
 from pipeline.run import run
 from tests.conftest import read_outputs, run_pipeline, spaccc_files
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
@@ -39,11 +41,21 @@ def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
                  save_main_session=False)
     transforms = result.job.proto_pipeline.components.transforms.values()
     names = {t.unique_name: t for t in transforms}
-    for step in ("ReadDocuments/ListShards", "ReadDocuments/Read", "Route",
-                 "Infer_symptom/RunInference", "Align", "Write/Finalize", "Write/MarkComplete"):
+    for step in ("ReadDocuments/ListShards", "ReadDocuments/CheckMarkers", "ReadDocuments/Read",
+                 "Route", "Segment", "Group", "Infer_symptom", "Infer_procedure", "Align",
+                 "Write/WriteParts", "Write/Finalize", "Write/MarkComplete", "RunRecord"):
         assert step in names
+    # no step groups or reshuffles documents: the only groupings are of file names, shard
+    # references and counts, upstream of the read or downstream of the writer
+    grouping = sorted(n for n, t in names.items()
+                      if t.spec.urn in ("beam:transform:group_by_key:v1",
+                                        "beam:transform:reshuffle:v1") and "/" in n)
+    assert any(n.startswith("Write/") for n in grouping)  # the duplicate-id references
+    assert not [n for n in grouping
+                if not n.startswith(("ReadDocuments/", "Write/"))], grouping
     hinted = [n for n, t in names.items() if t.environment_id and any(
         b"nvidia-l4" in v for v in result.job.proto_pipeline.components.environments[
             t.environment_id].resource_hints.values())]
-    assert any(n.startswith("Infer_procedure/RunInference") for n in hinted)
-    assert not any(n.startswith(("ReadDocuments", "Align", "Write")) for n in hinted)
+    assert any(n.startswith("Infer_procedure") for n in hinted)
+    assert not any(n.startswith(("ReadDocuments", "Route", "Segment", "Group", "Align", "Write"))
+                   for n in hinted)

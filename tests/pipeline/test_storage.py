@@ -14,6 +14,8 @@ import zstandard
 
 from tests.conftest import E3C, read_text, run_pipeline, spaccc_files
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture()
 def gcs(gcs_emulator):
@@ -49,12 +51,12 @@ def test_gs_input_output_and_model(gcs, smoke_tasks, tmp_path):
     assert set(tsv.filename) == set(texts)
     for r in tsv.itertuples():
         assert r.text == texts[r.filename][r.start_span:r.end_span]
-    (part,) = gcs.glob("bkt/out/documents/*.parquet")
-    documents = pd.read_parquet(io.BytesIO(gcs.cat(part)))
+    documents = pd.concat([pd.read_parquet(io.BytesIO(gcs.cat(part)))
+                           for part in gcs.glob("bkt/out/documents/*.parquet")])
     assert sorted(documents.doc_id) == sorted(texts)
     assert not gcs.glob("bkt/out/.tmp-*")
 
-    markers = {json.loads(gcs.cat(m))["source"]: m for m in gcs.glob("bkt/out/_shards/*.json")}
+    markers = {json.loads(gcs.cat(m))["source"]: m for m in gcs.glob("bkt/out/_shards/*/*.*.json")}
     assert set(markers) == {f"gs://bkt/in/txt/{f.name}" for f in docs} | {"gs://bkt/in/e3c.jsonl.gz"}
     assert json.loads(gcs.cat(markers["gs://bkt/in/e3c.jsonl.gz"]))["version"].startswith("md5")
     gcs.rm(markers[f"gs://bkt/in/txt/{docs[0].name}"])  # a rerun redoes that file only

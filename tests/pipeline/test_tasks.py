@@ -24,7 +24,9 @@ def test_smoke_task_file(smoke_tasks):
     proc, sym = specs["procedure"], specs["symptom"]
     assert proc.kind == "hf" and proc.labels[None] == ("O", "B-PROCEDURE", "I-PROCEDURE")
     assert sym.kind == "mtl" and sym.languages == ("es", "it", "ro")
-    assert sym.head_for("it") == "symptom_it_ner"
+    assert sym.heads_for("it") == ("symptom_it_ner",)
+    assert proc.heads_for("cs") == (None,) and proc.tokenizer_key.startswith("sha1:")
+    assert proc.max_positions == 512
     assert sym.labels["symptom_ro_ner"] == ("B-SYMPTOM", "I-SYMPTOM", "O")
 
 
@@ -49,7 +51,7 @@ def test_relative_paths_resolve_next_to_the_task_file(models, tmp_path, monkeypa
      "    heads: {es: symptom_es_ner}\n    labels: [B-S, I-S, B-T, I-T, O]\n",
      "task 's': head 'symptom_es_ner' has 3 outputs"),
     ("tasks:\n  s:\n    kind: mtl\n    model: missing.pt\n    heads: {es: symptom_es_ner}\n",
-     "task 's': checkpoint .*missing.pt' does not exist"),
+     "task 's': 'missing.pt' does not exist"),
     ("tasks:\n  s:\n    kind: mtl\n    model: mtl_symptom.pt\n    encoder: xlm-roberta-base-tiny\n"
      "    heads: {es: symptom_es_ner}\n    languages: [es, it]\n", "languages \\['it'\\] have no"),
     ("tasks: []\n", "non-empty mapping"),

@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.smoke_models import build_hf, build_mtl
 from tests.conftest import TOKENIZER
-from transforms.handlers import pad_batch
-from transforms.models import ModelLoadError, load_hf, load_mtl, load_state_dict, mtl_heads
-from transforms.records import Window
+from tests.fixtures.models import build_hf, build_mtl
+from transforms.models import (ModelLoadError, load_hf, load_mtl, load_state_dict, mtl_heads,
+                               pad, resolve_dtype)
 
 CPU = torch.device("cpu")
 HEADS = ["symptom_es_ner", "symptom_it_ner", "symptom_ro_ner"]
@@ -51,32 +50,46 @@ def test_corrupted_and_missing_checkpoints(tmp_path):
         load_state_dict(str(tmp_path / "nope.pt"))
 
 
-def windows(rng, heads):
-    out = []
-    for i, head in enumerate(heads):
+def windows(rng, n_windows):
+    """Random windows (ids with special tokens) and the positions each predicts."""
+    ids, pos = [], []
+    for _ in range(n_windows):
         n = int(rng.integers(5, 40))
-        ids = np.concatenate([[0], rng.integers(5, 250000, n), [2]]).astype(np.int32)
-        pos = np.sort(rng.choice(np.arange(1, n + 1), size=n // 2, replace=False)).astype(np.int32)
-        out.append(Window("k", "t", head, i, ids, pos, pos.astype(np.int64), pos + 1))
-    return out
+        ids.append(np.concatenate([[0], rng.integers(5, 250000, n), [2]]).astype(np.int32))
+        pos.append(np.sort(rng.choice(np.arange(1, n + 1), size=n // 2, replace=False))
+                   .astype(np.int32))
+    return ids, pos
 
 
-def test_mtl_runs_the_encoder_once_per_batch_and_each_row_through_its_head(tmp_path, encoder_dir):
+def test_pad_to_the_longest_or_a_fixed_length():
+    ids, mask = pad([np.array([0, 5, 2]), np.array([0, 2])], pad_id=1)
+    assert ids.tolist() == [[0, 5, 2], [0, 2, 1]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    ids, mask = pad([np.array([0, 2])], pad_id=1, pad_to=4)
+    assert ids.tolist() == [[0, 2, 1, 1]] and mask.tolist() == [[1, 1, 0, 0]]
+
+
+def test_mtl_runs_the_encoder_once_per_batch_and_every_head_asked(tmp_path, encoder_dir):
     path = build_mtl(tmp_path / "m.pt", encoder_dir, TOKENIZER)
     model = load_mtl(str(path), str(encoder_dir), HEADS, CPU, None)
     calls = []
     model.encoder.register_forward_hook(lambda *a: calls.append(1))
-    batch = windows(np.random.default_rng(0), ["symptom_it_ner", "symptom_es_ner",
-                                               "symptom_ro_ner", "symptom_es_ner"])
-    ids, mask = pad_batch(batch, model.pad_id)
-    got = list(model.predict(ids, mask, [w.positions for w in batch], [w.head for w in batch]))
+    ids, pos = windows(np.random.default_rng(0), 4)
+    heads = ["symptom_it_ner", "symptom_es_ner"]
+    labels, probs = model.predict(ids, pos, heads)
     assert len(calls) == 1
-    for w, (labels, probs) in zip(batch, got):  # same as each window alone through its head
+    assert labels.shape == probs.shape == (sum(len(p) for p in pos), 2)
+    assert labels.dtype == np.int16 and probs.dtype == np.float32
+    offset = 0
+    for w, p in zip(ids, pos):  # same as each window alone through each head
         with torch.no_grad():
-            h = model.encoder(input_ids=torch.tensor(w.input_ids[None]).long())[0][0]
-            p = torch.softmax(model.heads[w.head](h[w.positions]), -1)
-        np.testing.assert_array_equal(labels, p.argmax(-1).numpy())
-        np.testing.assert_allclose(probs, p.max(-1).values.numpy(), atol=1e-5)
+            h = model.encoder(input_ids=torch.tensor(w[None]).long())[0][0]
+            expect_all = [torch.softmax(model.heads[head](h[p]), -1) for head in heads]
+        for k, expect in enumerate(expect_all):
+            np.testing.assert_array_equal(labels[offset:offset + len(p), k],
+                                          expect.argmax(-1).numpy())
+            np.testing.assert_allclose(probs[offset:offset + len(p), k],
+                                       expect.max(-1).values.numpy(), atol=1e-5)
+        offset += len(p)
 
 
 def test_hf_predictions_match_the_transformers_model(tmp_path):
@@ -85,10 +98,19 @@ def test_hf_predictions_match_the_transformers_model(tmp_path):
     d = build_hf(tmp_path / "stl", TOKENIZER)
     model = load_hf(str(d), CPU, None)
     ref = AutoModelForTokenClassification.from_pretrained(d).eval()
-    batch = windows(np.random.default_rng(1), [None] * 3)
-    ids, mask = pad_batch(batch, model.pad_id)
-    got = list(model.predict(ids, mask, [w.positions for w in batch], [None] * 3))
-    for w, (labels, _) in zip(batch, got):
+    ids, pos = windows(np.random.default_rng(1), 3)
+    labels, _ = model.predict(ids, pos, [None])
+    offset = 0
+    for w, p in zip(ids, pos):
         with torch.no_grad():
-            logits = ref(input_ids=torch.tensor(w.input_ids[None]).long()).logits[0]
-        np.testing.assert_array_equal(labels, logits[w.positions].argmax(-1).numpy())
+            logits = ref(input_ids=torch.tensor(w[None]).long()).logits[0]
+        np.testing.assert_array_equal(labels[offset:offset + len(p), 0],
+                                      logits[p].argmax(-1).numpy())
+        offset += len(p)
+
+
+def test_precision_names():
+    assert resolve_dtype("fp16", CPU) == torch.float16
+    assert resolve_dtype("fp32", CPU) == torch.float32
+    with pytest.raises(ValueError):
+        resolve_dtype("int4", CPU)

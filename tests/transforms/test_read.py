@@ -1,13 +1,16 @@
 import gzip
 import json
 
+import fsspec
+import fsspec.implementations.memory
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import E3C, SPACCC, read_text
-from transforms.read import (Fields, ReadTask, list_files, plan_reads, read_jsonl, read_parquet,
-                             read_task, read_txt, split_task)
+from transforms.read import (Fields, ReadTask, plan_reads, read_jsonl, read_parquet, read_task,
+                             read_txt, split_task)
+from transforms.shards import list_files
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,10 @@ def test_byte_ranges_read_every_line_once(shard, split):
     assert len(whole) == 302  # 300 notes + 2 bad lines; the blank line is no record
     failed = [d for d in whole if d[2] == "failed"]
     assert len(failed) == 2
+    docs = list(read_jsonl(ReadTask((str(shard),), "jsonl"), Fields()))
+    offsets = [d.position for d in docs]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    assert all(d.key == f"{shard}@{d.position}" for d in docs)
 
 
 def test_bad_records_are_failed_with_the_reason(shard):
@@ -87,10 +94,64 @@ def test_truncated_or_mislabelled_shards_fail_without_stopping(tmp_path, shard):
     assert doc.status == "failed" and "BadGzipFile" in doc.reason
 
 
-def test_listing(tmp_path):
-    (tmp_path / "a.txt").write_text("x")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
-    (tmp_path / "notes.csv").write_text("x")
-    assert [p.url.rsplit("/", 1)[-1] for p in list_files(str(tmp_path))] == ["a.txt", "b.jsonl.gz"]
-    assert len(list_files(str(tmp_path / "*.txt"))) == 1
+def test_a_damaged_parquet_file_is_one_failed_record(tmp_path):
+    rows = [{"id": f"d{i}", "text": "x" * 50} for i in range(3000)]
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=1000)
+    data = path.read_bytes()
+    path.write_bytes(data[:4] + b"\xff" * 3000 + data[3004:])
+    docs = [d for t in split_task(ReadTask((str(path),), "parquet")) for d in read_task(t, Fields())]
+    failed = [d for d in docs if d.status == "failed"]
+    assert len(failed) == 1 and "shard unreadable from here on" in failed[0].reason
+    assert len(docs) == 2001  # the other two row groups are read
+
+
+class Flaky(fsspec.implementations.memory.MemoryFileSystem):
+    """A store whose first reads fail with a network error, then work."""
+
+    protocol = "flaky"
+    failures = 0
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("flaky://"))
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        if Flaky.failures:
+            Flaky.failures -= 1
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return super().cat_file(path, start, end, **kwargs)
+
+    def _open(self, path, mode="rb", **kwargs):
+        if Flaky.failures:
+            Flaky.failures -= 1
+            raise TimeoutError("read timed out")
+        return super()._open(path, mode, **kwargs)
+
+
+@pytest.fixture()
+def flaky():
+    fsspec.register_implementation("flaky", Flaky, clobber=True)
+    fs = fsspec.filesystem("flaky")
+    fs.pipe("/in/a.txt", "Dolor torácico.".encode())
+    fs.pipe("/in/b.jsonl", b'{"id": "x", "text": "Fiebre."}\n')
+    yield fs
+    fs.rm("/in", recursive=True)
+    Flaky.failures = 0
+
+
+@pytest.mark.parametrize("task", [ReadTask(("flaky:///in/a.txt",), "txt"),
+                                  ReadTask(("flaky:///in/b.jsonl",), "jsonl")])
+def test_a_storage_error_is_raised_for_the_runner_to_retry(flaky, task):
+    Flaky.failures = 1
+    with pytest.raises((ConnectionResetError, TimeoutError)):
+        list(read_task(task, Fields()))
+    (doc,) = read_task(task, Fields())  # the retry reads it whole
+    assert doc.status == "" and doc.text in ("Dolor torácico.", "Fiebre.")
+
+
+def test_a_file_gone_since_it_was_listed_is_a_failed_document(flaky):
+    (doc,) = read_task(ReadTask(("flaky:///in/gone.txt",), "txt"), Fields())
+    assert doc.status == "failed" and "FileNotFoundError" in doc.reason
+
+

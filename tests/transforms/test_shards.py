@@ -1,7 +1,13 @@
+"""Listing input shards, and which ones an earlier run over the same output completed."""
+
+import gzip
 import json
 
+import pytest
+
 from transforms.records import Shard
-from transforms.shards import Resume, existing_markers, file_version, pending, write_marker
+from transforms.shards import (InputError, Resume, bucket_markers, file_version, list_files,
+                               pending, read_marker, write_marker)
 
 CONFIG = {"tasks": {"symptom": {"model": {"fingerprint": "abc"}}}, "options": {"max_tokens": 512}}
 
@@ -17,6 +23,8 @@ def test_marker_changes_with_file_and_configuration():
     resume = Resume("out", CONFIG)
     shard = Shard("gs://b/x.jsonl", 10, "md5Hash=a")
     name = resume.marker(shard)
+    bucket, file = name.split("/")
+    assert len(bucket) == 2 and file.startswith(bucket) and file.count(".") == 2
     assert name == Resume("out", json.loads(json.dumps(CONFIG))).marker(shard)  # stable
     assert resume.marker(shard.with_(size=11)) != name
     assert resume.marker(shard.with_(version="md5Hash=b")) != name
@@ -31,16 +39,40 @@ def test_marker_changes_with_file_and_configuration():
 def test_pending_skips_marked_shards_unless_forced(tmp_path):
     resume = Resume(str(tmp_path), CONFIG)
     a, b = Shard(str(tmp_path / "a.txt"), 3, "mtime=1"), Shard(str(tmp_path / "b.txt"), 4, "mtime=1")
-    assert pending([a, b], resume) == [a, b]
-    write_marker(a, {"documents": 1}, resume, "run1", "now")
-    assert pending([a, b], resume) == [b]
-    assert [s.url for s in pending([a, b], Resume(str(tmp_path), CONFIG, force=True))] == \
-        [a.url, b.url]
+    assert list(pending([a, b], resume)) == [a, b]
+    write_marker(a, {"documents": 1, "annotated": 1}, ["r1-p1"], resume, "run1", "now")
+    assert list(pending([a, b], resume)) == [b]
+    forced = list(pending([a, b], Resume(str(tmp_path), CONFIG, force=True)))
+    assert [s.url for s in forced] == [a.url, b.url]
+    assert forced[0].stale == (resume.marker(a),)  # forced: its marker is replaced too
     changed = a.with_(version="mtime=2")
     (todo,) = pending([changed], resume)
     assert todo.stale == (resume.marker(a),)  # its old marker, to replace
-    write_marker(todo, {"documents": 1}, resume, "run2", "now")
-    assert sum(existing_markers(resume.root).values(), []) == [resume.marker(changed)]
-    record = json.loads((tmp_path / "_shards" / resume.marker(changed)).read_text())
+    write_marker(todo, {"documents": 1}, ["r2-p7"], resume, "run2", "now")
+    bucket = resume.bucket(a)
+    markers, indexed = bucket_markers(resume, bucket)
+    assert sum(markers.values(), []) == [resume.marker(changed)]
+    assert indexed == {resume.marker(a).split("/")[1].split(".")[0]}
+    (again,) = pending([changed.with_(stale=())], Resume(str(tmp_path), CONFIG, force=True))
+    assert again.earlier == ("r2-p7",)  # from the shard's index
+    record = read_marker(resume, resume.marker(changed))
     assert record["source"] == a.url and record["run_id"] == "run2"
-    assert record["config"] == CONFIG and record["counts"] == {"documents": 1}
+    assert record["parts"] == ["r2-p7"] and record["config"] == CONFIG
+    assert record["counts"] == {"documents": 1, "annotated": 0, "skipped": 0, "failed": 0,
+                                "spans": 0}
+    assert read_marker(resume, resume.marker(a)) == {}
+
+
+def test_listing(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
+    (tmp_path / "sub" / "deeper" / "c.parquet").write_bytes(b"")
+    (tmp_path / "notes.csv").write_text("x")
+    names = sorted(p.url.rsplit("/", 1)[-1] for p in list_files(str(tmp_path)))
+    assert names == ["a.txt", "b.jsonl.gz", "c.parquet"]
+    assert [p.url.rsplit("/", 1)[-1] for p in list_files(str(tmp_path / "*.txt"))] == ["a.txt"]
+    assert list(list_files(str(tmp_path / "*.none"))) == []
+    assert len(list(list_files(str(tmp_path / "notes.csv"), "txt"))) == 1
+    with pytest.raises(InputError, match="unknown input format"):
+        list(list_files(str(tmp_path / "notes.csv")))

@@ -1,11 +1,16 @@
+"""Parts, duplicate ids, and committing a run over earlier runs' outputs, retried or not."""
+
 import io
+import json
 
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.write import SPAN_SCHEMA, TSV_HEADER, finalize, tsv_line
+from transforms.records import DocumentRows, Row, Shard
+from transforms.shards import Resume, pending, write_marker
+from transforms.write import (TSV_HEADER, DocRef, PartWriter, duplicates, finalize, run_states,
+                              tsv_line)
 
 TRICKY = ['plain', 'say "hi"', '"quoted', 'tab\there', 'line\nbreak', 'cr\ronly', 'crlf\r\nx',
           'ls\u2028sep', 'NUL\x00x'[:3], "it's", ' lead space', 'ñandú']
@@ -25,38 +30,172 @@ def test_tsv_round_trips_through_pandas_read_csv():
     assert (official["end_span"] - official["start_span"]).tolist() == [len(t) for t in TRICKY]
 
 
-def _span(doc, source, start):
-    return {"doc_id": doc, "task": "t", "label": "X", "start": start, "end": start + 2,
-            "text": "ab", "score": 0.9, "lang": "es", "source": source}
+def document(doc_id, source, spans=(), key=None, position=0, status="annotated", reason=""):
+    span_rows = tuple(Row(doc_id=doc_id, task="t", label="X", start=s, end=s + 2, text="ab",
+                          score=0.9, lang="es", source=source) for s in spans)
+    doc = Row(doc_id=doc_id, source=source, lang="es", lang_source="option", lang_score=None,
+              n_chars=10, tasks="t", status=status, reason=reason, n_spans=len(spans),
+              meta=None)
+    errors = (Row(doc_id=doc_id, key=key or source, source=source, task="t", stage="inference",
+                  error="IndexError"),) if status == "failed" else ()
+    return DocumentRows(doc, span_rows, errors, {}, key or source, position)
 
 
-def _parquet(path, rows, schema):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema), path)
+def write_run(out, run_id, docs, redone=(), per_part=100, commit=True):
+    """Write ``docs`` into parts as a run's workers would, find its duplicates, commit."""
+    tmp = f"{out}/.tmp-{run_id}"
+    parts, refs, writer = [], [], None
+    for d in docs:
+        if writer is None or writer.documents >= per_part:
+            if writer:
+                parts.append(writer.close())
+            writer = PartWriter(tmp, run_id)
+        refs.append(writer.add(d))
+    if writer:
+        parts.append(writer.close())
+    by_id = {}
+    for r in refs:
+        by_id.setdefault(r.doc_id, []).append(r)
+    dups = [d for i, rs in by_id.items() for d in duplicates(i, rs)]
+    if commit:
+        finalize(parts, str(out), ["t"], tmp, run_id, dups, list(redone))
+    return parts, refs, dups
 
 
-def test_finalize_replaces_the_rows_of_redone_shards_and_can_be_retried(tmp_path):
-    out, tmp = tmp_path / "out", tmp_path / "out" / ".tmp-r2"
-    _parquet(out / "spans" / "spans-r1-00000-of-00001.parquet",
-             [_span("a", "in/a.txt", 0), _span("b", "in/b.txt", 5)], SPAN_SCHEMA)
-    new = tmp / "spans" / "p1.part"
-    _parquet(new, [_span("a", "in/a.txt", 7)], SPAN_SCHEMA)
-    for attempt in range(2):  # a retried finalize finds its files moved already
-        finalize([("spans", str(new))], str(out), ["t"], str(tmp), "r2", ["in/a.txt"])
-        spans = pd.read_parquet(out / "spans")
-        assert sorted(zip(spans.doc_id, spans.start)) == [("a", 7), ("b", 5)]
-        tsv = pd.read_csv(out / "t.tsv", sep="\t")
-        assert sorted(zip(tsv.filename, tsv.start_span)) == [("a", 7), ("b", 5)]
-        assert sorted(p.name for p in (out / "spans").iterdir()) == [
-            "spans-r1-00000-of-00001.parquet", "spans-r2-00000-of-00001.parquet"]
-        assert not tmp.exists()
-    # a run with nothing redone touches nothing
-    before = (out / "t.tsv").stat().st_mtime_ns
-    finalize([], str(out), ["t"], str(tmp), "r3", [])
-    assert (out / "t.tsv").stat().st_mtime_ns == before
-    # files written before spans carried their source cannot be filtered: a clear error
-    _parquet(out / "spans" / "spans-00000-of-00001.parquet",
-             [{k: v for k, v in _span("c", "", 0).items() if k != "source"}],
-             SPAN_SCHEMA.remove(SPAN_SCHEMA.get_field_index("source")))
-    with pytest.raises(ValueError, match="older version"):
-        finalize([], str(out), ["t"], str(tmp), "r4", ["in/b.txt"])
+def rows(out):
+    spans = pd.read_parquet(out / "spans")
+    docs = pd.read_parquet(out / "documents")
+    tsv = pd.read_csv(out / "t.tsv", sep="\t", keep_default_na=False)
+    return (sorted(zip(spans.doc_id, spans.start)), sorted(zip(docs.doc_id, docs.status)),
+            sorted(zip(tsv.filename, tsv.start_span)))
+
+
+def test_a_run_commits_its_parts_and_the_tsv(tmp_path):
+    out = tmp_path / "out"
+    parts, _, _ = write_run(out, "r1", [document("a", "in/a.txt", [0, 5]),
+                                        document("b", "in/b.txt", [3])], per_part=1)
+    assert len(parts) == 2
+    spans, docs, tsv = rows(out)
+    assert spans == tsv == [("a", 0), ("a", 5), ("b", 3)]
+    assert docs == [("a", "annotated"), ("b", "annotated")]
+    assert sorted(p.name for p in (out / "spans").iterdir()) == sorted(
+        f"spans-{p.name}.parquet" for p in parts)
+    assert run_states(*__import__("fsspec").core.url_to_fs(str(out))) == {
+        "r1": {"committed", "tsv"}}
+    assert not (out / ".tmp-r1").exists()
+
+
+def test_commit_is_safe_to_retry(tmp_path):
+    out = tmp_path / "out"
+    parts, _, dups = write_run(out, "r1", [document("a", "in/a.txt", [0])])
+    before = (out / "t.tsv").read_bytes()
+    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [])
+    assert (out / "t.tsv").read_bytes() == before
+    assert rows(out)[0] == [("a", 0)]
+
+
+def test_later_duplicates_are_skipped_and_lose_their_spans(tmp_path):
+    out = tmp_path / "out"
+    docs = [document("x", "in/r.jsonl", [0, 4], key="in/r.jsonl@0", position=0),
+            document("y", "in/r.jsonl", [1], key="in/r.jsonl@90", position=90),
+            document("x", "in/r.jsonl", [7], key="in/r.jsonl@200", position=200),
+            document("x", "in/r.jsonl", [], key="in/r.jsonl@1000", position=1000,
+                     status="failed", reason="read: not JSON")]
+    # the records arrive out of input order: position decides, not arrival or key text
+    _, _, dups = write_run(out, "r1", [docs[2], docs[1], docs[0], docs[3]], per_part=2)
+    assert [d.ref.key for d in dups] == ["in/r.jsonl@200"]  # the unreadable one stays failed
+    spans, states, tsv = rows(out)
+    assert spans == tsv == [("x", 0), ("x", 4), ("y", 1)]
+    assert states == [("x", "annotated"), ("x", "failed"), ("x", "skipped"), ("y", "annotated")]
+    skipped = pd.read_parquet(out / "documents").query("status == 'skipped'")
+    assert skipped.reason.tolist() == ["duplicate id: kept the record at in/r.jsonl@0"]
+    assert skipped.n_spans.tolist() == [0]
+
+
+def test_duplicates_rule_by_position():
+    refs = [DocRef("x", "b.jsonl", 0, "b@0", "p", 0, (0, 0), (0, 0), "annotated", False),
+            DocRef("x", "a.jsonl", 500, "a@500", "p", 1, (0, 0), (0, 0), "annotated", False),
+            DocRef("x", "a.jsonl", 20, "a@20", "p", 2, (0, 0), (0, 0), "annotated", False)]
+    assert [(d.ref.key, d.kept) for d in duplicates("x", refs)] == [("a@500", "a@20"),
+                                                                   ("b@0", "a@20")]
+
+
+def test_a_redone_shard_replaces_its_rows_in_earlier_parts_only(tmp_path):
+    out = tmp_path / "out"
+    resume = Resume(str(out), {"c": 1})
+    a, b = Shard("in/a.txt", 1, "v1"), Shard("in/b.txt", 1, "v1")
+    parts, _, _ = write_run(out, "r1", [document("a", a.url, [0]), document("b", b.url, [5])])
+    for shard in (a, b):
+        write_marker(shard, {}, [p.name for p in parts], resume, "r1", "now")
+    untouched = {p: p.stat().st_mtime_ns for p in (out / "documents").iterdir()}
+    # a second run adds a new shard: the TSV is appended, no earlier part is rewritten
+    write_run(out, "r2", [document("c", "in/c.txt", [1])])
+    assert rows(out)[2] == [("a", 0), ("b", 5), ("c", 1)]
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())
+    # a third run redoes a.txt (it changed): its old rows go, b's stay; its marker's deletion
+    # would not lose that (the shard's index names the parts)
+    (out / "_shards" / resume.marker(a)).unlink()
+    (changed,) = pending([a.with_(version="v2")], resume)
+    assert changed.stale == () and changed.earlier == tuple(sorted(p.name for p in parts))
+    write_run(out, "r3", [document("a", a.url, [9])], redone=[changed])
+    spans, docs, tsv = rows(out)
+    assert spans == tsv == [("a", 9), ("b", 5), ("c", 1)]
+    assert docs == [("a", "annotated"), ("b", "annotated"), ("c", "annotated")]
+
+
+def test_parts_of_a_run_that_never_committed_are_removed(tmp_path):
+    out = tmp_path / "out"
+    write_run(out, "r1", [document("a", "in/a.txt", [0])])
+    # r2 crashed while committing: its parts were moved, the run was never recorded
+    parts, _, _ = write_run(out, "r2", [document("b", "in/b.txt", [4])], commit=False)
+    from transforms.write import _commit_part
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(out))
+    for p in parts:
+        _commit_part(fs, root, p, ())
+    assert ("b", 4) in rows(out)[0]
+    write_run(out, "r3", [document("c", "in/c.txt", [2])])
+    spans, _, tsv = rows(out)
+    assert spans == tsv == [("a", 0), ("c", 2)]
+
+
+def test_a_retried_append_does_not_append_twice(tmp_path):
+    out = tmp_path / "out"
+    write_run(out, "r1", [document("a", "in/a.txt", [0])])
+    parts, _, dups = write_run(out, "r2", [document("b", "in/b.txt", [4])], commit=False)
+    import fsspec
+
+    from transforms import write
+
+    calls = []
+    real = write._append
+
+    def crash_after_appending(*args):
+        real(*args)
+        calls.append(1)
+        raise ConnectionResetError("lost the worker")
+
+    write._append = crash_after_appending
+    try:
+        with pytest.raises(ConnectionResetError):
+            finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [])
+    finally:
+        write._append = real
+    assert calls == [1]
+    assert json.loads((out / "_tsv" / "t.journal").read_text())["run"] == "r2"
+    finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [])
+    assert rows(out)[2] == [("a", 0), ("b", 4)]
+    assert not (out / "_tsv" / "t.journal").exists()
+    fs, root = fsspec.core.url_to_fs(str(out))
+    assert run_states(fs, root)["r2"] == {"committed", "tsv"}
+
+
+def test_an_empty_run_still_writes_typed_tables(tmp_path):
+    out = tmp_path / "out"
+    write_run(out, "r1", [])
+    for kind in ("spans", "documents", "errors"):
+        (f,) = (out / kind).iterdir()
+        assert pq.read_schema(f).names and pq.read_metadata(f).num_rows == 0
+    assert (out / "t.tsv").read_text() == TSV_HEADER + "\n"
+

@@ -1,10 +1,10 @@
 """Throughput benchmark: the pipeline's inference path against the reference scripts' loop.
 
-``python -m pipeline.bench [--docs 30] [--precision auto]`` builds an ``xlm-roberta-base``-sized
+``python -m bench.throughput [--docs 30] [--precision auto]`` builds an ``xlm-roberta-base``-sized
 token classifier with random weights (the real XLM-R tokenizer from ``../shared``) and, on the
 first ``--docs`` real SPACCC cases, in separate processes on the same machine, measures:
 
-- (b) ``reference``: the reference scripts' loop (``pipeline/reference.py``: raw text, one
+- (b) ``reference``: the reference scripts' loop (``bench/reference.py``: raw text, one
   512-token window at a time, padded to 512, stride 128, fp32);
 - (a) ``pipeline``: the pipeline's own path (word windows, windows of all documents sorted and
   batched by token budget, padding to the batch's longest, ``--precision``, span decoding), on
@@ -76,64 +76,91 @@ def flops_per_token(config, length: int) -> float:
     return layers * (2 * (4 * h * h + 2 * h * config.intermediate_size) + 4 * length * h)
 
 
+class _Counted:
+    """A model whose batches are counted: real and padded tokens, encoder FLOPs."""
+
+    def __init__(self, model, config) -> None:
+        self.model, self.config = model, config
+        self.real = self.padded = 0
+        self.flops = 0.0
+
+    def predict(self, windows, positions, heads, pad_to=None):
+        width = pad_to or max(len(w) for w in windows)
+        real = sum(len(w) for w in windows)
+        self.real += real
+        self.padded += width * len(windows)
+        self.flops += real * flops_per_token(self.config, width)
+        return self.model.predict(windows, positions, heads, pad_to)
+
+    def release_memory(self) -> None:
+        self.model.release_memory()
+
+
 def run_pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_tokens: int,
                       stable: bool = False, compile_model: bool = False) -> dict:
-    """The pipeline's path from texts to spans, timed after the model is loaded."""
+    """The pipeline's own stages from texts to spans (segment, group, infer, align), outside
+    Beam, timed after the model is loaded."""
     from transformers import AutoTokenizer
 
-    from transforms.align import merge_windows
-    from transforms.batch import token_batches
-    from transforms.handlers import pad_batch, pick_device, resolve_dtype
-    from transforms.models import TokenClassifier
-    from transforms.records import Window, WindowResult
+    from transforms.align import Aligner
+    from transforms.handlers import InferenceConfig, TaskInference
+    from transforms.models import TokenClassifier, pick_device, resolve_dtype
+    from transforms.records import Document, Work
     from transforms.segment import word_windows
-    from transforms.spans import bio_scheme
+    from transforms.spec import TaskSpec
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     model = base_model(stable=stable)
-    config = model.config
     device = pick_device()
     clf = TokenClassifier(model.base_model, {None: model.classifier}, device,
                           resolve_dtype(precision, device))
-    scheme = bio_scheme(LABELS)
+    spec = TaskSpec("t", "hf", "bench", ("es",), str(TOKENIZER), heads={"es": (None,)},
+                    labels={None: tuple(LABELS[i] for i in range(len(LABELS)))},
+                    tokenizer_key="tok")
+    infer = TaskInference(spec, InferenceConfig(precision, batch_tokens))
+    counted = _Counted(clf, model.config)
+
+    def work(i: int, text: str) -> Work:
+        windows = word_windows(text, tokenizer, max_tokens, max_tokens // 4)
+        return Work(Document(str(i), str(i), text, "bench", lang="es", tasks=("t",)),
+                    {"tok": windows})
+
     if compile_model:  # compile before timing, as a long job amortises it
         t0 = time.perf_counter()
         clf.compile()
-        warm = word_windows(texts[0], tokenizer, max_tokens, max_tokens // 4)[:2]
-        ids, mask = pad_batch([Window("w", "t", None, 0, *p) for p in warm], clf.pad_id)
-        list(clf.predict(ids, mask, [p.positions for p in warm], [None] * len(warm)))
+        infer((work(0, texts[0]),), clf)
         compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    windows = [Window(str(d), "t", None, i, *p) for d, text in enumerate(texts)
-               for i, p in enumerate(word_windows(text, tokenizer, max_tokens, max_tokens // 4))]
+    works = [work(i, text) for i, text in enumerate(texts)]
     t_tok = time.perf_counter() - t0
-    results: dict[str, list] = {}
-    real = padded = 0
-    flops = 0.0
-    for batch in token_batches(windows, lambda w: len(w.input_ids), batch_tokens, 256):
-        ids, mask = pad_batch(batch, clf.pad_id)
-        real += int(mask.sum())
-        padded += ids.size
-        flops += int(mask.sum()) * flops_per_token(config, ids.shape[1])
-        preds = clf.predict(ids, mask, [w.positions for w in batch], [None] * len(batch))
-        for w, (lab, prob) in zip(batch, preds):
-            results.setdefault(w.key, []).append(
-                WindowResult(w.key, w.task, None, w.index, w.starts, w.ends, lab, prob))
-    spans = {d: merge_windows(texts[int(d)], rs, scheme, False) for d, rs in results.items()}
+    done, group, tokens = [], [], 0
+    for w in works:  # groups of documents as GroupDocuments makes them
+        group.append(w)
+        tokens += int(w.windows["tok"].id_bounds[-1])
+        if tokens >= 8 * batch_tokens:
+            done += infer(tuple(group), counted)
+            group, tokens = [], 0
+    done += infer(tuple(group), counted) if group else ()
+    align = Aligner({"t": spec}, False)
+    spans = {w.doc.doc_id: [(s["label"], s["start"], s["end"]) for s in align(w).spans]
+             for w in done}
     seconds = time.perf_counter() - t0
+    real, padded = counted.real, counted.padded
     return {"docs": len(texts), "seconds": round(seconds, 2), "tokenize_s": round(t_tok, 2),
             "docs_per_s": round(len(texts) / seconds, 2), "real_tokens": real,
-            "real_tokens_per_s": round(real / seconds), "padding_fraction": round(1 - real / padded, 3),
-            "model_gflops_per_s": round(flops / seconds / 1e9), "precision": str(clf.dtype),
+            "real_tokens_per_s": round(real / seconds),
+            "padding_fraction": round(1 - real / padded, 3),
+            "model_gflops_per_s": round(counted.flops / seconds / 1e9),
+            "precision": str(clf.dtype),
             **({"compile_s": round(compile_s, 1)} if compile_model else {}),
-            "spans": {d: [tuple(s[:3]) for s in v] for d, v in spans.items()}}
+            "spans": spans}
 
 
 def run_reference(texts: list[str]) -> dict:
     """The reference loop on the same model and texts, timed after the model is loaded."""
     from transformers import AutoTokenizer
 
-    from pipeline.reference import hf_logits_fn, reference_entities
+    from bench.reference import hf_logits_fn, reference_entities
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     model = base_model()

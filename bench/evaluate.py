@@ -1,6 +1,6 @@
 """Benchmark of ``pipeline.evaluate`` against a straightforward all-pairs scorer.
 
-``python -m pipeline.bench_evaluate [--spans 1000000]`` times, on this machine:
+``python -m bench.evaluate [--spans 1000000]`` times, on this machine:
 (1) the real SPACCC gold of ``../shared/corpora/spaccc-es`` against perturbed predictions, with
 both implementations (and checks they agree), and (2) a synthetic set of ``--spans`` gold and
 as many predicted spans with the fast scorer alone (the all-pairs one is timed on a sample and

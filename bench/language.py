@@ -1,6 +1,6 @@
 """Benchmark of language detection on the real E3C notes (es, en, it) of ``../shared``.
 
-``python -m pipeline.bench_language [--lingua_sample 300]`` prints, per language and overall,
+``python -m bench.language [--lingua_sample 300]`` prints, per language and overall,
 the accuracy and single-core documents/s of: fastText alone (``lid.176``, lower-cased 1,000
 character prefix), Lingua alone (on a sample: it is slow), and the pipeline's detector
 (fastText, with Lingua's second opinion where fastText is unsure).

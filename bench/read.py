@@ -1,6 +1,6 @@
 """Benchmark of document reading, per input format, from local disk and from a GCS API.
 
-``python -m pipeline.bench_read [--docs 5000]`` writes the real E3C notes of ``../shared`` (es,
+``python -m bench.read [--docs 5000]`` writes the real E3C notes of ``../shared`` (es,
 en, it mixed) as a ``.txt`` folder, JSONL, JSONL.gz, JSONL.zst and Parquet, reads each back
 through the pipeline's readers (list, split, read; no Beam runner overhead), first from local
 disk and then from ``gcp-storage-emulator`` on localhost through gcsfs, and prints documents/s
@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from pipeline.bench_language import LANGS, load
-from transforms.read import Fields, list_files, plan_reads, read_task, split_task
+from bench.language import LANGS, load
+from transforms.read import Fields, plan_reads, read_task, split_task
+from transforms.shards import list_files
 
 
 def write_formats(records: list[dict], root: Path) -> dict[str, str]:

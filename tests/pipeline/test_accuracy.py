@@ -1,0 +1,76 @@
+"""A trained model's labels land on the right words: the probe model (../shared/models/probe-es,
+genuinely trained on 650 SPACCC cases) annotates the 100 held-out cases through the real job,
+and the MultiClinAI scorer finds the strict F1 that the model reached when it was measured the
+way it was trained."""
+
+import shutil
+
+import pytest
+
+from pipeline.evaluate import load_tsv, score
+from tests.conftest import SHARED, SPACCC, run_pipeline
+
+pytestmark = pytest.mark.e2e
+PROBE = SHARED / "models" / "probe-es"
+# Word-level strict F1 of each head on the held-out cases, from the probe's README.
+README_F1 = {"SYMPTOM": 0.1658, "PROCEDURE": 0.2174}
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    d = tmp_path_factory.mktemp("heldout")
+    ids = (PROBE / "heldout.txt").read_text().split()
+    assert len(ids) == 100
+    for doc_id in ids:
+        shutil.copy(SPACCC / "txt" / f"{doc_id}.txt", d / f"{doc_id}.txt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def probe_tasks(tmp_path_factory):
+    """The quick start's task file, plus the checkpoint's procedure head as a third task."""
+    tasks = tmp_path_factory.mktemp("tasks") / "probe.yaml"
+    tasks.write_text(
+        "tasks:\n"
+        f"  symptom:\n    kind: mtl\n    model: {PROBE / 'probe-es.pt'}\n"
+        f"    encoder: {PROBE}\n    heads: {{es: symptom_es_ner}}\n"
+        f"  procedure:\n    kind: hf\n    model: {PROBE / 'procedure'}\n    languages: [es]\n"
+        f"  procedure_mtl:\n    kind: mtl\n    model: {PROBE / 'probe-es.pt'}\n"
+        f"    encoder: {PROBE}\n    heads: {{es: procedure_es_ner}}\n")
+    return tasks
+
+
+def strict_f1(out, heldout) -> dict[str, float]:
+    ids = {p.stem for p in heldout.glob("*.txt")}
+    result = {}
+    for task, label in (("symptom", "SYMPTOM"), ("procedure", "PROCEDURE"),
+                        ("procedure_mtl", "PROCEDURE")):
+        gold = load_tsv(SPACCC / f"gold_{label.lower()}.tsv")
+        gold = gold[gold.filename.isin(ids)]
+        result[task] = score(gold, load_tsv(out / f"{task}.tsv"))["strict"]["f1"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(heldout, probe_tasks, tmp_path_factory):
+    f1 = {}
+    for name, extra in (("default", []), ("fp32", ["--precision", "fp32"]),
+                        ("bf16", ["--precision", "bf16"])):
+        out = tmp_path_factory.mktemp(name)
+        run_pipeline("--input", str(heldout), "--output", str(out), "--tasks", str(probe_tasks),
+                     "--language", "es", *extra)
+        f1[name] = strict_f1(out, heldout)
+    return f1
+
+
+def test_default_run_reaches_the_probes_own_f1(runs):
+    got = runs["default"]
+    assert got["symptom"] >= README_F1["SYMPTOM"] - 0.01, got
+    assert got["procedure"] >= README_F1["PROCEDURE"] - 0.01, got
+    assert got["procedure_mtl"] >= README_F1["PROCEDURE"] - 0.01, got
+
+
+def test_bf16_and_fp32_agree(runs):
+    for task in ("symptom", "procedure", "procedure_mtl"):
+        assert abs(runs["bf16"][task] - runs["fp32"][task]) <= 0.01, (task, runs)
+

@@ -1,0 +1,73 @@
+"""The command line: every option listed with its default, typos refused with the fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.options import AnnotateOptions, boolean, parse_options
+from tests.conftest import REPO
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_option_grouped_with_its_default():
+    out = cli("--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for group in ("input and output:", "tasks and languages:", "inference:",
+                  "Beam: GoogleCloudOptions:", "Beam: DirectOptions:", "Beam: WorkerOptions:"):
+        assert group in text
+    for option, default in (("--max_tokens", "512"), ("--batch_tokens", "8192"),
+                            ("--precision", "auto"), ("--id_field", "id"),
+                            ("--min_lang_confidence", "0.2"), ("--force", "False")):
+        assert option in text
+        after = text[text.index(option + " "):]
+        assert f"(default: {default})" in after[:600], option
+    for option in ("--input", "--output", "--tasks", "--language", "--reference_compat",
+                   "--large_model", "--inference_accelerator", "--runner", "--project",
+                   "--region", "--temp_location", "--direct_num_workers", "--machine_type"):
+        assert f"{option} " in text, option
+
+
+@pytest.mark.parametrize("typo,fix", [("--langauge", "--language"), ("--ouput", "--output"),
+                                      ("--batch_token", "--batch_tokens"),
+                                      ("--direct_num_worker", "--direct_num_workers")])
+def test_a_mistyped_option_is_an_error_naming_the_nearest(typo, fix, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_options(["--input", "in", "--output", "out", "--tasks", "t.yaml", typo, "es"])
+    assert exit_info.value.code == 2
+    assert f"unknown option {typo}; did you mean {fix}?" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_typo_before_anything_runs(tmp_path):
+    out = cli("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--tasks", "none.yaml",
+              "--langauge", "es")
+    assert out.returncode == 2
+    assert "unknown option --langauge; did you mean --language?" in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_flags_take_explicit_values_as_templates_pass_them():
+    def opts(*args):
+        return parse_options(["--input", "i", "--output", "o", "--tasks", "t", *args]).view_as(
+            AnnotateOptions)
+
+    assert opts().force is False and opts("--force").force is True
+    assert opts("--force=false").force is False and opts("--large_model", "true").large_model
+    assert opts("--reference_compat=1").reference_compat is True
+    with pytest.raises(Exception):
+        boolean("maybe")
+
+
+def test_beam_runner_options_pass_through():
+    options = parse_options(["--input", "i", "--output", "o", "--tasks", "t", "--runner",
+                             "DataflowRunner", "--experiments", "use_runner_v2",
+                             "--dataflow_service_options",
+                             "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"])
+    all_options = options.get_all_options()
+    assert all_options["runner"] == "DataflowRunner"
+    assert all_options["experiments"] == ["use_runner_v2"]

@@ -1,0 +1,92 @@
+"""A document's own predictions -> its spans, state row and dead letters (no join)."""
+
+import numpy as np
+
+from transforms.align import Aligner, AlignDoFn
+from transforms.records import Document, Failure, Predictions, Work
+from transforms.segment import pack
+from transforms.spec import TaskSpec
+
+TEXT = "dolor abdominal y fiebre"
+WORDS = [(0, 5), (6, 15), (16, 17), (18, 24)]
+SPECS = {
+    "symptom": TaskSpec("symptom", "mtl", "m", ("es",), "tok", heads={"es": ("s_es",)},
+                        labels={"s_es": ("B-SYMPTOM", "I-SYMPTOM", "O")}, tokenizer_key="tok"),
+    "multi": TaskSpec("multi", "mtl", "m", ("es",), "tok",
+                      heads={"es": ("proc", "sym")}, tokenizer_key="tok",
+                      labels={"proc": ("O", "B-PROCEDURE", "I-PROCEDURE"),
+                              "sym": ("B-SYMPTOM", "I-SYMPTOM", "O")}),
+}
+
+
+def windows():
+    starts = np.array([s for s, _ in WORDS])
+    ends = np.array([e for _, e in WORDS])
+    return pack([(np.zeros(6, np.int32), np.arange(1, 5, dtype=np.int32), starts, ends)])
+
+
+def work(tasks, predictions, failures=()):
+    doc = Document("k", "d", TEXT, "src.txt", lang="es", tasks=tasks, position=7)
+    return Work(doc, {"tok": windows()}, predictions, tuple(failures))
+
+
+def preds(heads, *label_columns):
+    labels = np.array(label_columns, dtype=np.int16).T
+    return Predictions(heads, labels, np.full(labels.shape, 0.5, np.float32))
+
+
+def test_spans_rows_and_counts_of_one_document():
+    rows = Aligner(SPECS, False)(work(("symptom",), {"symptom": preds(("s_es",), [0, 1, 2, 0])}))
+    assert [(s["label"], s["text"]) for s in rows.spans] == [("SYMPTOM", "dolor abdominal"),
+                                                             ("SYMPTOM", "fiebre")]
+    assert rows.document["status"] == "annotated" and rows.document["n_spans"] == 2
+    assert rows.key == "k" and rows.position == 7 and rows.errors == ()
+    assert rows.counts == {"windows/symptom": 1, "tokens/real_symptom": 6,
+                           "spans/symptom/SYMPTOM": 2, "documents/read": 1,
+                           "documents/annotated": 1, "documents/lang_es": 1,
+                           "documents/task_symptom": 1}
+
+
+def test_every_head_is_decoded_with_its_own_labels_and_overlaps_are_kept():
+    # proc: O B I O -> "abdominal y"... with its own order (O, B-, I-): ids 1, 2 are B, I
+    # sym: B-SYMPTOM I-SYMPTOM O B-SYMPTOM with ids 0, 1, 2, 0
+    rows = Aligner(SPECS, False)(work(("multi",), {"multi": preds(
+        ("proc", "sym"), [0, 1, 2, 0], [0, 1, 2, 0])}))
+    got = [(s["label"], s["start"], s["end"]) for s in rows.spans]
+    assert got == [("SYMPTOM", 0, 15), ("PROCEDURE", 6, 17), ("SYMPTOM", 18, 24)]
+    assert rows.counts["spans/multi/PROCEDURE"] == 1 and rows.counts["spans/multi/SYMPTOM"] == 2
+
+
+def test_a_failed_task_fails_the_document_but_not_the_other_tasks():
+    w = work(("symptom", "multi"), {"symptom": preds(("s_es",), [0, 1, 2, 2])},
+             [Failure("k", "multi", "inference", "IndexError")])
+    rows = Aligner(SPECS, False)(w)
+    assert [s["task"] for s in rows.spans] == ["symptom"]  # the other task still delivers
+    assert rows.document["status"] == "failed"
+    assert rows.document["reason"] == "multi inference: IndexError"
+    assert rows.errors == ({"doc_id": "d", "key": "k", "source": "src.txt", "task": "multi",
+                            "stage": "inference", "error": "IndexError"},)
+    assert rows.counts["documents/failed"] == 1
+
+
+def test_unreadable_and_skipped_documents():
+    bad = Work(Document("k", "d", None, "src", status="failed", reason="read: invalid UTF-8"))
+    rows = Aligner(SPECS, False)(bad)
+    assert rows.document["status"] == "failed" and rows.errors[0]["stage"] == "read"
+    assert rows.errors[0]["error"] == "invalid UTF-8" and rows.document["n_chars"] == 0
+    skipped = Work(Document("k", "d", "  ", "src", status="skipped", reason="empty text"))
+    rows = Aligner(SPECS, False)(skipped)
+    assert (rows.document["status"], rows.document["reason"]) == ("skipped", "empty text")
+    assert rows.errors == () and rows.spans == ()
+
+
+def test_reprs_hide_text():
+    rows = Aligner(SPECS, False)(work(("symptom",), {"symptom": preds(("s_es",), [0, 1, 2, 0])}))
+    assert "fiebre" not in repr(rows) and "dolor" not in repr(rows)
+
+
+def test_the_dofn_yields_one_element_per_document():
+    fn = AlignDoFn(SPECS, False)
+    fn.setup()
+    out = list(fn.process(work(("symptom",), {"symptom": preds(("s_es",), [2, 2, 2, 2])})))
+    assert len(out) == 1 and out[0].document["n_spans"] == 0

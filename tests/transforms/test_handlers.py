@@ -1,0 +1,146 @@
+"""Inference over groups of documents: batches, heads, and faults of the data vs the machine,
+with stand-in models that raise torch's real exception types."""
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import BeamCounters
+from transforms.handlers import InferenceConfig, ModelFault, TaskInference
+from transforms.records import Document, Failure, Work
+from transforms.segment import pack
+from transforms.spec import TaskSpec
+
+SPEC = TaskSpec("t", "mtl", "m.pt", ("es", "it"), "tok",
+                heads={"es": ("t_es",), "it": ("t_it", "u_it")},
+                labels={"t_es": ("B-T", "I-T", "O"), "t_it": ("B-T", "I-T", "O"),
+                        "u_it": ("B-U", "I-U", "O")}, tokenizer_key="tok")
+POISON = 666
+
+
+def doc_work(key: str, lengths, lang="es", poison_window=None, tasks=("t",)) -> Work:
+    """A document with windows of the given lengths; each window predicts its inner tokens."""
+    pieces, start = [], 0
+    for k, n in enumerate(lengths):
+        ids = np.full(n, 10, np.int32)
+        ids[0], ids[-1] = 0, 2
+        if k == poison_window:
+            ids[1] = POISON
+        pos = np.arange(1, n - 1, dtype=np.int32)
+        starts = np.arange(start, start + len(pos), dtype=np.int64) * 2
+        pieces.append((ids, pos, starts, starts + 1))
+        start += len(pos)
+    return Work(Document(key, key, "x" * 1000, "src", lang=lang, tasks=tasks),
+                {"tok": pack(pieces)})
+
+
+class Model:
+    """Label = the head's index where the sub-word is 10; logs each batch's shape."""
+
+    def __init__(self, raise_on=None, oom_above=None):
+        self.calls, self.raise_on, self.oom_above = [], raise_on, oom_above
+        self.released = 0
+
+    def predict(self, windows, positions, heads, pad_to=None):
+        self.calls.append((len(windows), max(len(w) for w in windows)))
+        if self.oom_above is not None and len(windows) > self.oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any((w == POISON).any() for w in windows):
+            raise self.raise_on or IndexError("index out of range in self")
+        n = sum(len(p) for p in positions)
+        labels = np.tile(np.arange(len(heads), dtype=np.int16), (n, 1))
+        return labels, np.full((n, len(heads)), 0.5, np.float32)
+
+    def release_memory(self):
+        self.released += 1
+
+
+def run(group, model, **config):
+    return TaskInference(SPEC, InferenceConfig(**{"batch_tokens": 64, **config}))(group, model)
+
+
+def test_predictions_stay_with_their_document_and_each_head_with_its_column():
+    group = (doc_work("a", [10, 6]), doc_work("b", [8], lang="it"),
+             Work(Document("c", "c", "y", "src", status="skipped")))
+    out = run(group, Model())
+    assert [w.doc.key for w in out] == ["a", "b", "c"]
+    pa, pb = out[0].predictions["t"], out[1].predictions["t"]
+    assert pa.heads == ("t_es",) and pa.label_ids.shape == (8 + 4, 1)
+    assert pb.heads == ("t_it", "u_it") and pb.label_ids.shape == (6, 2)
+    # the batch asked for heads (t_es, t_it, u_it) or a subset: each document gets its own
+    # heads' columns back, in its own order
+    assert set(pb.label_ids[:, 1].tolist()) != set(pb.label_ids[:, 0].tolist())
+    assert out[2] is group[2] and not out[2].predictions
+
+
+def test_windows_are_sorted_and_cut_by_the_token_budget():
+    model = Model()
+    run((doc_work("a", [30, 10, 10]), doc_work("b", [10, 20])), model)
+    # sorted 10, 10, 10, 20, 30: the 20 would make 4 x 20 > 64, so it opens a batch with the 30
+    # (2 x 30 <= 64); padding is to each batch's longest window
+    assert model.calls == [(3, 10), (2, 30)]
+
+
+def test_a_window_the_model_rejects_fails_only_its_document():
+    group = (doc_work("a", [10]), doc_work("b", [10, 10], poison_window=1), doc_work("c", [10]))
+    model = Model()
+    out = run(group, model, batch_tokens=1000)
+    assert [len(w.failures) for w in out] == [0, 1, 0]
+    assert out[1].failures[0] == Failure("b", "t", "inference", "IndexError")
+    assert "t" in out[0].predictions and "t" in out[2].predictions
+    assert "t" not in out[1].predictions
+    assert model.calls[0] == (4, 10) and len(model.calls) == 1 + 4  # then window by window
+
+
+@pytest.mark.parametrize("error", [
+    torch.AcceleratorError("CUDA error: device-side assert triggered"),
+    torch.AcceleratorError("CUDA error: an illegal memory access was encountered"),
+    RuntimeError("CUDA error: unspecified launch failure"),
+    ConnectionResetError(104, "the model process went away"),
+])
+def test_faults_of_the_machine_are_raised_at_once(error):
+    model = Model(raise_on=error)
+    group = tuple(doc_work(k, [10], poison_window=0) for k in "abcd")
+    with pytest.raises(type(error)):
+        run(group, model, batch_tokens=1000)
+    assert len(model.calls) == 1  # not retried window by window
+
+
+def test_out_of_memory_retries_the_batch_in_halves():
+    model = Model(oom_above=2)
+    group = tuple(doc_work(k, [10]) for k in "abcdefgh")
+    out = run(group, model, batch_tokens=1000)
+    assert all("t" in w.predictions for w in out)
+    assert [n for n, _ in model.calls] == [8, 4, 2, 2, 4, 2, 2]
+    assert model.released == 3
+
+
+def test_out_of_memory_on_one_window_is_raised():
+    model = Model(oom_above=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        run((doc_work("a", [10]),), model)
+
+
+def test_a_model_that_fails_on_every_window_of_several_documents_is_raised():
+    class Broken(Model):
+        def predict(self, windows, positions, heads, pad_to=None):
+            self.calls.append(len(windows))
+            raise AttributeError("'AutoProxy' object has no attribute 'pad_id'")
+
+    model = Broken()
+    with pytest.raises(ModelFault) as info:
+        run((doc_work("a", [10]), doc_work("b", [10])), model, batch_tokens=1000)
+    assert isinstance(info.value.__cause__, AttributeError)
+    assert model.calls == [2, 1, 1]
+
+
+def test_token_counters_count_each_window_once():
+    group = (doc_work("a", [10, 10], poison_window=1), doc_work("b", [6]), doc_work("c", [8]))
+    with BeamCounters() as metrics:
+        run(group, Model(), batch_tokens=1000)
+    # the batch of 4 failed, then each window alone: a's first (10), b (6) and c (8) ran
+    assert metrics.counters == {"tokens/real_t": 24, "tokens/padding_t": 0,
+                                "windows/failed_t": 1}
+    with BeamCounters() as metrics:
+        run((doc_work("d", [10, 6]),), Model(), batch_tokens=1000)
+    assert metrics.counters == {"tokens/real_t": 16, "tokens/padding_t": 4}

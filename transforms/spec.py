@@ -1,0 +1,58 @@
+"""What the stages need to know of a task, below both the task file and the Beam transforms.
+
+Pure data (no torch, no Beam): ``pipeline/tasks.py`` builds ``TaskSpec``s from the task file;
+the stages in ``transforms/`` read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from transforms.spans import LabelScheme, bio_scheme
+
+KINDS = ("hf", "mtl")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_LANG_ALIASES = {"cz": "cs"}
+
+
+def normalize_lang(code: str) -> str:
+    """ISO 639-1 code, lower case; ``cz`` (a common slip for Czech) becomes ``cs``."""
+    code = str(code).strip().lower().replace("_", "-").split("-")[0]
+    return _LANG_ALIASES.get(code, code)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One NER task: its model, its languages, and the heads (and their labels) per language.
+
+    ``heads[lang]`` lists the heads that read the encoder for a document in ``lang`` (``None``
+    is the single head of an ``hf`` model); every head of a window runs on one encoder pass.
+    ``tokenizer_key`` is the same for tasks whose tokenizers are the same files, so that a
+    document is tokenized once per tokenizer, not once per task.
+    """
+
+    name: str
+    kind: str
+    model: str
+    languages: tuple[str, ...]
+    tokenizer: str
+    encoder: str | None = None
+    heads: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
+    labels: Mapping[str | None, tuple[str, ...]] = field(default_factory=dict)
+    tokenizer_key: str = ""
+    revision: str | None = None
+    max_positions: int | None = None
+
+    def heads_for(self, lang: str) -> tuple[str | None, ...]:
+        """The heads that serve ``lang``."""
+        return self.heads[lang]
+
+    @property
+    def all_heads(self) -> tuple[str | None, ...]:
+        """Every head of the task, each once, in a stable order."""
+        return tuple(dict.fromkeys(h for hs in self.heads.values() for h in hs))
+
+    def scheme(self, head: str | None) -> LabelScheme:
+        """The BIO scheme of ``head``'s labels."""
+        return bio_scheme(dict(enumerate(self.labels[head])))
