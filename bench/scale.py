@@ -21,6 +21,7 @@ import gzip
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,7 +112,10 @@ def measure(n: int, model: str, workers: int, extra: list[str], root: Path) -> d
     tasks = root / "tasks.yaml"
     tasks.write_text(f"tasks:\n  procedure:\n    kind: hf\n    model: {Path(model).resolve()}\n"
                      "    languages: [es, en, it]\n")
-    result = run_job(src, root / f"out-{n}-{workers}", tasks, workers, extra)
+    out = root / f"out-{n}-{workers}"
+    if out.exists():
+        shutil.rmtree(out)
+    result = run_job(src, out, tasks, workers, extra)
     record = result["record"]
     latency = sum(d["sum"] for name, d in record["distributions"].items()
                   if name.endswith("inference_batch_latency_micro_secs")) / 1e6

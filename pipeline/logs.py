@@ -21,6 +21,12 @@ def configure_logging() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Worker processes of a local multi-process run log through the runner: show our own
+    # lines (progress, model loaded) and real warnings, as plain lines.
+    workers = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    workers.setLevel(min(logging.getLevelName(level), logging.INFO)
+                     if isinstance(logging.getLevelName(level), int) else logging.INFO)
+    workers.addFilter(WorkerLines(level == "DEBUG"))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -30,6 +36,41 @@ def configure_logging() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+class WorkerLines(logging.Filter):
+    """Rewrites the runner's ``Worker: severity: ... message: "..."`` records as the worker's
+    own line; keeps warnings and errors, and the INFO lines of this pipeline's modules."""
+
+    _ENTRY = re.compile(r'severity: (\w+).*?message: "(.*?)" (?:trace|log_location|instruction_id'
+                        r'|thread|transform_id)', re.S)
+    _LOCATION = re.compile(r'log_location: "([^"]*)"')
+    # Beam's own notice in every local worker: harmless here (no registered user types)
+    _NOISE = ("No semi_persistent_directory found",)
+
+    def __init__(self, everything: bool = False) -> None:
+        super().__init__()
+        self._everything = everything
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Worker: "):
+            return True
+        m = self._ENTRY.search(text)
+        if not m:
+            return self._everything
+        severity, message = m.groups()
+        location = self._LOCATION.search(text)
+        ours = bool(location) and ("/transforms/" in location.group(1)
+                                   or "/pipeline/" in location.group(1))
+        if any(n in message for n in self._NOISE):
+            return self._everything
+        if severity in ("INFO", "DEBUG", "TRACE") and not (ours or self._everything):
+            return False
+        record.msg, record.args = "worker: %s", (message.encode().decode("unicode_escape"),)
+        record.levelname = {"WARN": "WARNING"}.get(severity, severity)
+        record.name = "pipeline" if ours else record.name
+        return True
 
 
 def stopped_message(e: BaseException) -> str:

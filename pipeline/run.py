@@ -90,8 +90,8 @@ def local_runner(runner: str | None):
     return runner
 
 
-def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume
-               ) -> dict[str, int]:
+def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
+               argv: Sequence[str]) -> dict[str, int]:
     """For a local run: count the shards listed and to do, and use every core by default, one
     worker process per core (up to one per read task), torch's threads divided among them."""
     listed = list(list_files(opts.input, opts.input_format))
@@ -103,9 +103,9 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume
     direct = options.view_as(DirectOptions)
     cores = os.cpu_count() or 1
     tasks = sum(1 for _ in plan_reads(todo, opts.input_format))
-    if direct.direct_num_workers in (None, 1) and not _given(options, "direct_num_workers"):
+    if not _given(argv, "direct_num_workers"):
         direct.direct_num_workers = max(1, min(cores, tasks))
-    if direct.direct_num_workers > 1 and not _given(options, "direct_running_mode"):
+    if direct.direct_num_workers > 1 and not _given(argv, "direct_running_mode"):
         direct.direct_running_mode = "multi_processing"
     if opts.torch_threads is None:
         workers = direct.direct_num_workers if direct.direct_running_mode != "in_memory" else 1
@@ -114,8 +114,9 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume
             "shards/to_do": len(todo)}
 
 
-def _given(options: PipelineOptions, name: str) -> bool:
-    return name in options.get_all_options(drop_default=True, retain_unknown_options=True)
+def _given(argv: Sequence[str], name: str) -> bool:
+    """Whether the command line sets ``--name``."""
+    return any(a.split("=", 1)[0] == f"--{name}" for a in argv)
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
@@ -125,6 +126,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     Local runners wait for the job and print its metrics; other runners (Dataflow, a Flex
     Template launcher) submit it and return: the job writes its own run record when it ends.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
     opts = options.view_as(AnnotateOptions)
@@ -145,7 +147,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     record = {"output": opts.output, "run_id": run_id, "config": config, "started": started,
               "options": options.get_all_options(drop_default=True)}
     if local:
-        shards = plan_local(options, opts, resume)
+        shards = plan_local(options, opts, resume, argv)
         if not shards["shards/to_do"]:
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")
             write_run_record(shards, **record)

@@ -17,6 +17,13 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms.records import Work
 
 T = TypeVar("T")
+PAD_MULTIPLE = 32  # batches are padded to a multiple of this: few distinct shapes, so kernel and
+# allocator caches stay small (with every length its own shape, memory grew with the corpus)
+
+
+def padded_length(n: int) -> int:
+    """The length a window of ``n`` sub-words is padded to in a batch where it is the longest."""
+    return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
 def token_batches(items: Sequence[T], length: Callable[[T], int], budget: int,

@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from transforms.batch import token_batches
+from transforms.batch import padded_length, token_batches
 from transforms.faults import is_machine_fault, is_out_of_memory
 from transforms.records import Failure, Predictions, Work
 from transforms.spec import TaskSpec
@@ -81,7 +81,9 @@ class TaskInference:
                    np.zeros((int(group[i].windows[key].word_bounds[-1]), len(h)), np.float32))
                for i, h in heads.items()}
         errors: dict[int, str] = {}
-        length = (lambda s: self.config.pad_to) if self.config.pad_to else (lambda s: s.length)
+        pad_to = self.config.pad_to
+        length = (lambda s: pad_to) if pad_to else (lambda s: padded_length(s.length))
+        slots.sort(key=lambda s: s.length)  # stays in this order within a padded length
         for batch in token_batches(slots, length, self.config.batch_tokens,
                                    self.config.max_batch_windows):
             for slot, result in self._run(group, key, heads, batch, model):
@@ -132,7 +134,7 @@ class TaskInference:
                     "fault of the model or the machine, not of the data") from e
             return results
         real = sum(s.length for s in batch)
-        width = self.config.pad_to or max(s.length for s in batch)
+        width = self.config.pad_to or padded_length(max(s.length for s in batch))
         self._real.inc(real)
         self._padding.inc(len(batch) * width - real)
         results, offset = [], 0

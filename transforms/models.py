@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from transforms.batch import padded_length
 from transforms.storage import localize
 
 _LEGACY_HEAD = re.compile(r"^(.+)_classifier\.(weight|bias)$")
@@ -154,8 +155,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def pad(windows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None
         ) -> tuple[np.ndarray, np.ndarray]:
-    """Stack windows into (ids, attention mask), padded to the longest or to ``pad_to``."""
-    length = pad_to or max(len(w) for w in windows)
+    """Stack windows into (ids, attention mask), padded to ``pad_to`` or else to the longest
+    rounded up to a multiple of ``PAD_MULTIPLE``."""
+    length = pad_to or padded_length(max(len(w) for w in windows))
     ids = np.full((len(windows), length), pad_id, dtype=np.int64)
     mask = np.zeros((len(windows), length), dtype=np.int64)
     for r, w in enumerate(windows):

@@ -59,14 +59,15 @@ class RouteDoFn(beam.DoFn):
         self._min_confidence = min_confidence
         self._detector: LanguageDetector | None = None
 
-    def setup(self) -> None:
-        if not self._default:
+    def detect(self, text: str) -> Detected:
+        """Detection, its models loaded on first use (records often carry their language)."""
+        if self._detector is None:
             wanted = {lang for langs in self._tasks.values() for lang in langs}
             self._detector = LanguageDetector(wanted | set(LOOKALIKES),
                                               min_confidence=self._min_confidence)
+        return self._detector.detect(text)
 
     def process(self, doc: Document) -> Iterator[Document]:
         if not doc.status:
-            doc = assign_language(doc, self._default,
-                                  self._detector.detect if self._detector else None)
+            doc = assign_language(doc, self._default, self.detect)
         yield route(doc, self._tasks)

@@ -9,7 +9,11 @@ way (raw text, 512-token windows with stride 128, every word of every window vot
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -18,12 +22,55 @@ from apache_beam.metrics import Metrics
 from transforms.faults import is_machine_fault
 from transforms.records import Document, Failure, Windows, Work
 from transforms.spec import TaskSpec
+from transforms.storage import localize
 from transforms.windows import plan_windows
 from transforms.words import sentence_starts, split_words
 
 REFERENCE_WINDOW, REFERENCE_STRIDE = 512, 128
 _EMPTY_I32 = np.zeros(0, np.int32)
 _EMPTY_I64 = np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class RustTokenizer:
+    """A ``tokenizer.json`` loaded with the ``tokenizers`` library alone (several times faster
+    to load than through transformers), with the ids of the tokens that open and close a
+    window."""
+
+    _tokenizer: Any
+    cls_token_id: int
+    sep_token_id: int
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+
+def load_tokenizer(location: str, full: bool = False):
+    """A tokenizer from a local folder: its ``tokenizer.json`` alone where that is all the
+    pipeline's windows need, else (or with ``full``) transformers' ``AutoTokenizer``."""
+    folder = Path(localize(location))
+    if not full and (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        names = {}
+        for f in ("special_tokens_map.json", "tokenizer_config.json"):
+            if (folder / f).is_file():
+                names = {**json.loads((folder / f).read_text(encoding="utf-8")), **names}
+
+        def token_id(*keys: str) -> int | None:
+            for key in keys:
+                name = names.get(key)
+                name = name.get("content") if isinstance(name, dict) else name
+                if isinstance(name, str) and backend.token_to_id(name) is not None:
+                    return backend.token_to_id(name)
+            return None
+
+        cls, sep = token_id("cls_token", "bos_token"), token_id("sep_token", "eos_token")
+        if cls is not None and sep is not None:
+            return RustTokenizer(backend, cls, sep)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def special_ids(tokenizer) -> tuple[int, int]:
@@ -51,21 +98,57 @@ def pack(pieces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     )
 
 
-def _sub_words(tokenizer, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-word ids of pre-split words and how many each word has (no special tokens)."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is not None:  # the Rust tokenizer directly: same ids, less Python per call
-        enc = backend.encode(words, is_pretokenized=True, add_special_tokens=False)
-        ids, word_ids = enc.ids, enc.word_ids
-    else:
-        enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
-        ids, word_ids = enc["input_ids"], enc.word_ids()
-    counts = np.bincount(np.asarray(word_ids, dtype=np.int64), minlength=len(words)) \
-        if len(word_ids) else np.zeros(len(words), np.int64)
-    return np.asarray(ids, dtype=np.int32), counts
+class SubWords:
+    """Sub-word ids of pre-split words, one tokenizer call per word never seen before.
+
+    With pre-split input a word's sub-words do not depend on its neighbours (checked when it
+    is built; otherwise every call goes to the tokenizer), so they are kept, up to
+    ``capacity`` words (then forgotten all at once): clinical text repeats its words, and the
+    tokenizer's per-call cost was the largest share of the CPU side.
+    """
+
+    def __init__(self, tokenizer, capacity: int = 1 << 19) -> None:
+        self._tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "_tokenizer", None)  # the Rust tokenizer, if any
+        self._ids: dict[str, list[int]] = {}
+        self._capacity = capacity
+        probe = ["Dolor", "dolor", "(", "x9x9", "dolor", "ñandú"]
+        whole = self._encode(probe)
+        self._cached = whole == [ids for w in probe for ids in self._encode([w])]
+
+    def _encode(self, words: list[str]) -> list[list[int]]:
+        """Each word's ids, from one tokenizer call."""
+        if self._backend is not None:
+            enc = self._backend.encode(words, is_pretokenized=True, add_special_tokens=False)
+            ids, word_ids = enc.ids, enc.word_ids
+        else:
+            enc = self._tokenizer(words, is_split_into_words=True, add_special_tokens=False,
+                                  verbose=False)
+            ids, word_ids = enc["input_ids"], enc.word_ids()
+        out: list[list[int]] = [[] for _ in words]
+        for i, w in zip(ids, word_ids):
+            out[w].append(i)
+        return out
+
+    def __call__(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All the words' ids in order, and how many each word has (no special tokens)."""
+        if self._cached:
+            known = self._ids
+            new = [w for w in dict.fromkeys(words) if w not in known]
+            if new:
+                if len(known) + len(new) > self._capacity:
+                    known.clear()
+                known.update(zip(new, self._encode(new)))
+            per_word = [known[w] for w in words]
+        else:
+            per_word = self._encode(words)
+        counts = np.fromiter(map(len, per_word), np.int64, len(per_word))
+        ids = np.fromiter(itertools.chain.from_iterable(per_word), np.int32, int(counts.sum()))
+        return ids, counts
 
 
-def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128) -> Windows:
+def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128,
+                 sub_words: SubWords | None = None) -> Windows:
     """Windows of at most ``max_tokens`` ids (special tokens included) over the words of ``text``.
 
     Words the tokenizer maps to no sub-word (e.g. a zero-width space) are treated as whitespace.
@@ -74,7 +157,8 @@ def word_windows(text: str, tokenizer, max_tokens: int = 512, overlap: int = 128
     starts, ends = split_words(text)
     if len(starts) == 0:
         return pack([])
-    ids, counts = _sub_words(tokenizer, [text[s:e] for s, e in zip(starts.tolist(), ends.tolist())])
+    sub_words = sub_words or SubWords(tokenizer, capacity=0)
+    ids, counts = sub_words([text[s:e] for s, e in zip(starts.tolist(), ends.tolist())])
     tok_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     keep = counts > 0
     if not keep.all():
@@ -147,23 +231,22 @@ class SegmentDoFn(beam.DoFn):
         self._location = {self._key[name]: s.tokenizer for name, s in specs.items()}
         self._max_tokens, self._overlap, self._compat = max_tokens, overlap, reference_compat
         self._tokenizers: dict[str, object] = {}
+        self._sub_words: dict[str, SubWords] = {}
         self._windows = {n: Metrics.counter("windows", n) for n in specs}
         self._tokens = {n: Metrics.distribution("windows", f"tokens_{n}") for n in specs}
 
     def setup(self) -> None:
-        from transformers import AutoTokenizer
-
-        from transforms.storage import localize
-
-        self._tokenizers = {key: AutoTokenizer.from_pretrained(localize(location))
+        self._tokenizers = {key: load_tokenizer(location, full=self._compat)
                             for key, location in self._location.items()}
+        self._sub_words = {key: SubWords(t) for key, t in self._tokenizers.items()}
 
     def segment(self, text: str, key: str) -> Windows:
         """The windows of ``text`` for the tokenizer ``key``."""
         tokenizer = self._tokenizers[key]
         if self._compat:
             return reference_windows(text, tokenizer)
-        return word_windows(text, tokenizer, self._max_tokens, self._overlap)
+        return word_windows(text, tokenizer, self._max_tokens, self._overlap,
+                            self._sub_words[key])
 
     def process(self, doc: Document) -> Iterator[Work]:
         windows: dict[str, Windows] = {}

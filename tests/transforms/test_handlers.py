@@ -76,9 +76,12 @@ def test_predictions_stay_with_their_document_and_each_head_with_its_column():
 def test_windows_are_sorted_and_cut_by_the_token_budget():
     model = Model()
     run((doc_work("a", [30, 10, 10]), doc_work("b", [10, 20])), model)
-    # sorted 10, 10, 10, 20, 30: the 20 would make 4 x 20 > 64, so it opens a batch with the 30
-    # (2 x 30 <= 64); padding is to each batch's longest window
-    assert model.calls == [(3, 10), (2, 30)]
+    # sorted 10, 10, 10, 20, 30, each padded to 32 in its batch: two fit in 64 tokens
+    assert model.calls == [(2, 10), (2, 20), (1, 30)]
+    model = Model()
+    run((doc_work("a", [30, 10, 10]), doc_work("b", [10, 40])), model, batch_tokens=130)
+    # 10, 10, 10, 30 (4 x 32 = 128 tokens), then 40 alone (padded to 64)
+    assert model.calls == [(4, 30), (1, 40)]
 
 
 def test_a_window_the_model_rejects_fails_only_its_document():
@@ -138,9 +141,10 @@ def test_token_counters_count_each_window_once():
     group = (doc_work("a", [10, 10], poison_window=1), doc_work("b", [6]), doc_work("c", [8]))
     with BeamCounters() as metrics:
         run(group, Model(), batch_tokens=1000)
-    # the batch of 4 failed, then each window alone: a's first (10), b (6) and c (8) ran
-    assert metrics.counters == {"tokens/real_t": 24, "tokens/padding_t": 0,
+    # the batch of 4 failed, then each window alone: a's first (10), b (6) and c (8) ran,
+    # each padded to 32
+    assert metrics.counters == {"tokens/real_t": 24, "tokens/padding_t": 3 * 32 - 24,
                                 "windows/failed_t": 1}
     with BeamCounters() as metrics:
         run((doc_work("d", [10, 6]),), Model(), batch_tokens=1000)
-    assert metrics.counters == {"tokens/real_t": 16, "tokens/padding_t": 4}
+    assert metrics.counters == {"tokens/real_t": 16, "tokens/padding_t": 2 * 32 - 16}

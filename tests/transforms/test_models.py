@@ -63,7 +63,10 @@ def windows(rng, n_windows):
 
 def test_pad_to_the_longest_or_a_fixed_length():
     ids, mask = pad([np.array([0, 5, 2]), np.array([0, 2])], pad_id=1)
-    assert ids.tolist() == [[0, 5, 2], [0, 2, 1]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    # to the longest, rounded up to a multiple of 32 (few distinct shapes)
+    assert ids.tolist() == [[0, 5, 2] + [1] * 29, [0, 2] + [1] * 30]
+    assert mask.tolist() == [[1] * 3 + [0] * 29, [1] * 2 + [0] * 30]
+    assert pad([np.arange(33)], pad_id=1)[0].shape == (1, 64)
     ids, mask = pad([np.array([0, 2])], pad_id=1, pad_to=4)
     assert ids.tolist() == [[0, 2, 1, 1]] and mask.tolist() == [[1, 1, 0, 0]]
 

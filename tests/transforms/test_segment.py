@@ -94,3 +94,39 @@ def test_tasks_sharing_a_tokenizer_share_one_segmentation(tokenizer, monkeypatch
     (work,) = fn.process(doc)
     assert calls == ["k1", "k2"] and set(work.windows) == {"k1", "k2"}
     assert not work.failures
+
+
+def test_remembered_sub_words_are_the_tokenizers_own(tokenizer):
+    from transforms.segment import SubWords
+
+    shared = SubWords(tokenizer)
+    assert shared._cached  # XLM-R's pre-split words do not depend on their neighbours
+    for path in sorted((SPACCC / "txt").glob("*.txt"))[:60]:
+        text = read_text(path)
+        s, e = split_words(text)
+        words = [text[a:b] for a, b in zip(s, e)]
+        enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+        ids, counts = shared(words)
+        assert ids.tolist() == enc["input_ids"]
+        assert counts.tolist() == np.bincount(enc.word_ids(), minlength=len(words)).tolist()
+    small = SubWords(tokenizer, capacity=50)  # forgetting keeps it right
+    text = read_text(sorted((SPACCC / "txt").glob("*.txt"))[0])
+    s, e = split_words(text)
+    words = [text[a:b] for a, b in zip(s, e)]
+    assert small(words)[0].tolist() == shared(words)[0].tolist()
+    assert len(small._ids) <= max(50, len(set(words)))
+
+
+def test_the_light_tokenizer_gives_the_same_windows(tokenizer):
+    from tests.conftest import TOKENIZER
+    from transforms.segment import RustTokenizer, load_tokenizer
+
+    light = load_tokenizer(str(TOKENIZER))
+    assert isinstance(light, RustTokenizer)
+    assert (light.cls_token_id, light.sep_token_id) == (tokenizer.cls_token_id,
+                                                        tokenizer.sep_token_id)
+    for path in sorted((SPACCC / "txt").glob("*.txt"))[:20]:
+        text = read_text(path)
+        a, b = word_windows(text, light, 128, 32), word_windows(text, tokenizer, 128, 32)
+        assert a.ids.tolist() == b.ids.tolist() and a.positions.tolist() == b.positions.tolist()
+    assert not isinstance(load_tokenizer(str(TOKENIZER), full=True), RustTokenizer)
