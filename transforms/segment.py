@@ -135,9 +135,10 @@ class SubWords:
         if self._cached:
             known = self._ids
             new = [w for w in dict.fromkeys(words) if w not in known]
+            if new and len(known) + len(new) > self._capacity:
+                known.clear()
+                new = list(dict.fromkeys(words))
             if new:
-                if len(known) + len(new) > self._capacity:
-                    known.clear()
                 known.update(zip(new, self._encode(new)))
             per_word = [known[w] for w in words]
         else:

@@ -58,6 +58,6 @@ def sentence_starts(text: str, starts: np.ndarray, ends: np.ndarray) -> list[int
     prev_end, next_start = ends[:-1], starts[1:]
     breaks = np.flatnonzero(_IS_BREAK[np.minimum(cp, 0x202A)])
     has_break = np.searchsorted(breaks, next_start) > np.searchsorted(breaks, prev_end)
-    final = (prev_end - starts[:-1] == 1) & _IS_FINAL[np.minimum(cp[prev_end - 1], 256)]
+    final = _IS_FINAL[np.minimum(cp[prev_end - 1], 256)]  # (only one-character words end so)
     begins = (next_start > prev_end) & (has_break | final)
     return [0, *(np.flatnonzero(begins) + 1).tolist()]

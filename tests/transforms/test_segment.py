@@ -109,12 +109,13 @@ def test_remembered_sub_words_are_the_tokenizers_own(tokenizer):
         ids, counts = shared(words)
         assert ids.tolist() == enc["input_ids"]
         assert counts.tolist() == np.bincount(enc.word_ids(), minlength=len(words)).tolist()
-    small = SubWords(tokenizer, capacity=50)  # forgetting keeps it right
-    text = read_text(sorted((SPACCC / "txt").glob("*.txt"))[0])
-    s, e = split_words(text)
-    words = [text[a:b] for a, b in zip(s, e)]
-    assert small(words)[0].tolist() == shared(words)[0].tolist()
-    assert len(small._ids) <= max(50, len(set(words)))
+    small = SubWords(tokenizer, capacity=300)  # bounded: it forgets, and stays right
+    for path in sorted((SPACCC / "txt").glob("*.txt"))[:5]:
+        text = read_text(path)
+        s, e = split_words(text)
+        words = [text[a:b] for a, b in zip(s, e)]
+        assert small(words)[0].tolist() == shared(words)[0].tolist()
+        assert len(small._ids) <= max(300, len(set(words)))
 
 
 def test_the_light_tokenizer_gives_the_same_windows(tokenizer):
