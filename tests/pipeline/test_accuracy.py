@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pipeline.evaluate import load_tsv, score
-from tests.conftest import SHARED, SPACCC, run_pipeline
+from tests.conftest import REPO, SHARED, SPACCC, run_pipeline
 
 pytestmark = pytest.mark.e2e
 PROBE = SHARED / "models" / "probe-es"
@@ -74,3 +74,33 @@ def test_bf16_and_fp32_agree(runs):
     for task in ("symptom", "procedure", "procedure_mtl"):
         assert abs(runs["bf16"][task] - runs["fp32"][task]) <= 0.01, (task, runs)
 
+
+
+def test_the_outputs_are_those_of_before_the_archive_scale_rework(tmp_path):
+    """The rework changed how documents travel, not what is written: the TSVs, span rows and
+    document rows of 20 held-out cases equal what the earlier graph wrote (fp32)."""
+    import pandas as pd
+
+    before = REPO / "tests" / "fixtures" / "before"
+    old_docs = pd.read_csv(before / "documents.tsv", sep="\t", keep_default_na=False)
+    src = tmp_path / "in"
+    src.mkdir()
+    for doc_id in old_docs.doc_id:
+        shutil.copy(SPACCC / "txt" / f"{doc_id}.txt", src / f"{doc_id}.txt")
+    out = tmp_path / "out"
+    run_pipeline("--input", str(src), "--output", str(out), "--tasks",
+                 str(REPO / "tasks" / "probe-es.yaml"), "--language", "es", "--precision", "fp32")
+    for task in ("symptom", "procedure"):
+        new = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
+        old = pd.read_csv(before / f"{task}.tsv", sep="\t", keep_default_na=False)
+        assert len(new) > 100
+        assert sorted(new.itertuples(index=False)) == sorted(old.itertuples(index=False))
+    key = ["doc_id", "task", "start", "end"]
+    new = pd.read_parquet(out / "spans").drop(columns=["source"]).sort_values(key)
+    old = pd.read_csv(before / "spans.tsv", sep="\t", keep_default_na=False).sort_values(key)
+    columns = ["doc_id", "task", "label", "start", "end", "text", "lang"]
+    assert new[columns].values.tolist() == old[columns].values.tolist()
+    assert (new.score.to_numpy() - old.score.to_numpy()).__abs__().max() < 1e-4
+    docs = pd.read_parquet(out / "documents").drop(columns=["source"]).sort_values("doc_id")
+    docs = docs.astype(object).where(docs.notna(), "")
+    assert docs.astype(str).values.tolist() == old_docs.astype(str).values.tolist()

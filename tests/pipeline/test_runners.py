@@ -21,9 +21,12 @@ def docs(tmp_path_factory):
 @pytest.mark.parametrize("runner_args", [
     ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
     ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"],
-], ids=["multi_process", "portable"])
+    # one model copy shared by two worker processes through Beam's proxy (a GPU machine's way)
+    ["--large_model", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
+], ids=["multi_process", "portable", "large_model"])
 def test_same_outputs_as_the_direct_runner(docs, smoke_tasks, tmp_path, runner_args):
-    common = ["--input", str(docs), "--tasks", str(smoke_tasks), "--language", "es"]
+    common = ["--input", str(docs), "--tasks", str(smoke_tasks), "--language", "es",
+              "--precision", "fp32"]
     run_pipeline(*common, "--output", str(tmp_path / "direct"))
     run_pipeline(*common, "--output", str(tmp_path / "other"), *runner_args)
     direct, other = read_outputs(tmp_path / "direct"), read_outputs(tmp_path / "other")
