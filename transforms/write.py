@@ -477,16 +477,18 @@ def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, ru
             for path in paths:
                 fs.rm(path)
             rebuild = True
-    # 2. rows of redone shards, from the earlier parts their index names (or, for a run that
-    #    committed but did not mark all its shards, from all of its parts)
+    # 2. rows of redone shards, from the earlier parts their index names; and, from every part
+    #    of a run that committed but did not mark all its shards (so they are redone now), the
+    #    rows of every shard this run wrote
     redone_urls = pa.array(sorted({s.url for s in redone}), pa.string())
-    earlier = {part for shard in redone for part in shard.earlier}
+    for name in sorted({part for shard in redone for part in shard.earlier}):
+        if run_of(name) != run_id and len(redone_urls):
+            rebuild |= _drop_sources(fs, root, name, redone_urls, tasks)
     unmarked = {run for run, st in states.items() if "committed" in st and "marked" not in st}
-    earlier.update(name for name in existing if run_of(name) in unmarked)
-    if len(redone_urls):
-        for name in sorted(earlier):
-            if run_of(name) != run_id:
-                rebuild |= _drop_sources(fs, root, name, redone_urls, tasks)
+    mine = pa.array(sorted({src for part in parts for src in part.sources}), pa.string())
+    for name in sorted(existing):
+        if run_of(name) in unmarked and run_of(name) != run_id and len(mine):
+            rebuild |= _drop_sources(fs, root, name, mine, tasks)
     # 3. this run's parts, duplicates patched
     by_part: dict[str, list[Duplicate]] = {}
     for d in dups:
@@ -563,11 +565,13 @@ class WriteOutputs(beam.PTransform):
             | "AllCounts" >> beam.Flatten()
             | "CountsPerShard" >> beam.CombinePerKey(_merge)
         )
+        # only the shards whose earlier rows must go reach the commit (not every shard done)
+        redone = shards | "Redone" >> beam.Filter(lambda s: bool(s.earlier))
         committed = (
             written[PARTS]
             | "PartList" >> beam.combiners.ToList()
             | "Finalize" >> beam.Map(finalize, self._out, self._tasks, self._tmp, self._run_id,
-                                     beam.pvalue.AsList(dups), beam.pvalue.AsList(shards))
+                                     beam.pvalue.AsList(dups), beam.pvalue.AsList(redone))
         )
         parts_of = written[PARTS] | "PartSources" >> beam.FlatMap(
             lambda p: [(s, p.name) for s in p.sources])

@@ -199,3 +199,14 @@ def test_an_empty_run_still_writes_typed_tables(tmp_path):
         assert pq.read_schema(f).names and pq.read_metadata(f).num_rows == 0
     assert (out / "t.tsv").read_text() == TSV_HEADER + "\n"
 
+
+
+def test_a_run_that_committed_but_never_marked_its_shards_is_redone_without_doubles(tmp_path):
+    out = tmp_path / "out"
+    write_run(out, "r1", [document("a", "in/a.txt", [0]), document("b", "in/b.txt", [5])])
+    # r1 stopped before writing its markers: a rerun redoes both files, with no index to say
+    # where their rows are; r1's parts still must give them up
+    write_run(out, "r2", [document("a", "in/a.txt", [9]), document("b", "in/b.txt", [6])])
+    spans, docs, tsv = rows(out)
+    assert spans == tsv == [("a", 9), ("b", 6)]
+    assert docs == [("a", "annotated"), ("b", "annotated")]

@@ -1,0 +1,36 @@
+"""The run's log: worker lines shown plainly, Beam's noise dropped, a clear stop message."""
+
+import logging
+
+from pipeline.logs import WorkerLines, stopped_message
+
+
+def record(text, level=logging.INFO):
+    return logging.LogRecord("apache_beam.runners.portability.local_job_service", level, "f", 1,
+                             text, None, None)
+
+
+def test_worker_lines_of_this_pipeline_are_shown_plainly():
+    r = record('Worker: severity: INFO timestamp {   seconds: 1 } message: "progress: 5 documents'
+               ' read, 4 done" log_location: "/app/transforms/progress.py:48" thread: "T"')
+    assert WorkerLines().filter(r)
+    assert r.getMessage() == "worker: progress: 5 documents read, 4 done" and r.name == "pipeline"
+
+
+def test_beam_info_and_its_harmless_notice_are_dropped_warnings_kept():
+    info = record('Worker: severity: INFO timestamp { } message: "Creating state cache" '
+                  'log_location: "/x/apache_beam/runners/worker/sdk_worker.py:1" thread: "T"')
+    noise = record('Worker: severity: WARN timestamp { } message: "No semi_persistent_directory '
+                   'found: ..." log_location: "/x/sdk_worker_main.py:421" thread: "T"')
+    warn = record('Worker: severity: WARN timestamp { } message: "disk almost full" '
+                  'log_location: "/x/y.py:1" thread: "T"')
+    assert not WorkerLines().filter(info) and not WorkerLines().filter(noise)
+    assert WorkerLines().filter(warn) and warn.levelname == "WARNING"
+
+
+def test_a_stopped_job_names_the_fault_not_its_message():
+    wrapped = RuntimeError("torch.AcceleratorError: CUDA error: device-side assert triggered "
+                           "while reading 'Paciente con fiebre' [while running 'Infer_s']")
+    message = stopped_message(wrapped)
+    assert "stopped on AcceleratorError" in message and "run the same command again" in message
+    assert "Paciente" not in message
