@@ -14,8 +14,12 @@
 #   GPU [nvidia-l4] (empty for CPU workers), MAX_WORKERS [8].
 # Input:  $BUCKET/exports/DATE/   Output: $BUCKET/annotations/DATE/
 set -euo pipefail
-DATE=${1:-$(date -u -d yesterday +%F)}
-shift || true
+if [[ ${1:-} == --* || -z ${1:-} ]]; then
+  DATE=$(date -u -d yesterday +%F)   # no date given: options only (e.g. --force)
+else
+  DATE=$1
+  shift
+fi
 [[ $DATE =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$ ]] || { echo "usage: $0 [YYYY-MM-DD]" >&2; exit 2; }
 : "${PROJECT:?set PROJECT}" "${BUCKET:?set BUCKET}" "${IMAGE:?set IMAGE}"
 REGION=${REGION:-europe-west4}
@@ -35,7 +39,8 @@ if [[ -n $GPU ]]; then
   # One GPU per worker, one model copy per GPU shared by the worker's processes, few threads.
   args+=(--machine_type g2-standard-8
          --dataflow_service_options "worker_accelerator=type:$GPU;count:1;install-nvidia-driver"
-         --number_of_worker_harness_threads 4 --large_model --batch_tokens 32768)
+         --number_of_worker_harness_threads 4 --large_model --batch_tokens 32768
+         --disk_size_gb 100)   # a CUDA torch image and the models do not fit the default
 else
   args+=(--machine_type n2-highcpu-16 --precision auto)
 fi

@@ -120,6 +120,52 @@ class AnnotateOptions(PipelineOptions):
             raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
 
 
+def wants_gpu(options: PipelineOptions) -> bool:
+    """Whether the job asked for a GPU: ``--device cuda``, ``--inference_accelerator``, or a
+    Dataflow ``worker_accelerator`` service option (then no CUDA at model load is an error)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    opts = options.view_as(AnnotateOptions)
+    service = options.view_as(GoogleCloudOptions).dataflow_service_options or []
+    return (opts.device == "cuda" or bool(opts.inference_accelerator)
+            or any(str(o).startswith("worker_accelerator") for o in service))
+
+
+_TEMPLATE_REQUIRED = ("input", "output", "tasks")
+
+
+def template_metadata() -> dict:
+    """Flex Template metadata for every option of this job: its type as a regex (booleans take
+    ``true``/``false``), its help, optional unless the job needs it."""
+    p = argparse.ArgumentParser()
+    AnnotateOptions._add_argparse_args(p)
+    params = []
+    for action in p._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        if action.type is boolean:
+            regex = "^(true|false)$"
+        elif action.choices:
+            regex = "^(" + "|".join(map(str, action.choices)) + ")$"
+        elif action.type is int:
+            regex = "^[0-9]+$"
+        elif action.type is float:
+            regex = "^[0-9]*[.]?[0-9]+$"
+        elif action.dest in _TEMPLATE_REQUIRED:
+            regex = "^gs://.+$"
+        else:
+            regex = "^.+$"
+        entry = {"name": action.dest, "label": action.dest.replace("_", " ").capitalize(),
+                 "helpText": (action.help or "").replace("%%", "%"), "regexes": [regex]}
+        if action.dest not in _TEMPLATE_REQUIRED:
+            entry["isOptional"] = True
+        params.append(entry)
+    return {"name": "clinical-ner-annotate",
+            "description": "Annotate clinical documents with the DT4H NER models; writes "
+                           "MultiClinAI TSV and Parquet.",
+            "parameters": params}
+
+
 def _option_classes() -> list[type[PipelineOptions]]:
     """This job's options first, then every options class of Beam's runners."""
     seen: list[type[PipelineOptions]] = [AnnotateOptions]
@@ -174,6 +220,15 @@ class _Grouped:
         return getattr(self._group, name)
 
 
+def main() -> None:
+    """``python -m pipeline.options --template_metadata``: print the Flex Template metadata."""
+    import json
+
+    if sys.argv[1:] != ["--template_metadata"]:
+        raise SystemExit("usage: python -m pipeline.options --template_metadata")
+    print(json.dumps(template_metadata(), indent=2))
+
+
 def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
     """Beam ``PipelineOptions`` from a command line that names only known options; ``--help``
     prints them all and exits."""
@@ -192,3 +247,7 @@ def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
         p.error(f"unknown option {wrong}{hint}")
     return PipelineOptions(argv)
 
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, TestOptions)
 
-from pipeline.options import AnnotateOptions, parse_options
+from pipeline.options import AnnotateOptions, parse_options, wants_gpu
 from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
                               write_run_record)
 from pipeline.tasks import TaskFileError, has_random_weights, load_tasks
@@ -36,7 +36,7 @@ LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
-          resume: Resume, run_id: str, record: Mapping) -> None:
+          resume: Resume, run_id: str, record: Mapping, gpu: bool = False) -> None:
     """The whole job: read (the shards not yet done), route, infer per task, align, write."""
     docs, shards = p | "ReadDocuments" >> ReadDocuments(
         opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
@@ -50,14 +50,14 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Group" >> beam.ParDo(GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens))
     )
     for name, spec in specs.items():
-        groups = groups | f"Infer_{name}" >> infer(spec, opts)
+        groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu)
     rows = groups | "Documents" >> beam.FlatMap(lambda group: group) | "Align" >> beam.ParDo(
         AlignDoFn(specs, opts.reference_compat))
     totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id)
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
-def infer(spec: TaskSpec, opts: AnnotateOptions) -> beam.PTransform:
+def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
     """RunInference of one task over groups of documents (the GPU step, if any)."""
     compat = opts.reference_compat
     config = InferenceConfig(
@@ -65,7 +65,7 @@ def infer(spec: TaskSpec, opts: AnnotateOptions) -> beam.PTransform:
         batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
         max_batch_windows=opts.max_batch_windows,
         pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
-        require_cuda=opts.device == "cuda" or bool(opts.inference_accelerator),
+        require_cuda=require_cuda,
         threads=opts.torch_threads)
     from apache_beam.ml.inference.base import RunInference
 
@@ -155,7 +155,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     elif not expand_pattern(opts.input):
         raise InputError(f"no input files match {opts.input!r}")
     p = test_pipeline or beam.Pipeline(runner=local_runner(runner), options=options)
-    build(p, opts, specs, resume, run_id, record)
+    build(p, opts, specs, resume, run_id, record, wants_gpu(options))
     result = p.run()
     if not local or options.view_as(TestOptions).dry_run:
         LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))

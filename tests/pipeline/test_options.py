@@ -71,3 +71,41 @@ def test_beam_runner_options_pass_through():
     all_options = options.get_all_options()
     assert all_options["runner"] == "DataflowRunner"
     assert all_options["experiments"] == ["use_runner_v2"]
+
+
+def test_the_flex_template_metadata_is_the_options():
+    import json
+    import re
+
+    from pipeline.options import template_metadata
+
+    committed = json.loads((REPO / "launch" / "flex_template_metadata.json").read_text())
+    assert committed == template_metadata(), "regenerate: python -m pipeline.options " \
+                                             "--template_metadata > launch/flex_template_metadata.json"
+    params = {p["name"]: p for p in committed["parameters"]}
+    assert {"input", "output", "tasks", "force", "inference_accelerator", "max_tokens",
+            "input_format", "id_field", "text_field", "lang_field", "large_model"} <= set(params)
+    assert [n for n, p in params.items() if not p.get("isOptional")] == ["input", "output",
+                                                                          "tasks"]
+    samples = {"^(true|false)$": "true", "^[0-9]+$": "512", "^[0-9]*[.]?[0-9]+$": "0.2",
+               "^gs://.+$": "gs://b/x", "^.+$": "es"}
+    for name, p in params.items():
+        (regex,) = p["regexes"]
+        value = samples.get(regex) or regex.strip("^$()").split("|")[0]
+        assert re.match(regex, value)
+        args = ["--input", "i", "--output", "o", "--tasks", "t"] if name not in (
+            "input", "output", "tasks") else []
+        parsed = parse_options([*args, f"--{name}={value}"]).view_as(AnnotateOptions)
+        assert getattr(parsed, name) is not None, name  # the template's value reaches the job
+
+
+def test_a_worker_accelerator_means_a_gpu_is_required():
+    from pipeline.options import wants_gpu
+
+    base = ["--input", "i", "--output", "o", "--tasks", "t"]
+    assert not wants_gpu(parse_options(base))
+    assert wants_gpu(parse_options([*base, "--dataflow_service_options",
+                                    "worker_accelerator=type:nvidia-l4;count:1;"
+                                    "install-nvidia-driver"]))
+    assert wants_gpu(parse_options([*base, "--inference_accelerator", "type:nvidia-l4;count:1"]))
+    assert wants_gpu(parse_options([*base, "--device", "cuda"]))

@@ -2,6 +2,7 @@
 
 import shutil
 
+import apache_beam as beam
 import pytest
 
 from pipeline.run import run
@@ -62,3 +63,27 @@ def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
     assert any(n.startswith("Infer_procedure") for n in hinted)
     assert not any(n.startswith(("ReadDocuments", "Route", "Segment", "Group", "Align", "Write"))
                    for n in hinted)
+
+
+class _Submitted:
+    """What a Flex Template launcher gets back: no job to wait for, no metrics to query."""
+
+    def wait_until_finish(self):
+        raise AssertionError("a launch must not wait for the job")
+
+    def metrics(self):
+        raise ValueError("Can not query metrics. Job id is unknown")
+
+
+class _SubmitOnly(beam.runners.runner.PipelineRunner):
+    def run_pipeline(self, pipeline, options):
+        return _Submitted()
+
+
+def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks):
+    options = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west4",
+               "--temp_location", "gs://bkt/tmp", "--input", str(docs), "--output",
+               "gs://bkt/out", "--tasks", str(smoke_tasks), "--language", "es"]
+    result = run(options, save_main_session=False,
+                 test_pipeline=beam.Pipeline(runner=_SubmitOnly()))
+    assert isinstance(result, _Submitted)

@@ -117,3 +117,12 @@ def test_precision_names():
     assert resolve_dtype("fp32", CPU) == torch.float32
     with pytest.raises(ValueError):
         resolve_dtype("int4", CPU)
+
+
+def test_a_gpu_asked_for_and_missing_is_a_clear_error_not_a_cpu_run(monkeypatch):
+    from transforms.models import AcceleratorMissing, pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device().type == "cpu"
+    with pytest.raises(AcceleratorMissing, match="no usable CUDA device"):
+        pick_device(require_cuda=True)
