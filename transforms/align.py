@@ -72,7 +72,7 @@ class Aligner:
         counts: Counter = Counter()
         for task in doc.tasks:
             spec = self._specs[task]
-            windows = work.windows.get(spec.tokenizer_key or spec.tokenizer)
+            windows = work.windows.get(spec.windows_key)
             if windows is not None:
                 counts[f"windows/{task}"] += len(windows)
                 counts[f"tokens/real_{task}"] += int(windows.id_bounds[-1])
@@ -101,7 +101,7 @@ class Aligner:
     def _task_spans(self, work: Work, task: str) -> list[Span] | Failure:
         """One task's spans, all heads together, ordered by offsets and label."""
         spec, doc = self._specs[task], work.doc
-        windows = work.windows[spec.tokenizer_key or spec.tokenizer]
+        windows = work.windows[spec.windows_key]
         predictions = work.predictions[task]
         try:
             spans = []

@@ -69,7 +69,7 @@ class TaskInference:
 
     def __call__(self, group: Group, model) -> Group:
         """The group with this task's predictions (or failures) attached to its documents."""
-        spec, key = self.spec, self.spec.tokenizer_key or self.spec.tokenizer
+        spec, key = self.spec, self.spec.windows_key
         slots = [Slot(i, k, int(n))
                  for i, work in enumerate(group)
                  if spec.name in work.doc.tasks and not work.failed(spec.name)

@@ -228,7 +228,7 @@ class SegmentDoFn(beam.DoFn):
 
     def __init__(self, specs: Mapping[str, TaskSpec], max_tokens: int, overlap: int,
                  reference_compat: bool) -> None:
-        self._key = {name: s.tokenizer_key or s.tokenizer for name, s in specs.items()}
+        self._key = {name: s.windows_key for name, s in specs.items()}
         self._location = {self._key[name]: s.tokenizer for name, s in specs.items()}
         self._max_tokens, self._overlap, self._compat = max_tokens, overlap, reference_compat
         self._tokenizers: dict[str, object] = {}

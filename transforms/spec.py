@@ -44,6 +44,11 @@ class TaskSpec:
     revision: str | None = None
     max_positions: int | None = None
 
+    @property
+    def windows_key(self) -> str:
+        """Which windows of a document this task reads (one set per tokenizer)."""
+        return self.tokenizer_key or self.tokenizer
+
     def heads_for(self, lang: str) -> tuple[str | None, ...]:
         """The heads that serve ``lang``."""
         return self.heads[lang]

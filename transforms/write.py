@@ -36,7 +36,7 @@ import json
 import posixpath
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -49,9 +49,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.progress import PROGRESS
-from transforms.records import ANNOTATED, FAILED, SKIPPED, DocumentRows, Row, Shard
+from transforms.records import SKIPPED, DocumentRows, Shard
 from transforms.shards import Resume, write_marker
-from transforms.storage import atomic_output, move, open_output, write_atomically
+from transforms.storage import atomic_output, is_local, move, open_output
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
@@ -327,6 +327,12 @@ def _read(fs, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
+def _put(fs, path: str, data: bytes) -> None:
+    """Write bytes to ``path`` on ``fs`` atomically."""
+    with atomic_output(fs, path) as f:
+        f.write(data)
+
+
 def _write_table(fs, path: str, table: pa.Table) -> None:
     """Write a Parquet file atomically."""
     with atomic_output(fs, path) as f:
@@ -358,8 +364,8 @@ def run_states(fs, root: str) -> dict[str, set[str]]:
 
 
 def _record_state(fs, root: str, run_id: str, state: str) -> None:
-    write_atomically(fs.unstrip_protocol(posixpath.join(root, RUNS, f"{run_id}.{state}")),
-                     datetime.now(timezone.utc).isoformat().encode())
+    _put(fs, posixpath.join(root, RUNS, f"{run_id}.{state}"),
+         datetime.now(timezone.utc).isoformat().encode())
 
 
 def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[str]) -> bool:
@@ -386,7 +392,7 @@ def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[st
         for task in tasks:
             path = tsv_part_file(root, task, part)
             if fs.exists(path):
-                write_atomically(fs.unstrip_protocol(path), tsv_lines(spans, task))
+                _put(fs, path, tsv_lines(spans, task))
     return changed
 
 
@@ -400,8 +406,7 @@ def _commit_part(fs, root: str, part: Part, dups: Sequence[Duplicate]) -> None:
         for kind, table in tables.items():
             _write_table(fs, part_file(root, kind, part.name), table)
         for task in part.tasks:
-            write_atomically(fs.unstrip_protocol(tsv_part_file(root, task, part.name)),
-                             tsv_lines(tables["spans"], task))
+            _put(fs, tsv_part_file(root, task, part.name), tsv_lines(tables["spans"], task))
         fs.rm(tmp, recursive=True)
         return
     for kind, src in sources.items():
@@ -410,7 +415,6 @@ def _commit_part(fs, root: str, part: Part, dups: Sequence[Duplicate]) -> None:
     for task in part.tasks:
         src = posixpath.join(tmp, f"{task}.tsv")
         if fs.exists(src):
-            fs.makedirs(posixpath.join(root, TSV_PARTS, task), exist_ok=True)
             move(fs, src, tsv_part_file(root, task, part.name))
 
 
@@ -441,7 +445,7 @@ def _assemble_tsv(fs, root: str, tasks: Sequence[str], run_id: str, mine: Sequen
             continue
         if pending is None:
             pending = {"run": run_id, "size": fs.size(tsv)}
-            write_atomically(fs.unstrip_protocol(journal), json.dumps(pending).encode())
+            _put(fs, journal, json.dumps(pending).encode())
         _append(fs, tsv, pending["size"],
                 [tsv_part_file(root, task, p) for p in sorted(mine)
                  if fs.exists(tsv_part_file(root, task, p))])
@@ -449,8 +453,6 @@ def _assemble_tsv(fs, root: str, tasks: Sequence[str], run_id: str, mine: Sequen
 
 def _append(fs, tsv: str, size: int, parts: Sequence[str]) -> None:
     """Append ``parts`` to ``tsv`` after its first ``size`` bytes (a retry rewinds first)."""
-    from transforms.storage import is_local
-
     if is_local(fs):
         with open(tsv, "r+b") as f:
             f.truncate(size)
