@@ -126,9 +126,20 @@ def pick_device(require_cuda: bool = False) -> torch.device:
         raise AcceleratorMissing(
             f"a GPU was asked for (--inference_accelerator / worker_accelerator / --device cuda) "
             f"but torch {torch.__version__} (CUDA build {torch.version.cuda}) finds no usable "
-            "CUDA device: check the worker's NVIDIA driver (Dataflow: install-nvidia-driver) "
-            "and that the image has a CUDA build of torch")
+            f"CUDA device; NVIDIA driver: {nvidia_driver() or 'none loaded'}. A CUDA 13 build "
+            "needs driver 580 or newer, a CUDA 12 build 525 or newer (Dataflow: "
+            "install-nvidia-driver:latest, launch/Dockerfile)")
     return torch.device("cpu")
+
+
+def nvidia_driver() -> str | None:
+    """The loaded NVIDIA kernel driver's version, or None."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9.]+)", f.read())
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def cpu_has_fast_bf16() -> bool:
