@@ -16,7 +16,7 @@ from typing import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.shards import FORMATS
-from transforms.spec import PRECISIONS
+from transforms.spec import BACKENDS, PRECISIONS
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -79,8 +79,15 @@ class AnnotateOptions(PipelineOptions):
                            help="Sub-words shared by consecutive windows of a long sentence "
                                 "(default: a quarter of --max_tokens).")
         infer.add_argument("--precision", default="auto", choices=PRECISIONS,
-                           help="auto: bf16 on CUDA GPUs and on CPUs with AMX or AVX-512 BF16, "
-                                "else fp32 (fp32 with --reference_compat).")
+                           help="auto: bf16 on CUDA GPUs (fp16 where bf16 is missing); on a "
+                                "CPU int8 weights with OpenVINO, else the fastest of "
+                                "fp32/bf16/fp16 timed on the model's shapes (fp32 with "
+                                "--reference_compat). int8 needs --backend openvino.")
+        infer.add_argument("--backend", default="auto", choices=BACKENDS,
+                           help="Where the encoder runs on a CPU: auto (OpenVINO where "
+                                "installed, else torch), torch or openvino (converted once per "
+                                "worker and cached; a failed conversion keeps torch). GPUs "
+                                "always run torch.")
         infer.add_argument("--batch_tokens", type=int, default=8192,
                            help="Token budget of one inference batch (padded size, windows "
                                 "sorted by length). GPU: 16k-64k.")
@@ -118,6 +125,8 @@ class AnnotateOptions(PipelineOptions):
                              "--max_tokens - 2")
         if self.batch_tokens < self.max_tokens:
             raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
+        if self.precision == "int8" and self.backend != "openvino":
+            raise SystemExit("pipeline.run: --precision int8 needs --backend openvino")
 
 
 def wants_gpu(options: PipelineOptions) -> bool:

@@ -62,6 +62,7 @@ def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> 
     compat = opts.reference_compat
     config = InferenceConfig(
         precision="fp32" if compat and opts.precision == "auto" else opts.precision,
+        backend="torch" if compat and opts.backend == "auto" else opts.backend,
         batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
         max_batch_windows=opts.max_batch_windows,
         pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
@@ -104,7 +105,9 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     cores = os.cpu_count() or 1
     tasks = sum(1 for _ in plan_reads(todo, opts.input_format))
     if not _given(argv, "direct_num_workers"):
-        direct.direct_num_workers = max(1, min(cores, tasks))
+        # With a GPU the CPU stages need every core; without one the models do, and one
+        # process with all of them runs a model faster than several with a share each.
+        direct.direct_num_workers = max(1, min(cores, tasks)) if has_gpu() else 1
     if direct.direct_num_workers > 1 and not _given(argv, "direct_running_mode"):
         direct.direct_running_mode = "multi_processing"
     if opts.torch_threads is None:
@@ -112,6 +115,12 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
         opts.torch_threads = max(1, cores // max(1, workers))
     return {"shards/listed": len(listed), "shards/complete_skipped": len(listed) - len(todo),
             "shards/to_do": len(todo)}
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _given(argv: Sequence[str], name: str) -> bool:

@@ -112,7 +112,8 @@ def model_version(location: str) -> dict[str, Any]:
 
 # The options that change which spans a document gets (a change redoes every shard).
 OUTPUT_OPTIONS = ("language", "min_lang_confidence", "reference_compat", "max_tokens", "overlap",
-                  "precision", "input_format", "id_field", "text_field", "lang_field")
+                  "precision", "backend", "input_format", "id_field", "text_field",
+                  "lang_field")
 
 
 def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class InferenceConfig:
     """How a task's model runs: precision, batching, device and threads."""
 
     precision: str = "auto"
+    backend: str = "auto"  # where the encoder runs on a CPU: auto, torch, openvino
     batch_tokens: int = 8192
     max_batch_windows: int = 256
     pad_to: int | None = None  # --reference_compat pads every window to 512
@@ -159,22 +160,22 @@ class TokenClassifierHandler(ModelHandler[Group, Group, Any]):
     def load_model(self):
         import torch
 
-        from transforms.models import load_hf, load_mtl, pick_device, resolve_dtype
+        from transforms.models import load_hf, load_mtl, pick_device
 
-        if self._config.threads:
-            torch.set_num_threads(self._config.threads)
-        spec = self._spec
-        device = pick_device(self._config.require_cuda)
-        dtype = resolve_dtype(self._config.precision, device)
+        config, spec = self._config, self._spec
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = pick_device(config.require_cuda)
         if spec.kind == "hf":
-            model = load_hf(spec.model, device, dtype, spec.revision)
+            model = load_hf(spec.model, device, None, spec.revision)
         else:
             model = load_mtl(spec.model, spec.encoder, [h for h in spec.all_heads if h],
-                             device, dtype, spec.revision)
-        if self._config.compile:
+                             device, None, spec.revision)
+        runs_as = model.use(config.backend, config.precision, config.threads)
+        if config.compile and runs_as.startswith("torch"):
             model.compile()
-        LOG.info("task %s: model loaded (%s, %s, %d threads)", spec.name, device,
-                 str(dtype).removeprefix("torch."), torch.get_num_threads())
+        LOG.info("task %s: model loaded (%s, %s, %d threads)", spec.name, device, runs_as,
+                 torch.get_num_threads())
         return model
 
     def run_inference(self, batch: Group, model: Any,

@@ -142,25 +142,20 @@ def nvidia_driver() -> str | None:
     return found.group(1) if found else None
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX-512 BF16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        flags = []
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(precision: str, device: torch.device, shapes: tuple[int, int] = (768, 3072)
+                  ) -> torch.dtype:
     """The compute dtype for ``--precision`` on ``device`` (``auto``: bf16 on CUDA where it is
-    supported, else fp16; on a CPU bf16 with AMX or AVX-512 BF16, else fp32)."""
+    supported, else fp16; on a CPU the fastest of fp32/bf16/fp16 on matrix products of
+    ``shapes`` (hidden, intermediate), timed once per process)."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        from transforms.backends import fastest_cpu_dtype
+
+        return PRECISION_DTYPES[fastest_cpu_dtype(*shapes)]
     if precision not in PRECISION_DTYPES:
-        raise ValueError(f"precision must be auto or one of {sorted(PRECISION_DTYPES)}")
+        raise ValueError(f"precision {precision} needs --backend openvino; the torch backend "
+                         f"takes auto or one of {sorted(PRECISION_DTYPES)}")
     return PRECISION_DTYPES[precision]
 
 
@@ -200,6 +195,28 @@ class TokenClassifier:
         config = getattr(encoder, "config", None)
         pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
+
+    def use(self, backend: str, precision: str, threads: int | None = None) -> str:
+        """Run the encoder with ``backend`` (auto, torch, openvino) in ``precision``; returns
+        what it runs as, e.g. ``openvino int8``. On CUDA the encoder stays with torch; on a CPU
+        ``auto`` is OpenVINO with 8-bit weights where OpenVINO is installed, else torch in the
+        fastest dtype measured here; an OpenVINO conversion that fails keeps torch."""
+        from transforms.backends import openvino_available, openvino_encoder
+
+        config = getattr(self.encoder, "config", None)
+        shapes = (getattr(config, "hidden_size", 768), getattr(config, "intermediate_size", 3072))
+        if self.device.type == "cpu" and backend in ("auto", "openvino"):
+            if backend == "openvino" or openvino_available():
+                chosen = "int8" if precision == "auto" else precision
+                encoder = openvino_encoder(self.encoder, chosen, threads)
+                if encoder is not None:
+                    self.encoder, self.dtype = encoder, torch.float32
+                    return f"openvino {chosen}"
+                if precision == "int8":
+                    precision = "auto"
+        self.dtype = resolve_dtype(precision, self.device, shapes)
+        self.encoder = self.encoder.to(dtype=self.dtype)
+        return f"torch {str(self.dtype).removeprefix('torch.')}"
 
     def release_memory(self) -> None:
         """Give cached accelerator memory back (before retrying a batch that ran out of it)."""

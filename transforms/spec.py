@@ -12,7 +12,8 @@ from typing import Mapping
 from transforms.spans import LabelScheme, bio_scheme
 
 KINDS = ("hf", "mtl")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKENDS = ("auto", "torch", "openvino")
 _LANG_ALIASES = {"cz": "cs"}
 
 

@@ -109,3 +109,17 @@ def test_a_worker_accelerator_means_a_gpu_is_required():
                                     "install-nvidia-driver"]))
     assert wants_gpu(parse_options([*base, "--inference_accelerator", "type:nvidia-l4;count:1"]))
     assert wants_gpu(parse_options([*base, "--device", "cuda"]))
+
+
+@pytest.mark.parametrize("args, ok", [
+    (["--precision", "int8"], False), (["--precision", "int8", "--backend", "torch"], False),
+    (["--precision", "int8", "--backend", "openvino"], True), (["--backend", "torch"], True),
+])
+def test_int8_is_an_openvino_precision(args, ok):
+    opts = parse_options(["--input", "i", "--output", "o", "--tasks", "t", *args]
+                         ).view_as(AnnotateOptions)
+    if ok:
+        opts.validate_required()
+    else:
+        with pytest.raises(SystemExit, match="int8 needs --backend openvino"):
+            opts.validate_required()

@@ -1,0 +1,286 @@
+"""CPU backends side by side: ``python -m pipeline.bench [--docs 100]``.
+
+On the same windows of real SPACCC cases (the probe's 100 held-out ones), with an
+``xlm-roberta-base``-sized token classifier (random weights, the real XLM-R tokenizer), each
+backend and precision (torch fp32/bf16, OpenVINO fp32/bf16/int8) runs in a fresh process, and
+it prints per run: real tokens/s through the pipeline's path (segment, infer, align), the model
+path's FLOP/s as a share of the matrix-product ceiling measured in the same run (the fastest
+of fp32/bf16/fp16), the start-up (loading, converting or reading the cached conversion), and
+the probe model's strict F1 on those cases through the real job (``python -m pipeline.run``).
+The whole process against the reference scripts is ``python -m bench.whole`` (a checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TOKENIZER = SHARED / "tokenizers" / "xlm-roberta-base"
+PROBE = SHARED / "models" / "probe-es"
+SPACCC = SHARED / "corpora" / "spaccc-es"
+LABELS = {0: "O", 1: "B-PROCEDURE", 2: "I-PROCEDURE"}
+RUNS = ("torch:fp32", "torch:bf16", "openvino:fp32", "openvino:bf16", "openvino:int8")
+
+
+def base_model(seed: int = 0, stable: bool = False):
+    """An xlm-roberta-base-sized token classifier with random weights.
+
+    ``stable`` builds one whose predictions have clear margins, for comparing precisions (a
+    random classifier puts a few percent of words within rounding noise of a decision
+    boundary): two embedding dimensions carry a large random sign per vocabulary entry, the
+    layers' residual updates are damped so those signs survive, and the head reads them
+    (O if the first is negative, else B or I by the second). Same shapes, same compute.
+    """
+    from transformers import XLMRobertaConfig, XLMRobertaForTokenClassification
+
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1,
+                              pad_token_id=1, id2label=LABELS,
+                              label2id={v: k for k, v in LABELS.items()})
+    model = XLMRobertaForTokenClassification(config).eval()
+    if stable:
+        with torch.no_grad():
+            emb = model.roberta.embeddings.word_embeddings.weight
+            signs = torch.randint(0, 2, (emb.shape[0], 2), generator=torch.Generator()
+                                  .manual_seed(seed + 1)) * 2 - 1
+            emb[:, :2] = signs.to(emb.dtype)
+            for layer in model.roberta.encoder.layer:
+                layer.attention.output.dense.weight.mul_(0.1)
+                layer.output.dense.weight.mul_(0.1)
+            model.classifier.weight.zero_()
+            model.classifier.bias.zero_()
+            model.classifier.weight[:, :2] = torch.tensor([[-1.0, 0.0], [1.0, 1.0], [1.0, -1.0]])
+    return model
+
+
+def heldout_ids() -> list[str]:
+    return (PROBE / "heldout.txt").read_text().split()
+
+
+def documents(n: int, ids: list[str] | None = None) -> list[str]:
+    """``n`` SPACCC cases exactly as stored: those of ``ids``, else the first ones."""
+    files = ([SPACCC / "txt" / f"{i}.txt" for i in ids] if ids
+             else sorted((SPACCC / "txt").glob("*.txt")))[:n]
+    return [f.read_bytes().decode("utf-8") for f in files]
+
+
+def flops_per_token(config, length: int) -> float:
+    """Forward FLOPs per token of a BERT-style encoder at sequence length ``length``."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    return layers * (2 * (4 * h * h + 2 * h * config.intermediate_size) + 4 * length * h)
+
+
+def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
+    """GFLOP/s of the encoder's matrix products in ``dtype`` (one layer's shapes, all tokens)."""
+    shapes = [(tokens, 768, 768)] * 4 + [(tokens, 768, 3072), (tokens, 3072, 768)]
+    mats = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in shapes]
+    for a, b in mats:
+        a @ b
+    t0 = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        for a, b in mats:
+            a @ b
+    seconds = time.perf_counter() - t0
+    return sum(2 * m * k * n for m, k, n in shapes) * reps / seconds / 1e9
+
+
+class Counted:
+    """A model whose batches are counted and timed: real and padded tokens, encoder FLOPs."""
+
+    def __init__(self, model, config) -> None:
+        self.model, self.config = model, config
+        self.real = self.padded = 0
+        self.flops = self.seconds = 0.0
+
+    def predict(self, windows, positions, heads, pad_to=None):
+        width = pad_to or max(len(w) for w in windows)
+        real = sum(len(w) for w in windows)
+        self.real += real
+        self.padded += width * len(windows)
+        self.flops += real * flops_per_token(self.config, width)
+        t0 = time.perf_counter()
+        out = self.model.predict(windows, positions, heads, pad_to)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def release_memory(self) -> None:
+        self.model.release_memory()
+
+
+def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_tokens: int,
+                  stable: bool = False, compile_model: bool = False, backend: str = "torch"
+                  ) -> dict:
+    """The pipeline's own stages from texts to spans (segment, group, infer, align), outside
+    Beam, timed after the model is loaded (``startup_s``: building it for ``backend``)."""
+    from transformers import AutoTokenizer
+
+    from transforms.align import Aligner
+    from transforms.handlers import InferenceConfig, TaskInference
+    from transforms.models import TokenClassifier, pick_device
+    from transforms.records import Document, Work
+    from transforms.segment import word_windows
+    from transforms.spec import TaskSpec
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    model = base_model(stable=stable)
+    t0 = time.perf_counter()
+    clf = TokenClassifier(model.base_model, {None: model.classifier}, pick_device(), None)
+    runs_as = clf.use(backend, precision, torch.get_num_threads())
+    startup = time.perf_counter() - t0
+    spec = TaskSpec("t", "hf", "bench", ("es",), str(TOKENIZER), heads={"es": (None,)},
+                    labels={None: tuple(LABELS[i] for i in range(len(LABELS)))},
+                    tokenizer_key="tok")
+    infer = TaskInference(spec, InferenceConfig(precision, batch_tokens))
+    counted = Counted(clf, model.config)
+
+    def work(i: int, text: str) -> Work:
+        windows = word_windows(text, tokenizer, max_tokens, max_tokens // 4)
+        return Work(Document(str(i), str(i), text, "bench", lang="es", tasks=("t",)),
+                    {"tok": windows})
+
+    if compile_model:  # compile before timing, as a long job amortises it
+        clf.compile()
+        infer((work(0, texts[0]),), clf)
+    infer((work(0, texts[0][:2000]),), clf)  # first call: kernels chosen, caches filled
+    t0 = time.perf_counter()
+    works = [work(i, text) for i, text in enumerate(texts)]
+    t_tok = time.perf_counter() - t0
+    done, group, tokens = [], [], 0
+    for w in works:  # groups of documents as GroupDocuments makes them
+        group.append(w)
+        tokens += int(w.windows["tok"].id_bounds[-1])
+        if tokens >= 8 * batch_tokens:
+            done += infer(tuple(group), counted)
+            group, tokens = [], 0
+    done += infer(tuple(group), counted) if group else ()
+    align = Aligner({"t": spec}, False)
+    spans = {w.doc.doc_id: [(s["label"], s["start"], s["end"]) for s in align(w).spans]
+             for w in done}
+    seconds = time.perf_counter() - t0
+    real, padded = counted.real, counted.padded
+    return {"runs_as": runs_as, "startup_s": round(startup, 1), "docs": len(texts),
+            "seconds": round(seconds, 2), "tokenize_s": round(t_tok, 2),
+            "docs_per_s": round(len(texts) / seconds, 2), "real_tokens": real,
+            "real_tokens_per_s": round(real / seconds),
+            "padding_fraction": round(1 - real / padded, 3),
+            "model_path_s": round(counted.seconds, 2),
+            "model_gflops_per_s": round(counted.flops / counted.seconds / 1e9),
+            "spans": spans}
+
+
+def _child(fn, args: tuple, queue) -> None:
+    out = fn(*args)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((out, round(rss)))
+
+
+def isolated(fn, *args):
+    """Run ``fn(*args)`` in a fresh process; returns (result, peak RSS in MiB)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    while True:
+        try:
+            out = queue.get(timeout=1)
+            break
+        except Exception:  # queue.Empty: is the child still working?
+            if not proc.is_alive():
+                raise RuntimeError(f"{fn.__name__} failed (exit code {proc.exitcode})")
+    proc.join()
+    return out
+
+
+def ceiling() -> dict[str, float]:
+    """The matrix-product rate per dtype, GFLOP/s, each in a fresh process."""
+    return {name: round(isolated(matmul_ceiling, 8192, dtype)[0])
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                ("fp16", torch.float16))}
+
+
+def job(texts_dir: Path, tasks: Path, out: Path, *extra: str) -> float:
+    """Wall seconds of ``python -m pipeline.run`` (the whole process) over ``texts_dir``."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.run", "--input", str(texts_dir),
+                    "--output", str(out), "--tasks", str(tasks), "--language", "es", *extra],
+                   check=True, env=env, cwd=REPO, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def probe_f1(texts_dir: Path, ids: list[str], work: Path, backend: str, precision: str
+             ) -> dict[str, float]:
+    """The probe's strict F1 per task on the held-out cases, through the real job."""
+    from pipeline.evaluate import load_tsv, score
+
+    out = work / f"probe-{backend}-{precision}"
+    job(texts_dir, REPO / "tasks" / "probe-es.yaml", out, "--backend", backend,
+        "--precision", precision)
+    f1 = {}
+    for task in ("symptom", "procedure"):
+        gold = load_tsv(SPACCC / f"gold_{task}.tsv")
+        f1[task] = score(gold[gold.filename.isin(ids)], load_tsv(out / f"{task}.tsv")
+                         )["strict"]["f1"]
+    return f1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the comparison as JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--docs", type=int, default=100, help="held-out cases (at most 100)")
+    ap.add_argument("--runs", default=",".join(RUNS), help="backend:precision, comma-separated")
+    ap.add_argument("--batch_tokens", type=int, default=8192)
+    ap.add_argument("--no_f1", action="store_true", help="skip the probe's F1")
+    args = ap.parse_args(argv)
+    ids = heldout_ids()[: args.docs]
+    texts = documents(len(ids), ids)
+    rates = ceiling()
+    best = max(rates.values())
+    report: dict = {"docs": len(texts), "threads": torch.get_num_threads(),
+                    "matmul_gflops_per_s": rates, "ceiling_gflops_per_s": best, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        texts_dir = work / "cases"
+        texts_dir.mkdir()
+        for i, text in zip(ids, texts):
+            (texts_dir / f"{i}.txt").write_text(text, encoding="utf-8")
+        os.environ.setdefault("CLINICAL_NER_CACHE", str(work / "cache"))
+        reference_spans = None
+        for run in args.runs.split(","):
+            backend, precision = run.split(":")
+            out, rss = isolated(pipeline_path, texts, precision, args.batch_tokens, 512, False,
+                                False, backend)
+            spans = out.pop("spans")
+            reference_spans = reference_spans or spans
+            out["mfu"] = round(out["model_gflops_per_s"] / best, 3)
+            out["span_agreement_with_first"] = round(agreement(reference_spans, spans), 4)
+            out["peak_rss_mib"] = rss
+            if not args.no_f1:
+                out["probe_f1"] = probe_f1(texts_dir, ids, work, backend, precision)
+            report["runs"][run] = out
+            print(run, json.dumps(out), file=sys.stderr)
+    print(json.dumps(report, indent=2))
+
+
+def agreement(a: dict, b: dict) -> float:
+    """Fraction of mentions (strict: document, label, offsets) found by both runs."""
+    sa = {(d, *s) for d, v in a.items() for s in v}
+    sb = {(d, *s) for d, v in b.items() for s in v}
+    return len(sa & sb) / max(len(sa | sb), 1)
+
+
+if __name__ == "__main__":
+    main()

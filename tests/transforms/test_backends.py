@@ -1,0 +1,95 @@
+"""The CPU backends: the dtype auto picks by timing, OpenVINO's encoder, its cache, its
+fall back to torch."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TOKENIZER
+from tests.fixtures.models import build_hf
+from transforms import backends
+from transforms.models import load_hf
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return build_hf(tmp_path_factory.mktemp("hf"), TOKENIZER, hidden=64)
+
+
+def windows(n: int = 4):
+    rng = np.random.default_rng(3)
+    ids = [np.concatenate([[0], rng.integers(5, 250000, int(k)), [2]])
+           for k in rng.integers(5, 40, n)]
+    return ids, [np.arange(1, len(w) - 1) for w in ids]
+
+
+@pytest.mark.parametrize("rates, picked", [
+    ({"fp32": 271.0, "bf16": 161.0, "fp16": 285.0}, "fp16"),   # AVX-512 BF16 without AMX
+    ({"fp32": 300.0, "bf16": 810.0, "fp16": 120.0}, "bf16"),   # AMX
+    ({"fp32": 90.0, "bf16": 20.0, "fp16": 10.0}, "fp32"),      # no bf16/fp16 units
+])
+def test_auto_picks_the_dtype_that_measured_fastest(monkeypatch, rates, picked):
+    backends.fastest_cpu_dtype.cache_clear()
+    monkeypatch.setattr(backends, "matmul_rate", lambda dtype, *a, **k: rates[
+        {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]])
+    assert backends.fastest_cpu_dtype(768, 3072) == picked
+    backends.fastest_cpu_dtype.cache_clear()
+
+
+def test_the_matmul_timing_measures_real_products():
+    assert backends.matmul_rate(torch.float32, 64, 256, tokens=64, seconds=0.01) > 1e6
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_gives_the_torch_labels_and_converts_once_per_machine(
+        hf_dir, cache, precision, monkeypatch):
+    want, _ = load_hf(str(hf_dir), CPU, None).predict(*windows(), [None])
+    model = load_hf(str(hf_dir), CPU, None)
+    assert model.use("openvino", precision) == f"openvino {precision}"
+    got, probs = model.predict(*windows(), [None])
+    agree = (got == want).mean()
+    assert agree == 1.0 if precision == "fp32" else agree > 0.9, agree
+    assert probs.dtype == np.float32
+    converted = []
+    real = backends._convert
+    monkeypatch.setattr(backends, "_convert", lambda *a: converted.append(a) or real(*a))
+    again = load_hf(str(hf_dir), CPU, None)
+    assert again.use("openvino", precision) == f"openvino {precision}"
+    assert converted == []                      # the second load read the cached conversion
+    assert len(list((cache / "openvino").glob("*/encoder.xml"))) == 1
+
+
+def test_a_failed_conversion_keeps_torch_with_one_warning(hf_dir, cache, monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(backends, "_convert", broken)
+    model = load_hf(str(hf_dir), CPU, None)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        runs_as = model.use("openvino", "int8")
+    assert runs_as.startswith("torch ")        # int8 has no torch path: the fastest float
+    assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == [
+        "openvino: could not convert the encoder (RuntimeError: unsupported operation); "
+        "running it with torch"]
+    labels, _ = model.predict(*windows(), [None])
+    assert len(labels) == sum(len(p) for p in windows()[1])
+
+
+def test_torch_cannot_run_int8():
+    model_precision = pytest.raises(ValueError, match="needs --backend openvino")
+    from transforms.models import resolve_dtype
+
+    with model_precision:
+        resolve_dtype("int8", CPU)

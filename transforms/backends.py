@@ -1,0 +1,186 @@
+"""Where the encoder runs on a CPU: torch, or OpenVINO (converted once, cached on disk).
+
+- ``fastest_cpu_dtype`` times the model's own matrix shapes per dtype, once per process: CPU
+  flags do not tell which dtype is fast (AVX-512 BF16 without AMX runs bf16 slower than fp32).
+- ``openvino_encoder`` converts a torch encoder to OpenVINO (fused attention and layer norms,
+  kernels chosen for the CPU at hand; ``int8``: 8-bit weights and activations, NNCF's
+  post-training quantization), caches
+  the converted model under ``$CLINICAL_NER_CACHE/openvino/`` keyed by the weights, and
+  returns a callable with the torch encoder's signature. A conversion that fails gives None
+  (the caller keeps torch, with one warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from transforms.storage import CACHE_ENV
+
+LOG = logging.getLogger("pipeline")
+RECIPE = "ptq-1"  # the conversion recipe: a new one converts again
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_rate(dtype: torch.dtype, hidden: int, intermediate: int, tokens: int = 1024,
+                seconds: float = 0.15) -> float:
+    """FLOP/s of this process's threads on the encoder's feed-forward product in ``dtype``."""
+    a = torch.randn(tokens, hidden).to(dtype)
+    b = torch.randn(hidden, intermediate).to(dtype)
+    torch.matmul(a, b)
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or done < 2:
+        torch.matmul(a, b)
+        done += 1
+    return 2.0 * tokens * hidden * intermediate * done / elapsed
+
+
+@functools.cache
+def fastest_cpu_dtype(hidden: int, intermediate: int) -> str:
+    """The fastest of fp32, bf16 and fp16 for these shapes on this CPU, by timing them."""
+    rates = {name: matmul_rate(dtype, hidden, intermediate) for name, dtype in _DTYPES.items()}
+    best = max(rates, key=rates.get)
+    LOG.info("precision auto: %s (matrix products, GFLOP/s: %s)", best,
+             ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items()))
+    return best
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def weights_key(module: torch.nn.Module, precision: str) -> str:
+    """A content key of a module's weights: names, shapes and about 4,096 values of each
+    (exact bytes, the same whatever the thread count)."""
+    import openvino
+
+    digest = hashlib.sha1(f"{openvino.__version__}:{RECIPE}:{precision}".encode())
+    with torch.no_grad():
+        for name, p in module.state_dict().items():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            digest.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            digest.update(flat[::step].float().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+class _Encoder(torch.nn.Module):
+    """The encoder's last hidden state from ids and mask (the graph OpenVINO converts)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+
+def _convert(encoder: torch.nn.Module, precision: str, path: Path) -> None:
+    """Convert (and for int8 compress) the encoder; write it to ``path`` atomically."""
+    import openvino as ov
+
+    example = {"input_ids": torch.full((2, 16), 5, dtype=torch.long),
+               "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    model = ov.convert_model(
+        _Encoder(encoder.float().eval()), example_input=example,
+        input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
+    if precision == "int8":
+        model = _quantize(model, getattr(encoder.config, "vocab_size", 250002))
+    partial = path.parent / f"partial-{os.getpid()}"
+    partial.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, partial / "encoder.xml", compress_to_fp16=False)
+    try:
+        partial.rename(path)
+    except OSError:  # another process of the worker finished first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _quantize(model, vocab_size: int):
+    """8-bit weights and activations (NNCF's transformer recipe: attention scores and layer
+    norms stay in float), activation ranges calibrated on seeded random windows."""
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)  # no progress bars or tables in the job's log
+    rng = np.random.default_rng(0)
+    samples = []
+    for length in (64, 96, 128, 192, 256, 320, 384, 512):
+        ids = rng.integers(5, vocab_size, (2, length))
+        ids[:, 0], ids[:, -1] = 0, 2  # <s> ... </s>
+        samples.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    return nncf.quantize(model, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(samples), fast_bias_correction=True)
+
+
+@contextlib.contextmanager
+def quiet():
+    """No tracer warnings, progress bars or tables from the conversion in the job's log."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | None
+                     ) -> Callable | None:
+    """``encoder`` run by OpenVINO on the CPU in ``precision`` (fp32, bf16, fp16, int8), or
+    None (with one warning) where OpenVINO is missing or the conversion fails."""
+    try:
+        import openvino as ov
+        from filelock import FileLock
+
+        root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
+        path = root / "openvino" / weights_key(encoder, precision)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with FileLock(str(path) + ".lock"):
+            converted = not path.exists()
+            if converted:
+                with quiet():
+                    _convert(encoder, precision, path)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
+                  "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(path / "compiled")}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(core.read_model(path / "encoder.xml"), "CPU", config)
+    except Exception as e:  # noqa: BLE001 - any conversion failure falls back to torch
+        LOG.warning("openvino: could not convert the encoder (%s: %s); running it with torch",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return None
+    LOG.info("openvino: encoder %s in %s (%s, %.1f s)", "converted" if converted else "cached",
+             precision, path.name, time.perf_counter() - started)
+    return OpenVINOEncoder(compiled)
+
+
+class OpenVINOEncoder:
+    """A compiled OpenVINO encoder called like the torch one: ``(input_ids=, attention_mask=)``
+    to a one-tuple of the last hidden state (fp32, on the CPU)."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.output = compiled.output(0)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor]:
+        request = self.compiled.create_infer_request()
+        result = request.infer({"input_ids": np.ascontiguousarray(input_ids.numpy()),
+                                "attention_mask": np.ascontiguousarray(attention_mask.numpy())})
+        return (torch.from_numpy(np.asarray(result[self.output])),)
