@@ -93,3 +93,14 @@ def test_torch_cannot_run_int8():
 
     with model_precision:
         resolve_dtype("int8", CPU)
+
+
+def test_a_gpu_keeps_torch_whatever_the_backend(hf_dir, monkeypatch):
+    called = []
+    monkeypatch.setattr(backends, "openvino_encoder", lambda *a: called.append(a))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    model = load_hf(str(hf_dir), CPU, None)
+    model.device = torch.device("cuda")   # as loaded on a GPU worker (weights stay put here)
+    assert model.use("auto", "auto") == "torch bfloat16"
+    assert model.use("openvino", "fp32") == "torch float32"
+    assert called == []
