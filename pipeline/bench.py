@@ -84,17 +84,10 @@ def flops_per_token(config, length: int) -> float:
 
 def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
     """GFLOP/s of the encoder's matrix products in ``dtype`` (one layer's shapes, all tokens)."""
+    from transforms.backends import matmul_rate
+
     shapes = [(tokens, 768, 768)] * 4 + [(tokens, 768, 3072), (tokens, 3072, 768)]
-    mats = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in shapes]
-    for a, b in mats:
-        a @ b
-    t0 = time.perf_counter()
-    reps = 3
-    for _ in range(reps):
-        for a, b in mats:
-            a @ b
-    seconds = time.perf_counter() - t0
-    return sum(2 * m * k * n for m, k, n in shapes) * reps / seconds / 1e9
+    return matmul_rate(dtype, shapes, seconds=1.0) / 1e9
 
 
 class Counted:
@@ -137,7 +130,7 @@ def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_token
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     model = base_model(stable=stable)
     t0 = time.perf_counter()
-    clf = TokenClassifier(model.base_model, {None: model.classifier}, pick_device(), None)
+    clf = TokenClassifier(model.base_model, {None: model.classifier}, pick_device())
     runs_as = clf.use(backend, precision, torch.get_num_threads())
     startup = time.perf_counter() - t0
     spec = TaskSpec("t", "hf", "bench", ("es",), str(TOKENIZER), heads={"es": (None,)},

@@ -22,36 +22,39 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from transforms.models import PRECISION_DTYPES
 from transforms.storage import CACHE_ENV
 
 LOG = logging.getLogger("pipeline")
 RECIPE = "ptq-1"  # the conversion recipe: a new one converts again
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def matmul_rate(dtype: torch.dtype, hidden: int, intermediate: int, tokens: int = 1024,
+def matmul_rate(dtype: torch.dtype, shapes: Sequence[tuple[int, int, int]],
                 seconds: float = 0.15) -> float:
-    """FLOP/s of this process's threads on the encoder's feed-forward product in ``dtype``."""
-    a = torch.randn(tokens, hidden).to(dtype)
-    b = torch.randn(hidden, intermediate).to(dtype)
-    torch.matmul(a, b)
-    done, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or done < 2:
+    """FLOP/s of this process's threads on matrix products of ``shapes`` (m, k, n) in
+    ``dtype``, each product once per round, rounds timed for ``seconds`` (at least two)."""
+    mats = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in shapes]
+    for a, b in mats:
         torch.matmul(a, b)
-        done += 1
-    return 2.0 * tokens * hidden * intermediate * done / elapsed
+    rounds, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or rounds < 2:
+        for a, b in mats:
+            torch.matmul(a, b)
+        rounds += 1
+    return sum(2.0 * m * k * n for m, k, n in shapes) * rounds / elapsed
 
 
 @functools.cache
 def fastest_cpu_dtype(hidden: int, intermediate: int) -> str:
     """The fastest of fp32, bf16 and fp16 for these shapes on this CPU, by timing them."""
-    rates = {name: matmul_rate(dtype, hidden, intermediate) for name, dtype in _DTYPES.items()}
+    rates = {name: matmul_rate(dtype, [(1024, hidden, intermediate)])
+             for name, dtype in PRECISION_DTYPES.items()}
     best = max(rates, key=rates.get)
     LOG.info("precision auto: %s (matrix products, GFLOP/s: %s)", best,
              ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items()))

@@ -167,10 +167,10 @@ class TokenClassifierHandler(ModelHandler[Group, Group, Any]):
             torch.set_num_threads(config.threads)
         device = pick_device(config.require_cuda)
         if spec.kind == "hf":
-            model = load_hf(spec.model, device, None, spec.revision)
+            model = load_hf(spec.model, device, spec.revision)
         else:
             model = load_mtl(spec.model, spec.encoder, [h for h in spec.all_heads if h],
-                             device, None, spec.revision)
+                             device, spec.revision)
         runs_as = model.use(config.backend, config.precision, config.threads)
         if config.compile and runs_as.startswith("torch"):
             model.compile()

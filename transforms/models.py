@@ -184,14 +184,14 @@ class TokenClassifier:
         encoder: torch.nn.Module,
         heads: dict[str | None, torch.nn.Module],
         device: torch.device,
-        dtype: torch.dtype | None,
     ) -> None:
-        # The encoder runs in ``dtype`` (its weights converted once: cheaper than autocast,
-        # which converts them on every batch); heads and probabilities stay fp32.
-        self.encoder = encoder.to(device=device, dtype=dtype or torch.float32).eval()
+        # Loaded in fp32; ``use`` converts the encoder once to its compute dtype (cheaper than
+        # autocast, which converts the weights on every batch); heads and probabilities stay
+        # fp32.
+        self.encoder = encoder.to(device=device, dtype=torch.float32).eval()
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
-        self.dtype = dtype or torch.float32
+        self.dtype = torch.float32
         config = getattr(encoder, "config", None)
         pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
@@ -261,8 +261,8 @@ class TokenClassifier:
                 torch.stack(probs, 1).cpu().numpy())
 
 
-def load_hf(model_dir: str, device: torch.device, dtype: torch.dtype | None,
-            revision: str | None = None) -> TokenClassifier:
+def load_hf(model_dir: str, device: torch.device, revision: str | None = None
+            ) -> TokenClassifier:
     """A Hugging Face token classifier: its base model as encoder, its classifier as the head."""
     from transformers import AutoModelForTokenClassification
 
@@ -271,12 +271,12 @@ def load_hf(model_dir: str, device: torch.device, dtype: torch.dtype | None,
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Module):
         raise ModelLoadError(f"{model_dir!r} has no token-classification head (`classifier`)")
-    return TokenClassifier(model.base_model, {None: head}, device, dtype)
+    return TokenClassifier(model.base_model, {None: head}, device)
 
 
 def load_mtl(
     checkpoint: str, encoder_name: str, head_names: Sequence[str], device: torch.device,
-    dtype: torch.dtype | None, revision: str | None = None,
+    revision: str | None = None,
 ) -> TokenClassifier:
     """A DT4H multi-task checkpoint: the encoder built from ``encoder_name``'s config."""
     from transformers import AutoConfig, AutoModel
@@ -304,4 +304,4 @@ def load_mtl(
         lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
         lin.load_state_dict({"weight": weight, "bias": bias})
         heads[name] = lin
-    return TokenClassifier(encoder, heads, device, dtype)
+    return TokenClassifier(encoder, heads, device)

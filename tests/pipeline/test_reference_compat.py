@@ -47,7 +47,7 @@ def test_stl_same_rows_as_the_reference(compat_out, smoke_tasks, spaccc_sample):
 def test_mtl_same_rows_as_the_reference(compat_out, smoke_tasks, spaccc_sample):
     spec = load_tasks(str(smoke_tasks))["symptom"]
     (head,) = spec.heads_for("es")
-    model = load_mtl(spec.model, spec.encoder, [head], torch.device("cpu"), None)
+    model = load_mtl(spec.model, spec.encoder, [head], torch.device("cpu"))
     expected = oracle_rows(spec, head_logits_fn(model.encoder, model.heads[head]),
                            dict(enumerate(spec.labels[head])), spaccc_sample)
     assert len(expected) > 100

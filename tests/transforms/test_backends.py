@@ -49,14 +49,14 @@ def test_auto_picks_the_dtype_that_measured_fastest(monkeypatch, rates, picked):
 
 
 def test_the_matmul_timing_measures_real_products():
-    assert backends.matmul_rate(torch.float32, 64, 256, tokens=64, seconds=0.01) > 1e6
+    assert backends.matmul_rate(torch.float32, [(64, 64, 256)], seconds=0.01) > 1e6
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_openvino_gives_the_torch_labels_and_converts_once_per_machine(
         hf_dir, cache, precision, monkeypatch):
-    want, _ = load_hf(str(hf_dir), CPU, None).predict(*windows(), [None])
-    model = load_hf(str(hf_dir), CPU, None)
+    want, _ = load_hf(str(hf_dir), CPU).predict(*windows(), [None])
+    model = load_hf(str(hf_dir), CPU)
     assert model.use("openvino", precision) == f"openvino {precision}"
     got, probs = model.predict(*windows(), [None])
     agree = (got == want).mean()
@@ -65,7 +65,7 @@ def test_openvino_gives_the_torch_labels_and_converts_once_per_machine(
     converted = []
     real = backends._convert
     monkeypatch.setattr(backends, "_convert", lambda *a: converted.append(a) or real(*a))
-    again = load_hf(str(hf_dir), CPU, None)
+    again = load_hf(str(hf_dir), CPU)
     assert again.use("openvino", precision) == f"openvino {precision}"
     assert converted == []                      # the second load read the cached conversion
     assert len(list((cache / "openvino").glob("*/encoder.xml"))) == 1
@@ -76,7 +76,7 @@ def test_a_failed_conversion_keeps_torch_with_one_warning(hf_dir, cache, monkeyp
         raise RuntimeError("unsupported operation")
 
     monkeypatch.setattr(backends, "_convert", broken)
-    model = load_hf(str(hf_dir), CPU, None)
+    model = load_hf(str(hf_dir), CPU)
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         runs_as = model.use("openvino", "int8")
     assert runs_as.startswith("torch ")        # int8 has no torch path: the fastest float
@@ -88,10 +88,9 @@ def test_a_failed_conversion_keeps_torch_with_one_warning(hf_dir, cache, monkeyp
 
 
 def test_torch_cannot_run_int8():
-    model_precision = pytest.raises(ValueError, match="needs --backend openvino")
     from transforms.models import resolve_dtype
 
-    with model_precision:
+    with pytest.raises(ValueError, match="needs --backend openvino"):
         resolve_dtype("int8", CPU)
 
 
@@ -99,7 +98,7 @@ def test_a_gpu_keeps_torch_whatever_the_backend(hf_dir, monkeypatch):
     called = []
     monkeypatch.setattr(backends, "openvino_encoder", lambda *a: called.append(a))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    model = load_hf(str(hf_dir), CPU, None)
+    model = load_hf(str(hf_dir), CPU)
     model.device = torch.device("cuda")   # as loaded on a GPU worker (weights stay put here)
     assert model.use("auto", "auto") == "torch bfloat16"
     assert model.use("openvino", "fp32") == "torch float32"

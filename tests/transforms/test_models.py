@@ -25,7 +25,7 @@ def test_both_head_layouts_and_the_model_prefix(tmp_path, encoder_dir, name, leg
     heads = mtl_heads(load_state_dict(str(path)))
     assert sorted(heads) == HEADS
     assert all(w.shape == (3, 32) and b.shape == (3,) for w, b in heads.values())
-    model = load_mtl(str(path), str(encoder_dir), HEADS, CPU, None)
+    model = load_mtl(str(path), str(encoder_dir), HEADS, CPU)
     assert set(model.heads) == set(HEADS)
 
 
@@ -73,7 +73,7 @@ def test_pad_to_the_longest_or_a_fixed_length():
 
 def test_mtl_runs_the_encoder_once_per_batch_and_every_head_asked(tmp_path, encoder_dir):
     path = build_mtl(tmp_path / "m.pt", encoder_dir, TOKENIZER)
-    model = load_mtl(str(path), str(encoder_dir), HEADS, CPU, None)
+    model = load_mtl(str(path), str(encoder_dir), HEADS, CPU)
     calls = []
     model.encoder.register_forward_hook(lambda *a: calls.append(1))
     ids, pos = windows(np.random.default_rng(0), 4)
@@ -99,7 +99,7 @@ def test_hf_predictions_match_the_transformers_model(tmp_path):
     from transformers import AutoModelForTokenClassification
 
     d = build_hf(tmp_path / "stl", TOKENIZER)
-    model = load_hf(str(d), CPU, None)
+    model = load_hf(str(d), CPU)
     ref = AutoModelForTokenClassification.from_pretrained(d).eval()
     ids, pos = windows(np.random.default_rng(1), 3)
     labels, _ = model.predict(ids, pos, [None])
