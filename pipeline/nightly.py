@@ -119,8 +119,6 @@ def launch_body(settings: Settings, day: date, force: bool) -> dict:
         pipeline_options.append(
             f"dataflow_service_options=worker_accelerator=type:{settings.gpu};count:1;"
             "install-nvidia-driver:latest")
-    else:
-        parameters.setdefault("precision", "auto")
     if force:
         parameters["force"] = "true"
     environment = {
@@ -251,7 +249,14 @@ def main(argv: Sequence[str] | None = None, dataflow: Dataflow | None = None,
     days = args.dates or recent_days(today or datetime.now(timezone.utc).date(),
                                      args.catch_up_days)
     if dataflow is None and not args.dry_run:
-        dataflow = DataflowApi(settings.project, settings.region)
+        import google.auth.exceptions
+
+        try:
+            dataflow = DataflowApi(settings.project, settings.region)
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise SystemExit("launch/nightly.sh: no Google Cloud credentials: run it as a "
+                             "service account (the Cloud Run job's) or after `gcloud auth "
+                             "application-default login`; --dry_run needs none") from None
     active = dataflow.active_jobs() if dataflow is not None else set()
     launch, left = plan(settings, days, active, args.force, args.max_launches)
     for day, why in sorted(left.items()):

@@ -42,3 +42,14 @@ def test_a_bad_date_or_a_missing_setting_exits_2_with_a_reason(tmp_path):
     assert bad.returncode == 2 and "2026-11-31" in bad.stderr
     unset = nightly("--dry_run", BUCKET=str(tmp_path), IMAGE="img")
     assert unset.returncode == 2 and "set --project (or PROJECT)" in unset.stderr
+
+
+def test_without_credentials_the_launcher_says_so_in_one_line(tmp_path):
+    (tmp_path / "exports" / "2026-11-21").mkdir(parents=True)
+    done = nightly("2026-11-21", PROJECT="p", BUCKET=str(tmp_path), IMAGE="img",
+                   GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json"),
+                   CLOUDSDK_CONFIG=str(tmp_path / "gcloud"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "launch/nightly.sh: no Google Cloud credentials")
+    assert "Traceback" not in done.stderr
