@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from pipeline.options import AnnotateOptions, parse_options, wants_gpu
 from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
                               write_run_record)
-from pipeline.tasks import TaskFileError, has_random_weights, load_tasks
+from pipeline.tasks import TaskFileError, has_random_weights, load_tasks, pin_revisions
 from transforms.align import AlignDoFn
 from transforms.batch import GroupDocuments
 from transforms.handlers import InferenceConfig, TokenClassifierHandler
@@ -140,7 +140,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     opts = options.view_as(AnnotateOptions)
     opts.validate_required()
-    specs = load_tasks(opts.tasks)
+    specs = pin_revisions(load_tasks(opts.tasks))
     check_windows(specs, opts)
     LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
     for spec in specs.values():

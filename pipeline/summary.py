@@ -85,14 +85,15 @@ def code_version() -> dict[str, str | None]:
     return {"package": version, "commit": commit}
 
 
-def model_version(location: str) -> dict[str, Any]:
+def model_version(location: str, revision: str | None = None) -> dict[str, Any]:
     """A fingerprint of a model: for a local one its file names, sizes and first 64 KiB of
-    each; for a remote one (gs://, s3://) its objects' names, sizes and checksums; a hub id
-    stands for itself."""
+    each; for a remote one (gs://, s3://) its objects' names, sizes and checksums; for a hub
+    id the commit it was pinned to (``revision``)."""
     path = Path(location)
     if not path.exists():
-        if "://" not in location:
-            return {"location": location}
+        if "://" not in location or location.startswith("hf://"):
+            return {"location": location, "revision": revision,
+                    "fingerprint": (revision or "unpinned")[:16]}
         fs, root = fsspec.core.url_to_fs(location)
         infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
         digest = hashlib.sha1("".join(
@@ -121,7 +122,7 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
     return {
         "task_file": opts.tasks,
         "tasks": {name: {"kind": s.kind, "languages": list(s.languages),
-                         "model": model_version(s.model), "encoder": s.encoder,
+                         "model": model_version(s.model, s.revision), "encoder": s.encoder,
                          "tokenizer": s.tokenizer, "heads": dict(s.heads),
                          "labels": {str(h): list(v) for h, v in s.labels.items()}}
                   for name, s in sorted(specs.items())},

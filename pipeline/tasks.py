@@ -19,7 +19,9 @@ Parsing imports neither torch nor Beam until a model file must be opened.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import posixpath
 import re
 from typing import Any, Mapping
@@ -33,12 +35,14 @@ from transforms.storage import localize
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEAD_ENTITY = re.compile(r"^([A-Za-z]+)(?:_[a-z]{2})?(?:_ner)?$")
+LOG = logging.getLogger("pipeline")
 RANDOM_WEIGHTS_MARKER = "SMOKE_TEST_RANDOM_WEIGHTS"
 # The files that define a tokenizer's output (two tasks with equal files share windows).
 _TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt")
 
-__all__ = ["TaskFileError", "TaskSpec", "load_tasks", "normalize_lang", "has_random_weights"]
+__all__ = ["TaskFileError", "TaskSpec", "has_random_weights", "load_tasks", "normalize_lang",
+           "pin_revisions"]
 
 
 class TaskFileError(ValueError):
@@ -71,8 +75,13 @@ def tokenizer_key(location: str) -> str:
     return location
 
 
-def load_tasks(path: str) -> dict[str, TaskSpec]:
-    """Read and validate a task file; raise ``TaskFileError`` on the first problem found."""
+def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
+    """Read and validate a task file; raise ``TaskFileError`` on the first problem found.
+
+    ``open_models=False`` validates the file alone (kinds, heads, languages, labels given in
+    it) without opening a model, config or checkpoint: no hub, no downloads; an ``hf`` task's
+    labels are then unknown (empty) and heads are not checked against the checkpoint.
+    """
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -83,7 +92,8 @@ def load_tasks(path: str) -> dict[str, TaskSpec]:
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict) or not raw["tasks"]:
         raise TaskFileError(f"task file {path!r} needs a non-empty mapping under `tasks:`")
     base = posixpath.dirname(path)
-    return {name: _parse(str(name), cfg, base) for name, cfg in raw["tasks"].items()}
+    return {name: _parse(str(name), cfg, base, open_models)
+            for name, cfg in raw["tasks"].items()}
 
 
 def _resolve(location: str, base: str) -> str:
@@ -99,7 +109,7 @@ def _resolve(location: str, base: str) -> str:
         return location
 
 
-def _parse(name: str, cfg: Any, base: str) -> TaskSpec:
+def _parse(name: str, cfg: Any, base: str, open_models: bool) -> TaskSpec:
     def fail(msg: str) -> TaskFileError:
         return TaskFileError(f"task {name!r}: {msg}")
 
@@ -114,7 +124,9 @@ def _parse(name: str, cfg: Any, base: str) -> TaskSpec:
         raise fail("`model:` is missing: a model directory, hub id or checkpoint path")
     model = _resolve(str(cfg["model"]), base)
     try:
-        spec = (_parse_hf if kind == "hf" else _parse_mtl)(name, cfg, model, base)
+        if cfg.get("revision") is not None and not isinstance(cfg["revision"], str):
+            raise ValueError("`revision:` must be a branch, tag or commit, as a string")
+        spec = (_parse_hf if kind == "hf" else _parse_mtl)(name, cfg, model, base, open_models)
     except TaskFileError:
         raise
     except (ValueError, OSError) as e:
@@ -161,12 +173,13 @@ def _max_positions(config: Mapping[str, Any]) -> int | None:
     return n - (pad + 1) if str(config.get("model_type", "")).endswith("roberta") and pad else n
 
 
-def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
+def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str, open_models: bool
+              ) -> TaskSpec:
     revision = cfg.get("revision")
     config = _config(model, "model", "point `model:` at a local directory with config.json "
                      "(download it once where a hub is reachable), or run where the hub is "
-                     "reachable", revision)
-    labels = bio_scheme(config.get("id2label") or {}).id2label
+                     "reachable", revision) if open_models else {}
+    labels = bio_scheme(config.get("id2label") or {}).id2label if open_models else ()
     langs = _languages(cfg, [])
     tokenizer = _resolve(str(cfg.get("tokenizer", model)), base)
     return TaskSpec(
@@ -206,33 +219,22 @@ def _head_labels(cfg: Mapping[str, Any], head: str) -> list[str]:
     return _default_labels(head, entity)
 
 
-def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str) -> TaskSpec:
-    from transforms.models import ModelLoadError, load_state_dict, mtl_heads
-
+def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str, open_models: bool
+               ) -> TaskSpec:
     heads = _heads(cfg)
     langs = _languages(cfg, list(heads))
     no_head = [lang for lang in langs if lang not in heads]
     if no_head:
         raise ValueError(f"languages {no_head} have no entry in `heads:`")
-    check_location(model)
-    try:
-        found = mtl_heads(load_state_dict(model, cfg.get("revision")))
-    except ModelLoadError as e:
-        raise ValueError(f"{e}{hub_note(model)}") from None
     wanted = sorted({h for lang in langs for h in heads[lang]})
-    missing = [h for h in wanted if h not in found]
-    if missing:
-        raise ValueError(
-            f"checkpoint {model!r} has no head {missing}; its heads are {sorted(found)}. "
-            "Fix `heads:` to name existing heads"
-        )
+    found = _checkpoint_heads(model, cfg.get("revision"), wanted) if open_models else {}
     encoder = _resolve(str(cfg.get("encoder", "FacebookAI/xlm-roberta-base")), base)
     config = _config(encoder, "encoder", "set `encoder:` to a local xlm-roberta-base directory "
-                     "(config and tokenizer)")
+                     "(config and tokenizer)") if open_models else {}
     labels: dict[str | None, tuple[str, ...]] = {}
     for head in wanted:
         labs = bio_scheme(dict(enumerate(_head_labels(cfg, head)))).id2label
-        n_out = found[head][0].shape[0]
+        n_out = found[head][0].shape[0] if open_models else len(labs)
         if len(labs) != n_out:
             raise ValueError(f"head {head!r} has {n_out} outputs but labels are {list(labs)}")
         labels[head] = labs
@@ -243,6 +245,24 @@ def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str) -> Task
         tokenizer_key=tokenizer_key(tokenizer), revision=cfg.get("revision"),
         max_positions=_max_positions(config),
     )
+
+
+def _checkpoint_heads(model: str, revision: str | None, wanted: list[str]) -> dict:
+    """The checkpoint's heads (name -> weight, bias); every head in ``wanted`` must be one."""
+    from transforms.models import ModelLoadError, load_state_dict, mtl_heads
+
+    check_location(model)
+    try:
+        found = mtl_heads(load_state_dict(model, revision))
+    except ModelLoadError as e:
+        raise ValueError(f"{e}{hub_note(model)}") from None
+    missing = [h for h in wanted if h not in found]
+    if missing:
+        raise ValueError(
+            f"checkpoint {model!r} has no head {missing}; its heads are {sorted(found)}. "
+            "Fix `heads:` to name existing heads"
+        )
+    return found
 
 
 def _default_labels(head: str, entity: str | None) -> list[str]:
@@ -304,3 +324,53 @@ def hub_note(location: str) -> str:
     """Why a hub model may have failed to load, if the hub could not be reached."""
     state = _hub.get("state", "reachable")
     return f"; {state}" if is_hub_id(location) and state != "reachable" else ""
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_commit(location: str, revision: str | None) -> str | None:
+    """The commit a hub model's ``revision`` (default ``main``) names now: itself when it is a
+    commit id, else the hub's answer, else the local hub cache's ref (offline); None when
+    neither knows it."""
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    repo, rev = location.removeprefix("hf://"), revision or "main"
+    if _COMMIT.match(rev):
+        return rev
+    check_location(location)
+    if not constants.HF_HUB_OFFLINE:
+        from huggingface_hub import HfApi
+
+        try:
+            return HfApi().model_info(repo, revision=rev).sha
+        except Exception:  # noqa: BLE001 - unreachable or unknown: try the local cache
+            pass
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / rev
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def pin_revisions(specs: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
+    """Each hub model pinned to the commit its revision names now, so that every worker loads
+    that commit and the run records it (``run.json``, the shard markers' fingerprint); a hub
+    model without ``revision:`` gets one warning. Local models are left as they are (their
+    fingerprint is a content hash)."""
+    pinned = {}
+    for name, spec in specs.items():
+        if not is_hub_id(spec.model):
+            pinned[name] = spec
+            continue
+        commit = hub_commit(spec.model, spec.revision)
+        if commit is None:
+            raise TaskFileError(f"task {name!r}: cannot resolve revision "
+                                f"{spec.revision or 'main'!r} of {spec.model!r}"
+                                f"{hub_note(spec.model)}. Fix: give `revision:` a commit id, "
+                                "or download the model once and point `model:` at it")
+        if spec.revision is None:
+            LOG.warning("task %s: %s is not pinned (no `revision:`): this run uses its commit "
+                        "%s; add `revision: %s` to the task file to keep later runs on it",
+                        name, spec.model, commit, commit)
+        pinned[name] = dataclasses.replace(spec, revision=commit)
+    return pinned

@@ -140,3 +140,36 @@ def test_run_record(annotated, spaccc_sample, smoke_tasks):
     assert len(record["config"]["tasks"]["symptom"]["model"]["fingerprint"]) == 16
     assert record["started"] < record["ended"] and record["throughput"]["documents_per_s"] > 0
     assert "documents/annotated" in proc.stderr  # the counters table at the end of the run
+
+
+def test_a_multilabel_task_gives_the_rows_of_one_task_per_head_in_one_encoder_pass(
+        spaccc_sample, tmp_path):
+    from tests.conftest import TOKENIZER
+    from tests.fixtures.models import build_mtl
+
+    heads = ("disease", "symptom", "procedure")
+    ckpt = build_mtl(tmp_path / "m" / "multilabel.pt", tmp_path / "m" / "enc", TOKENIZER,
+                     heads=heads, seed=4)
+    common = f"    kind: mtl\n    model: {ckpt}\n    encoder: {tmp_path / 'm' / 'enc'}\n"
+    one = tmp_path / "one.yaml"
+    one.write_text(f"tasks:\n  dt4h:\n{common}    heads: {{es: [{', '.join(heads)}]}}\n")
+    each = tmp_path / "each.yaml"
+    each.write_text("tasks:\n" + "".join(f"  {h}:\n{common}    heads: {{es: {h}}}\n"
+                                         for h in heads))
+    for name in ("one", "each"):
+        run_pipeline("--input", str(spaccc_sample), "--output", str(tmp_path / name),
+                     "--tasks", str(tmp_path / f"{name}.yaml"), "--language", "es")
+
+    def rows(path):
+        df = pd.read_csv(path, sep="\t", keep_default_na=False)
+        return sorted(map(tuple, df.itertuples(index=False)))
+
+    together = rows(tmp_path / "one" / "dt4h.tsv")
+    assert together == sorted(r for h in heads for r in rows(tmp_path / "each" / f"{h}.tsv"))
+    assert {r[1] for r in together} == {"DISEASE", "SYMPTOM", "PROCEDURE"}
+    spans = {(r[0], r[2], r[3], r[1]) for r in together}
+    assert any((d, s, e, other) in spans for d, s, e, label in spans for other in
+               {"DISEASE", "SYMPTOM", "PROCEDURE"} - {label})   # overlaps across labels kept
+    one_counts = json.loads((tmp_path / "one" / "run.json").read_text())["counts"]
+    each_counts = json.loads((tmp_path / "each" / "run.json").read_text())["counts"]
+    assert one_counts["tokens/real_dt4h"] == each_counts["tokens/real_disease"] > 0

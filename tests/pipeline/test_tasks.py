@@ -79,3 +79,99 @@ def test_unreadable_task_file(tmp_path):
 def test_language_codes():
     assert normalize_lang("CZ") == "cs"
     assert normalize_lang("es-ES") == "es"
+
+
+CATALOGUE = {  # file -> {model: languages}, as the DT4H model cards list them
+    "dt4h-stl.yaml": {f"BSC-NLP4BIA/DT4H_XLM-R_stl_multilingual_{e}": "es it ro en nl sv cs"
+                      for e in ("disease", "symptom", "procedure")},
+    "dt4h-mtl-es-it-ro.yaml": {f"BSC-NLP4BIA/DT4H_XLM-R_mtl_es-it-ro_{e}": "es it ro"
+                               for e in ("disease", "symptom", "procedure")},
+    "dt4h-mtl-en-nl-sv.yaml": {f"BSC-NLP4BIA/DT4H_XLM-R_mtl_en-nl-sv_{e}": "en nl sv"
+                               for e in ("disease", "symptom", "procedure")},
+    "dt4h-multilabel.yaml": {"BSC-NLP4BIA/DT4H_XLM-R_mtl_multilingual_multilabel":
+                             "es it ro en nl sv cs"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_the_catalogue_task_files_validate_without_the_hub(name, monkeypatch):
+    import pipeline.tasks as tasks
+
+    def no_model(location):
+        raise AssertionError(f"opened {location}")
+
+    monkeypatch.setattr(tasks, "check_location", no_model)
+    specs = load_tasks(str(Path(__file__).parents[2] / "tasks" / name), open_models=False)
+    assert {s.model: " ".join(s.languages) for s in specs.values()} == CATALOGUE[name]
+    for spec in specs.values():
+        entity = spec.model.rsplit("_", 1)[-1]
+        for lang in spec.languages:
+            if spec.kind == "hf":
+                assert spec.heads_for(lang) == (None,)
+            elif entity == "multilabel":      # one pass, one head per entity type
+                assert spec.heads_for(lang) == ("disease", "symptom", "procedure")
+            else:                             # one head per language
+                assert spec.heads_for(lang) == (f"{entity}_{lang}_ner",)
+        for head in spec.all_heads:
+            if head is not None:
+                ent = (head if entity == "multilabel" else entity).upper()
+                assert spec.labels[head] == (f"B-{ent}", f"I-{ent}", "O")
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch, smoke_tasks):
+    """An offline hub cache holding one model at two commits: ``main`` and tag ``v2``."""
+    import huggingface_hub.constants as constants
+
+    repo = tmp_path / "hub" / "models--BSC-NLP4BIA--tiny-stl"
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for ref, sha in commits.items():
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(sha)
+        shutil.copytree(smoke_tasks.parent / "stl_procedure", repo / "snapshots" / sha)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return commits
+
+
+def test_hub_models_are_pinned_to_a_commit_that_the_fingerprint_records(
+        hub_cache, tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from pipeline.summary import OUTPUT_OPTIONS, job_config
+    from pipeline.tasks import pin_revisions
+    from transforms.shards import config_fingerprint
+
+    def run_config(revision: str) -> tuple[dict, str]:
+        body = ("tasks:\n  procedure:\n    kind: hf\n    model: BSC-NLP4BIA/tiny-stl\n"
+                f"    languages: [es]\n{revision}")
+        specs = pin_revisions(load_tasks(write(tmp_path, body)))
+        opts = SimpleNamespace(tasks="t.yaml", **{k: None for k in OUTPUT_OPTIONS})
+        config = job_config(opts, specs)
+        return config["tasks"]["procedure"]["model"], config_fingerprint(config)
+
+    with caplog.at_level("WARNING", logger="pipeline"):
+        unpinned, fp_main = run_config("")
+    assert unpinned["revision"] == hub_cache["main"]
+    assert [r.message for r in caplog.records] == [
+        f"task procedure: BSC-NLP4BIA/tiny-stl is not pinned (no `revision:`): this run uses "
+        f"its commit {hub_cache['main']}; add `revision: {hub_cache['main']}` to the task file "
+        "to keep later runs on it"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline"):
+        tagged, fp_v2 = run_config("    revision: v2\n")
+        same, fp_main_pinned = run_config(f"    revision: '{hub_cache['main']}'\n")
+    assert caplog.records == []
+    assert tagged["revision"] == hub_cache["v2"] and fp_v2 != fp_main   # another revision
+    assert fp_main_pinned == fp_main                                      # redoes the shards
+
+
+def test_an_unknown_revision_is_a_set_up_error(hub_cache, tmp_path):
+    from pipeline.tasks import pin_revisions
+
+    body = ("tasks:\n  procedure:\n    kind: hf\n    model: BSC-NLP4BIA/tiny-stl\n"
+            "    languages: [es]\n    revision: v9\n")
+    spec = load_tasks(write(tmp_path, body), open_models=False)
+    with pytest.raises(TaskFileError, match="cannot resolve revision 'v9' of 'BSC-NLP4BIA/"):
+        pin_revisions(spec)
