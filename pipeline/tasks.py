@@ -374,3 +374,27 @@ def pin_revisions(specs: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
                         name, spec.model, commit, commit)
         pinned[name] = dataclasses.replace(spec, revision=commit)
     return pinned
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.tasks FILE...``: validate task files, print each task's model,
+    languages and heads (``--open_models`` also opens every model, config and checkpoint)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tasks", description=main.__doc__)
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--open_models", action="store_true",
+                    help="also open the models (hub or files): labels and heads checked")
+    args = ap.parse_args(argv)
+    try:
+        for path in args.files:
+            for name, spec in load_tasks(path, args.open_models).items():
+                heads = ", ".join(h for h in spec.all_heads if h) or "the model's"
+                print(f"{path}: {name}: {spec.kind} {spec.model}; languages "
+                      f"{' '.join(spec.languages)}; heads {heads}")
+    except TaskFileError as e:
+        raise SystemExit(f"pipeline.tasks: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

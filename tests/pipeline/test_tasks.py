@@ -175,3 +175,15 @@ def test_an_unknown_revision_is_a_set_up_error(hub_cache, tmp_path):
     spec = load_tasks(write(tmp_path, body), open_models=False)
     with pytest.raises(TaskFileError, match="cannot resolve revision 'v9' of 'BSC-NLP4BIA/"):
         pin_revisions(spec)
+
+
+def test_the_task_file_check_command(capsys, tmp_path):
+    from pipeline.tasks import main
+
+    main([str(Path(__file__).parents[2] / "tasks" / "dt4h-multilabel.yaml")])
+    assert capsys.readouterr().out.endswith(
+        "dt4h: mtl BSC-NLP4BIA/DT4H_XLM-R_mtl_multilingual_multilabel; languages es it ro en nl "
+        "sv cs; heads disease, symptom, procedure\n")
+    bad = write(tmp_path, "tasks:\n  x:\n    kind: mtl\n    model: a/b\n    heads: {es: [1]}\n")
+    with pytest.raises(SystemExit, match="pipeline.tasks: task 'x': `heads: es:` must name"):
+        main([bad])
