@@ -337,7 +337,8 @@ def hub_commit(location: str, revision: str | None) -> str | None:
 
     from huggingface_hub import constants
 
-    repo, rev = location.removeprefix("hf://"), revision or "main"
+    repo = "/".join(location.removeprefix("hf://").split("/")[:2])  # hf://org/name/file.pt
+    rev = revision or "main"
     if _COMMIT.match(rev):
         return rev
     check_location(location)

@@ -187,3 +187,10 @@ def test_the_task_file_check_command(capsys, tmp_path):
     bad = write(tmp_path, "tasks:\n  x:\n    kind: mtl\n    model: a/b\n    heads: {es: [1]}\n")
     with pytest.raises(SystemExit, match="pipeline.tasks: task 'x': `heads: es:` must name"):
         main([bad])
+
+
+def test_a_checkpoint_named_inside_a_hub_repo_is_pinned_to_the_repo_commit(hub_cache):
+    from pipeline.tasks import hub_commit
+
+    assert hub_commit("hf://BSC-NLP4BIA/tiny-stl/model.pt", None) == hub_cache["main"]
+    assert hub_commit("BSC-NLP4BIA/tiny-stl", "v2") == hub_cache["v2"]
