@@ -31,7 +31,7 @@ from transforms.models import PRECISION_DTYPES
 from transforms.storage import CACHE_ENV
 
 LOG = logging.getLogger("pipeline")
-RECIPE = "ptq-2"  # the conversion recipe: a new one converts again
+RECIPE = "ptq-3"  # the conversion recipe: a new one converts again
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
 
@@ -88,16 +88,21 @@ class _Encoder(torch.nn.Module):
     """The encoder's last hidden state from word embeddings and mask: the graph OpenVINO
     converts. The vocabulary lookup stays in torch (a gather), so the graph holds no
     vocabulary-sized constant, which made compiling it (and NNCF's calibration copy) slow;
-    positions are counted over the mask as the model counts them over non-pad ids."""
+    a RoBERTa-type model's positions are counted over the mask as it counts them over non-pad
+    ids (from embeddings alone it would count pads too); other models number positions from 0
+    whatever the ids, as they do from embeddings."""
 
     def __init__(self, encoder: torch.nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
-        self.pad = int(getattr(encoder.config, "pad_token_id", 1) or 0)
+        config = encoder.config
+        self.pad = (int(config.pad_token_id or 0)
+                    if str(getattr(config, "model_type", "")).endswith("roberta") else None)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
                 ) -> torch.Tensor:
-        positions = torch.cumsum(attention_mask, dim=1) * attention_mask + self.pad
+        positions = (None if self.pad is None
+                     else torch.cumsum(attention_mask, dim=1) * attention_mask + self.pad)
         return self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                             position_ids=positions)[0]
 

@@ -103,3 +103,19 @@ def test_a_gpu_keeps_torch_whatever_the_backend(hf_dir, monkeypatch):
     assert model.use("auto", "auto") == "torch bfloat16"
     assert model.use("openvino", "fp32") == "torch float32"
     assert called == []
+
+
+def test_openvino_numbers_positions_as_a_bert_type_model_does(tmp_path, cache):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    labels = {0: "O", 1: "B-X", 2: "I-X"}
+    config = BertConfig(vocab_size=250002, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, pad_token_id=1,
+                        id2label=labels, label2id={v: k for k, v in labels.items()})
+    BertForTokenClassification(config).eval().save_pretrained(tmp_path / "bert")
+    want, _ = load_hf(str(tmp_path / "bert"), CPU).predict(*windows(), [None])
+    model = load_hf(str(tmp_path / "bert"), CPU)
+    assert model.use("openvino", "fp32") == "openvino fp32"
+    got, _ = model.predict(*windows(), [None])
+    assert (got == want).all()
