@@ -337,8 +337,9 @@ def hub_commit(location: str, revision: str | None) -> str | None:
 
     from huggingface_hub import constants
 
-    repo = "/".join(location.removeprefix("hf://").split("/")[:2])  # hf://org/name/file.pt
-    rev = revision or "main"
+    from transforms.models import hub_repo_file
+
+    repo, rev = hub_repo_file(location)[0], revision or "main"
     if _COMMIT.match(rev):
         return rev
     check_location(location)

@@ -30,6 +30,13 @@ class ModelLoadError(ValueError):
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
+def hub_repo_file(location: str) -> tuple[str, str]:
+    """``org/name`` and the file path inside it ('' when none) of a hub location:
+    ``org/name`` or ``hf://org/name[/file]``."""
+    parts = location.removeprefix("hf://").split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
 def resolve_checkpoint(location: str, revision: str | None = None) -> str:
     """A local path for a checkpoint given as a path, a hub repo id, or ``hf://repo/file``.
 
@@ -43,8 +50,7 @@ def resolve_checkpoint(location: str, revision: str | None = None) -> str:
         return location
     from huggingface_hub import HfApi, hf_hub_download
 
-    parts = location.removeprefix("hf://").split("/")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    repo_id, filename = hub_repo_file(location)
     try:
         if not filename:
             found = [f for f in HfApi().list_repo_files(repo_id, revision=revision)
