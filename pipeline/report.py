@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.evaluate import breakdown, document_languages, load_tsv, score
+from transforms.qualify import FLAGS
 from transforms.storage import iter_parquet_dir, read_parquet_dir, write_atomically
 
 matplotlib.use("Agg")
@@ -45,6 +46,7 @@ class RunOutputs:
     mentions: pd.DataFrame  # label, lang, n
     texts: pd.DataFrame | None  # label, text, n (None: texts must not be shown)
     record: dict[str, Any]
+    qualified: pd.DataFrame  # label, <flag>_known, <flag> (mentions a qualifier ran on, flagged)
 
 
 def _count(table: pa.Table, keys: list[str]) -> pd.DataFrame:
@@ -62,20 +64,37 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
         raise FileNotFoundError(f"{out}: no documents/ here; is it a pipeline output?")
     documents = read_parquet_dir(f"{out}/documents", [
         "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"]).to_pandas()
-    mentions, texts = [], []
-    for t in iter_parquet_dir(f"{out}/spans", ["label", "lang"] + (["text"] * with_texts)):
+    mentions, texts, qualified = [], [], []
+    columns = ["label", "lang", *FLAGS] + (["text"] * with_texts)
+    for t in iter_parquet_dir(f"{out}/spans", columns):
         mentions.append(_count(t, ["label", "lang"]))
         if with_texts:
             texts.append(_count(t, ["label", "text"]))
+        qualified.append(_flag_counts(t))
     record = json.loads(fs.cat(f"{root}/run.json")) if fs.exists(f"{root}/run.json") else {}
+    flag_columns = [c for flag in FLAGS for c in (f"{flag}_known", flag)]
     return RunOutputs(out, documents, _sum(mentions, ["label", "lang"]),
-                      _sum(texts, ["label", "text"]) if with_texts else None, record)
+                      _sum(texts, ["label", "text"]) if with_texts else None, record,
+                      _sum(qualified, ["label"], flag_columns))
 
 
-def _sum(counts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+def _flag_counts(table: pa.Table) -> pd.DataFrame:
+    """Per label, the mentions a qualifier ran on (``<flag>_known``) and those it flagged
+    (``<flag>``); outputs written before the flags existed count none."""
+    flags = [f for f in FLAGS if f in table.column_names]
+    counts = table.group_by(["label"]).aggregate(
+        [(f, agg) for f in flags for agg in ("count", "sum")]).to_pandas()
+    for f in FLAGS:
+        counts[f"{f}_known"] = counts.pop(f"{f}_count") if f in flags else 0
+        counts[f] = counts.pop(f"{f}_sum").fillna(0).astype(int) if f in flags else 0
+    return counts
+
+
+def _sum(counts: list[pd.DataFrame], keys: list[str], values: Sequence[str] = ("n",)
+         ) -> pd.DataFrame:
     if not counts:
-        return pd.DataFrame(columns=[*keys, "n"])
-    return pd.concat(counts).groupby(keys, dropna=False, as_index=False)["n"].sum()
+        return pd.DataFrame(columns=[*keys, *values])
+    return pd.concat(counts).groupby(keys, dropna=False, as_index=False)[list(values)].sum()
 
 
 def predictions_of(out: str, doc_ids: set[str]) -> pd.DataFrame:
@@ -207,6 +226,21 @@ def _evaluation_html(result: dict[str, Any]) -> str:
 
 
 
+def _qualifiers_html(qualified: pd.DataFrame) -> str:
+    """The share of negated and uncertain mentions per label, among those a qualifier ran on."""
+    known = qualified[qualified[[f"{f}_known" for f in FLAGS]].sum(axis=1) > 0]
+    if known.empty:
+        return ('<p class="muted">No qualifier task ran on these mentions (a task with '
+                '<code>qualifies:</code> in the task file flags them).</p>')
+
+    def share(n: int, of: int) -> str:
+        return f"{n / of:.1%} ({n:,} of {of:,})" if of else "not run"
+
+    return _table(["label", *FLAGS], [
+        (r.label, *(share(int(getattr(r, f)), int(getattr(r, f"{f}_known"))) for f in FLAGS))
+        for r in known.sort_values("label").itertuples()])
+
+
 def _tiles(run: RunOutputs) -> str:
     docs, record = run.documents, run.record
     states = docs.status.value_counts()
@@ -280,6 +314,8 @@ def render(run: RunOutputs, gold: dict[str, Any] | None) -> str:
 <div class="tiles">{_tiles(run)}</div>
 <div class="grid">{plots}</div>
 <section><h2>Evaluation (MultiClinAI strict and character F1)</h2>{evaluation_html}</section>
+<section><h2>Negated and uncertain mentions per label</h2>{_qualifiers_html(run.qualified)}
+</section>
 <section><h2>Most frequent mention texts per label</h2><div class="texts">{texts}</div></section>
 <section><h2>Tasks and models</h2>{models}</section>
 <section><details><summary><b>Counters and distributions of the last run</b></summary>

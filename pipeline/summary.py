@@ -124,7 +124,8 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
         "tasks": {name: {"kind": s.kind, "languages": list(s.languages),
                          "model": model_version(s.model, s.revision), "encoder": s.encoder,
                          "tokenizer": s.tokenizer, "heads": dict(s.heads),
-                         "labels": {str(h): list(v) for h, v in s.labels.items()}}
+                         "labels": {str(h): list(v) for h, v in s.labels.items()},
+                         **({"qualifies": dict(s.qualifies)} if s.qualifies else {})}
                   for name, s in sorted(specs.items())},
         "options": {k: getattr(opts, k) for k in OUTPUT_OPTIONS},
     }

@@ -12,6 +12,11 @@ tasks:
     encoder: FacebookAI/xlm-roberta-base   # encoder config and tokenizer
     heads: {es: symptom_es_ner, it: symptom_it_ner, ro: symptom_ro_ner}
     # labels: [B-SYMPTOM, I-SYMPTOM, O]   # default: B-/I-<ENTITY>, O from the head name
+  negation:
+    kind: hf                 # a qualifier: its scopes flag the other tasks' mentions
+    model: BSC-NLP4BIA/negation-tagger
+    languages: [es]
+    qualifies: {NSCO: negated, USCO: uncertain}
 ```
 Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encoder``).
 Parsing imports neither torch nor Beam until a model file must be opened.
@@ -29,6 +34,7 @@ from typing import Any, Mapping
 import fsspec
 import yaml
 
+from transforms.qualify import FLAGS
 from transforms.spans import bio_scheme
 from transforms.spec import KINDS, TaskSpec, normalize_lang
 from transforms.storage import localize
@@ -127,11 +133,34 @@ def _parse(name: str, cfg: Any, base: str, open_models: bool) -> TaskSpec:
         if cfg.get("revision") is not None and not isinstance(cfg["revision"], str):
             raise ValueError("`revision:` must be a branch, tag or commit, as a string")
         spec = (_parse_hf if kind == "hf" else _parse_mtl)(name, cfg, model, base, open_models)
+        spec = dataclasses.replace(spec, qualifies=_qualifies(cfg.get("qualifies"), spec))
     except TaskFileError:
         raise
     except (ValueError, OSError) as e:
         raise fail(str(e)) from e
     return spec
+
+
+def _qualifies(value: Any, spec: TaskSpec) -> dict[str, str]:
+    """``qualifies:`` as entity label -> flag, each label one the model has (when known)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise ValueError("`qualifies:` must map scope labels to flags, e.g. "
+                         "{NSCO: negated, USCO: uncertain}")
+    bad = {str(k): v for k, v in value.items() if v not in FLAGS}
+    if bad:
+        raise ValueError(f"`qualifies:` {bad}: a scope label sets one of {list(FLAGS)}")
+    for head, labels in spec.labels.items():
+        if not labels:  # not opened (spec-only check): labels unknown
+            continue
+        entities = bio_scheme(dict(enumerate(labels))).entities
+        missing = sorted(str(k) for k in value if str(k) not in entities)
+        if missing:
+            raise ValueError(f"`qualifies:` names {missing}, which the model"
+                             f"{f' head {head!r}' if head else ''} does not predict (its "
+                             f"labels: {list(labels)}): fix the label names or the model")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _languages(cfg: Mapping[str, Any], default: list[str]) -> tuple[str, ...]:
@@ -392,8 +421,10 @@ def main(argv: list[str] | None = None) -> None:
         for path in args.files:
             for name, spec in load_tasks(path, args.open_models).items():
                 heads = ", ".join(h for h in spec.all_heads if h) or "the model's"
+                qualifies = "".join(f"; {label} -> {flag}"
+                                    for label, flag in spec.qualifies.items())
                 print(f"{path}: {name}: {spec.kind} {spec.model}; languages "
-                      f"{' '.join(spec.languages)}; heads {heads}")
+                      f"{' '.join(spec.languages)}; heads {heads}{qualifies}")
     except TaskFileError as e:
         raise SystemExit(f"pipeline.tasks: {e}") from None
 

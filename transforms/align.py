@@ -14,6 +14,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from transforms.qualify import flag_columns, scopes_by_flag
 from transforms.records import ANNOTATED, FAILED, Document, DocumentRows, Failure, Row, Work
 from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
 from transforms.spec import TaskSpec
@@ -30,12 +31,12 @@ def decode_words(text: str, starts: np.ndarray, ends: np.ndarray, label_ids: np.
     return decode_bio(starts[order], ends[order], label_ids[order], probs[order], scheme)
 
 
-def span_row(doc: Document, task: str, span: Span) -> Row:
-    """A span as an output row; ``text`` is ``document[start:end]``."""
+def span_row(doc: Document, task: str, span: Span, flags: Mapping[str, object]) -> Row:
+    """A span as an output row with its qualifier flags; ``text`` is ``document[start:end]``."""
     return Row(
         doc_id=doc.doc_id, task=task, label=span.label, start=span.start, end=span.end,
         text=doc.text[span.start:span.end], score=span.score, lang=doc.lang,
-        source=doc.source,
+        source=doc.source, **flags,
     )
 
 
@@ -68,7 +69,7 @@ class Aligner:
         doc, failures = work.doc, list(work.failures)
         if doc.status == FAILED:  # unreadable: already failed at the read stage
             failures.append(Failure(doc.key, "", "read", doc.reason.removeprefix("read: ")))
-        spans: list[Row] = []
+        found: dict[str, list[Span]] = {}
         counts: Counter = Counter()
         for task in doc.tasks:
             spec = self._specs[task]
@@ -78,13 +79,12 @@ class Aligner:
                 counts[f"tokens/real_{task}"] += int(windows.id_bounds[-1])
             if any(f.task == task for f in failures):
                 continue
-            found = self._task_spans(work, task)
-            if isinstance(found, Failure):
-                failures.append(found)
-                continue
-            for span in found:
-                counts[f"spans/{task}/{span.label}"] += 1
-                spans.append(span_row(doc, task, span))
+            task_spans = self._task_spans(work, task)
+            if isinstance(task_spans, Failure):
+                failures.append(task_spans)
+            else:
+                found[task] = task_spans
+        spans = self._rows(doc, found, counts)
         if failures:
             reason = "; ".join(f"{f.task + ' ' if f.task else ''}{f.stage}: {f.error}"
                                for f in failures)
@@ -97,6 +97,24 @@ class Aligner:
         return DocumentRows(document_row(doc, len(spans)), tuple(spans),
                             tuple(error_row(doc, f) for f in failures), dict(counts),
                             doc.key, doc.position)
+
+    def _rows(self, doc: Document, found: Mapping[str, list[Span]], counts: Counter
+              ) -> list[Row]:
+        """Span rows of every task; the mentions of the tasks that qualify nothing get the
+        flags of the qualifier tasks that ran on the document (None where none did)."""
+        scopes: dict[str, list[Span]] = {}
+        for task, task_spans in found.items():
+            for flag, flag_scopes in scopes_by_flag(task_spans,
+                                                    self._specs[task].qualifies).items():
+                scopes.setdefault(flag, []).extend(flag_scopes)
+        rows = []
+        for task, task_spans in found.items():
+            qualified = {} if self._specs[task].qualifies else scopes
+            flags = flag_columns([(s.start, s.end) for s in task_spans], qualified)
+            for span, span_flags in zip(task_spans, flags):
+                counts[f"spans/{task}/{span.label}"] += 1
+                rows.append(span_row(doc, task, span, span_flags))
+        return rows
 
     def _task_spans(self, work: Work, task: str) -> list[Span] | Failure:
         """One task's spans, all heads together, ordered by offsets and label."""

@@ -30,7 +30,9 @@ class TaskSpec:
     ``heads[lang]`` lists the heads that read the encoder for a document in ``lang`` (``None``
     is the single head of an ``hf`` model); every head of a window runs on one encoder pass.
     ``tokenizer_key`` is the same for tasks whose tokenizers are the same files, so that a
-    document is tokenized once per tokenizer, not once per task.
+    document is tokenized once per tokenizer, not once per task. A qualifier task maps some of
+    its entity labels to the flag they set on the other tasks' mentions (``qualifies``, e.g.
+    ``{"NSCO": "negated", "USCO": "uncertain"}``; see ``transforms.qualify``).
     """
 
     name: str
@@ -44,6 +46,7 @@ class TaskSpec:
     tokenizer_key: str = ""
     revision: str | None = None
     max_positions: int | None = None
+    qualifies: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def windows_key(self) -> str:

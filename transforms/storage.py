@@ -89,13 +89,18 @@ def localize(location: str) -> str:
 
 def iter_parquet_dir(url: str, columns: list[str] | None = None) -> Iterator:
     """Each ``*.parquet`` file of a directory (any fsspec URL) as a pyarrow Table, read through
-    fsspec file by file (pyarrow's own dataset reader can stall on some object stores)."""
+    fsspec file by file (pyarrow's own dataset reader can stall on some object stores); of
+    ``columns``, those the file has (files written by an earlier version may lack new ones)."""
     import pyarrow.parquet as pq
 
     fs, root = fsspec.core.url_to_fs(url)
     for part in sorted(fs.glob(posixpath.join(root, "*.parquet"))):
         with fs.open(part, "rb") as f:
-            yield pq.read_table(f, columns=columns)
+            if columns is None:
+                yield pq.read_table(f)
+                continue
+            names = set(pq.ParquetFile(f).schema_arrow.names)
+            yield pq.read_table(f, columns=[c for c in columns if c in names])
 
 
 def read_parquet_dir(url: str, columns: list[str] | None = None):

@@ -1,7 +1,8 @@
 """Outputs on any fsspec filesystem (local, gs://, s3://, memory://), committed atomically:
 
 - ``<out>/<task>.tsv``: MultiClinAI format ``filename label start_span end_span text``;
-- ``<out>/spans/spans-<run>-<part>.parquet``: one row per mention;
+- ``<out>/spans/spans-<run>-<part>.parquet``: one row per mention, with its qualifier flags
+  (``negated``, ``uncertain`` and their scope scores; null where no qualifier ran);
 - ``<out>/documents/documents-<run>-<part>.parquet``: one row per input record;
 - ``<out>/errors/errors-<run>-<part>.parquet``: one dead letter per failure (no text);
 - ``<out>/_tsv/<task>/<run>-<part>.tsv``: the TSV rows of each part (``<task>.tsv`` is their
@@ -49,6 +50,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.progress import PROGRESS
+from transforms.qualify import FLAGS
 from transforms.records import SKIPPED, DocumentRows, Shard
 from transforms.shards import Resume, write_marker
 from transforms.storage import atomic_output, is_local, move, open_output
@@ -64,6 +66,8 @@ SPAN_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("task", pa.string()), ("label", pa.string()),
     ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()),
     ("score", pa.float32()), ("lang", pa.string()), ("source", pa.string()),
+    *((column, kind) for flag in FLAGS
+      for column, kind in ((flag, pa.bool_()), (f"{flag}_score", pa.float32()))),
 ])
 DOCUMENT_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source", pa.string()), ("lang", pa.string()),

@@ -54,6 +54,17 @@ def test_relative_paths_resolve_next_to_the_task_file(models, tmp_path, monkeypa
      "task 's': 'missing.pt' does not exist"),
     ("tasks:\n  s:\n    kind: mtl\n    model: mtl_symptom.pt\n    encoder: xlm-roberta-base-tiny\n"
      "    heads: {es: symptom_es_ner}\n    languages: [es, it]\n", "languages \\['it'\\] have no"),
+    ("tasks:\n  p:\n    kind: hf\n    model: stl_procedure\n    languages: [es]\n"
+     "    qualifies: {NSCO: negated}\n",
+     "task 'p': `qualifies:` names \\['NSCO'\\], which the model does not predict \\(its "
+     "labels: \\['O', 'B-PROCEDURE', 'I-PROCEDURE'\\]\\)"),
+    ("tasks:\n  s:\n    kind: mtl\n    model: mtl_symptom.pt\n    encoder: xlm-roberta-base-tiny\n"
+     "    heads: {es: symptom_es_ner}\n    qualifies: {NSCO: negated}\n",
+     "task 's': `qualifies:` names \\['NSCO'\\], which the model head 'symptom_es_ner'"),
+    ("tasks:\n  p:\n    kind: hf\n    model: stl_procedure\n    languages: [es]\n"
+     "    qualifies: {PROCEDURE: denied}\n", "a scope label sets one of \\['negated', "),
+    ("tasks:\n  p:\n    kind: hf\n    model: stl_procedure\n    languages: [es]\n"
+     "    qualifies: [NSCO]\n", "`qualifies:` must map scope labels to flags"),
     ("tasks: []\n", "non-empty mapping"),
     ("tasks:\n  bad/name:\n    kind: hf\n", "file names"),
 ])

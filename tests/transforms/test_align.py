@@ -1,6 +1,7 @@
 """A document's own predictions -> its spans, state row and dead letters (no join)."""
 
 import numpy as np
+import pytest
 
 from transforms.align import Aligner, AlignDoFn
 from transforms.records import Document, Failure, Predictions, Work
@@ -90,3 +91,39 @@ def test_the_dofn_yields_one_element_per_document():
     fn.setup()
     out = list(fn.process(work(("symptom",), {"symptom": preds(("s_es",), [2, 2, 2, 2])})))
     assert len(out) == 1 and out[0].document["n_spans"] == 0
+
+
+NEGATION = TaskSpec("negation", "hf", "n", ("es",), "tok", heads={"es": (None,)},
+                    tokenizer_key="tok", qualifies={"NSCO": "negated", "USCO": "uncertain"},
+                    labels={None: ("O", "B-NEG", "I-NEG", "B-NSCO", "I-NSCO", "B-UNC", "I-UNC",
+                                   "B-USCO", "I-USCO")})
+# words: dolor abdominal y fiebre; symptoms "dolor abdominal" and "fiebre";
+# an uncertainty scope over "dolor", a negation scope over "fiebre"
+QUALIFIED = {"symptom": preds(("s_es",), [0, 1, 2, 0]), "negation": preds((None,), [7, 0, 0, 3])}
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_a_qualifier_flags_the_mentions_of_its_document(compat):
+    rows = Aligner({**SPECS, "negation": NEGATION}, compat)(
+        work(("symptom", "negation"), QUALIFIED))
+    flags = {(s["task"], s["label"], s["text"]): (s["negated"], s["negated_score"],
+                                                  s["uncertain"], s["uncertain_score"])
+             for s in rows.spans}
+    assert flags == {
+        ("symptom", "SYMPTOM", "dolor abdominal"): (False, None, True, 0.5),
+        ("symptom", "SYMPTOM", "fiebre"): (True, 0.5, False, None),
+        # the qualifier's own scopes are written under its name, unflagged
+        ("negation", "USCO", "dolor"): (None, None, None, None),
+        ("negation", "NSCO", "fiebre"): (None, None, None, None)}
+
+
+def test_mentions_of_a_document_the_qualifier_did_not_run_on_have_null_flags():
+    specs = {**SPECS, "negation": NEGATION}
+    not_routed = Aligner(specs, False)(work(("symptom",), QUALIFIED))
+    failed = Aligner(specs, False)(work(("symptom", "negation"), QUALIFIED,
+                                        [Failure("k", "negation", "inference", "IndexError")]))
+    for rows in (not_routed, failed):
+        assert [s["task"] for s in rows.spans] == ["symptom", "symptom"]
+        assert {(s["negated"], s["uncertain"]) for s in rows.spans} == {(None, None)}
+    unqualified = Aligner(SPECS, False)(work(("symptom",), QUALIFIED))
+    assert {s["negated"] for s in unqualified.spans} == {None}
