@@ -15,6 +15,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.align import OUTPUTS
 from transforms.shards import FORMATS
 from transforms.spec import BACKENDS, PRECISIONS
 
@@ -44,15 +45,27 @@ class AnnotateOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         io = parser.add_argument_group("input and output")
         io.add_argument("--input", help="Input: a folder (searched recursively), a glob or a "
-                        "file of .txt, .jsonl[.gz|.zst] or .parquet documents; local or any "
-                        "fsspec URL (gs://, s3://). Required.")
+                        "file of .txt, .jsonl[.gz|.zst], .parquet or .json (DT4H CDM) "
+                        "documents; local or any fsspec URL (gs://, s3://). Required.")
         io.add_argument("--output", help="Output folder (local path or fsspec URL). Required.")
         io.add_argument("--input_format", default=None, choices=FORMATS,
-                        help="Input format when file names do not say it.")
+                        help="Input format when file names do not say it (cdm: DT4H CDM "
+                             "documents, one per .json file or JSON Lines of them).")
         io.add_argument("--id_field", default="id", help="Record field of the document id.")
         io.add_argument("--text_field", default="text", help="Record field of the text.")
         io.add_argument("--lang_field", default="lang",
                         help="Record field of the language (`language` is also read).")
+        io.add_argument("--write", default="", metavar="OUTPUTS",
+                        help="Outputs beside the defaults (TSV, span, document and error "
+                             "Parquet), comma separated: cdm (a DT4H CDM NlpResponse per "
+                             "document, JSON Lines under OUT/cdm/), note_nlp (OMOP CDM NOTE_NLP "
+                             "rows, Parquet and CSV under OUT/note_nlp/).")
+        io.add_argument("--note_id_field", default=None,
+                        help="NOTE_NLP note_id: the input metadata field holding the integer "
+                             "OMOP note id (default: the document id).")
+        io.add_argument("--snippet_chars", type=int, default=100,
+                        help="NOTE_NLP snippet: characters of text around each mention "
+                             "(at most 250, the column's width).")
         io.add_argument("--split_bytes", type=int, default=64 << 20,
                         help="Uncompressed JSONL files larger than this are read in pieces of "
                              "this many bytes, in parallel.")
@@ -127,6 +140,18 @@ class AnnotateOptions(PipelineOptions):
             raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
         if self.precision == "int8" and self.backend != "openvino":
             raise SystemExit("pipeline.run: --precision int8 needs --backend openvino")
+        unknown = sorted(set(self.outputs) - set(OUTPUTS))
+        if unknown:
+            raise SystemExit(f"pipeline.run: --write {','.join(unknown)}: unknown output; use "
+                             f"{', '.join(OUTPUTS)}")
+        if not 1 <= self.snippet_chars <= 250:
+            raise SystemExit("pipeline.run: --snippet_chars must be 1 to 250")
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The outputs ``--write`` opts into."""
+        return tuple(dict.fromkeys(o.strip() for o in (self.write or "").split(",")
+                                   if o.strip()))
 
 
 def wants_gpu(options: PipelineOptions) -> bool:

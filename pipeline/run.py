@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 
 from pipeline.options import AnnotateOptions, parse_options, wants_gpu
 from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
-                              write_run_record)
+                              run_info, write_run_record)
 from pipeline.tasks import TaskFileError, has_random_weights, load_tasks, pin_revisions
 from transforms.align import AlignDoFn
 from transforms.batch import GroupDocuments
@@ -38,6 +38,7 @@ LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
           resume: Resume, run_id: str, record: Mapping, gpu: bool = False) -> None:
     """The whole job: read (the shards not yet done), route, infer per task, align, write."""
+    info = run_info(opts, specs, record["config"], record["started"])
     docs, shards = p | "ReadDocuments" >> ReadDocuments(
         opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
         opts.input_format, opts.split_bytes)
@@ -52,8 +53,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     for name, spec in specs.items():
         groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu)
     rows = groups | "Documents" >> beam.FlatMap(lambda group: group) | "Align" >> beam.ParDo(
-        AlignDoFn(specs, opts.reference_compat))
-    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id)
+        AlignDoFn(specs, opts.reference_compat, opts.outputs, info))
+    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs)
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import fsspec
 
+from transforms.cdm import RunInfo
 from transforms.spec import TaskSpec
 from transforms.shards import file_version
 from transforms.storage import write_atomically
@@ -111,6 +112,7 @@ def model_version(location: str, revision: str | None = None) -> dict[str, Any]:
             "bytes": sum(f.stat().st_size for f in files)}
 
 
+OPT_IN_OPTIONS = ("write", "note_id_field", "snippet_chars")  # recorded when --write is given
 # The options that change which spans a document gets (a change redoes every shard).
 OUTPUT_OPTIONS = ("language", "min_lang_confidence", "reference_compat", "max_tokens", "overlap",
                   "precision", "backend", "input_format", "id_field", "text_field",
@@ -127,8 +129,25 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
                          "labels": {str(h): list(v) for h, v in s.labels.items()},
                          **({"qualifies": dict(s.qualifies)} if s.qualifies else {})}
                   for name, s in sorted(specs.items())},
-        "options": {k: getattr(opts, k) for k in OUTPUT_OPTIONS},
+        "options": {**{k: getattr(opts, k) for k in OUTPUT_OPTIONS},
+                    **({k: getattr(opts, k) for k in OPT_IN_OPTIONS} if opts.write else {})},
     }
+
+
+def run_info(opts: Any, specs: Mapping[str, TaskSpec], config: Mapping[str, Any],
+             started: datetime) -> RunInfo:
+    """What the CDM and NOTE_NLP outputs say of this run: code version, start, each task's
+    model (location, pinned revision or fingerprint), the qualifier tasks."""
+    code = code_version()
+    version = (code["package"] or "unknown") + (f"+{code['commit'][:10]}" if code["commit"]
+                                                else "")
+    models = {name: t["model"] for name, t in config["tasks"].items()}
+    return RunInfo(
+        version=version, started=started,
+        models={n: m.get("revision") or m["fingerprint"] for n, m in models.items()},
+        locations={n: m["location"] for n, m in models.items()},
+        qualifiers=frozenset(n for n, s in specs.items() if s.qualifies),
+        note_id_field=opts.note_id_field, snippet_chars=opts.snippet_chars)
 
 
 def write_run_record(totals: Mapping[str, int], output: str, run_id: str,

@@ -14,6 +14,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from transforms.cdm import RunInfo, response
+from transforms.omop import NoteIdError, note_nlp_rows
 from transforms.qualify import flag_columns, scopes_by_flag
 from transforms.records import ANNOTATED, FAILED, Document, DocumentRows, Failure, Row, Work
 from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
@@ -56,12 +58,22 @@ def error_row(doc: Document, failure: Failure) -> Row:
                stage=failure.stage, error=failure.error)
 
 
-class Aligner:
-    """``Work`` -> ``DocumentRows`` for the tasks of a task file (no Beam)."""
+CDM, NOTE_NLP = "cdm", "note_nlp"
+OUTPUTS = (CDM, NOTE_NLP)  # the outputs a run may opt into (``--write``)
 
-    def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool) -> None:
+
+class Aligner:
+    """``Work`` -> ``DocumentRows`` for the tasks of a task file (no Beam), with the rows of
+    the ``outputs`` a run opts into (``cdm``: its CDM document; ``note_nlp``: its mentions as
+    NOTE_NLP rows; a document with mentions and no integer note id fails with the reason)."""
+
+    def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool,
+                 outputs: tuple[str, ...] = (), info: RunInfo | None = None) -> None:
         self._specs = dict(specs)
         self._compat = reference_compat
+        self._outputs = outputs
+        self._info = info or RunInfo(qualifiers=frozenset(n for n, s in specs.items()
+                                                          if s.qualifies))
         self._schemes = {(name, head): spec.scheme(head)
                          for name, spec in self._specs.items() for head in spec.labels}
 
@@ -85,6 +97,14 @@ class Aligner:
             else:
                 found[task] = task_spans
         spans = self._rows(doc, found, counts)
+        extra: dict[str, tuple] = {}
+        if NOTE_NLP in self._outputs:
+            try:
+                extra[NOTE_NLP] = tuple(note_nlp_rows(document_row(doc, len(spans)), doc.text,
+                                                      spans, self._info))
+            except NoteIdError as e:
+                failures.append(Failure(doc.key, "", NOTE_NLP, str(e)))
+                extra[NOTE_NLP] = ()
         if failures:
             reason = "; ".join(f"{f.task + ' ' if f.task else ''}{f.stage}: {f.error}"
                                for f in failures)
@@ -94,9 +114,11 @@ class Aligner:
         counts[f"documents/lang_{doc.lang or 'none'}"] += 1
         for task in doc.tasks:
             counts[f"documents/task_{task}"] += 1
-        return DocumentRows(document_row(doc, len(spans)), tuple(spans),
-                            tuple(error_row(doc, f) for f in failures), dict(counts),
-                            doc.key, doc.position)
+        document = document_row(doc, len(spans))
+        if CDM in self._outputs:
+            extra[CDM] = (response(document, doc.text, spans, self._info),)
+        return DocumentRows(document, tuple(spans), tuple(error_row(doc, f) for f in failures),
+                            dict(counts), doc.key, doc.position, extra)
 
     def _rows(self, doc: Document, found: Mapping[str, list[Span]], counts: Counter
               ) -> list[Row]:
@@ -137,14 +159,16 @@ class Aligner:
 class AlignDoFn(beam.DoFn):
     """``Work`` -> ``DocumentRows`` (one element per document), counting spans and states."""
 
-    def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool) -> None:
+    def __init__(self, specs: Mapping[str, TaskSpec], reference_compat: bool,
+                 outputs: tuple[str, ...] = (), info: RunInfo | None = None) -> None:
         self._specs, self._compat = dict(specs), reference_compat
+        self._outputs, self._info = outputs, info
         self._align: Aligner | None = None
         self._chars = Metrics.distribution("documents", "chars")
         self._spans = Metrics.distribution("documents", "spans_per_document")
 
     def setup(self) -> None:
-        self._align = Aligner(self._specs, self._compat)
+        self._align = Aligner(self._specs, self._compat, self._outputs, self._info)
 
     def process(self, work: Work) -> Iterator[DocumentRows]:
         rows = self._align(work)

@@ -1,8 +1,11 @@
-"""Reading documents from any fsspec filesystem: ``.txt`` folders, JSON Lines and Parquet shards.
+"""Reading documents from any fsspec filesystem: ``.txt`` folders, JSON Lines, Parquet shards
+and DT4H CDM documents.
 
 - ``.txt``: one document per file, id = file name without ``.txt`` (the MultiClinAI layout).
 - ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst``: one record a line.
 - ``.parquet``: one record a row, read by row group in small batches.
+- ``.json``: one DT4H CDM document per file (``--input_format cdm``: JSON Lines of them); see
+  ``transforms.cdm``. An invalid record is a ``failed`` document naming the field.
 
 Records carry an id, a text and optionally a language (``--id_field``, ``--text_field``,
 ``--lang_field``); other fields travel to ``out/documents/`` as JSON (``meta``). Files are
@@ -29,12 +32,13 @@ import fsspec.compression
 import fsspec.utils
 from apache_beam.metrics import Metrics
 
+from transforms.cdm import CdmError, record_fields
 from transforms.faults import is_damaged_data
 from transforms.progress import PROGRESS
 from transforms.records import FAILED, Document, Shard
 from transforms.shards import (Resume, expand_pattern, input_format, list_root, pending)
 
-TXT, JSONL, PARQUET = "txt", "jsonl", "parquet"
+TXT, JSONL, PARQUET, CDM = "txt", "jsonl", "parquet", "cdm"
 SPLIT_BYTES = 64 << 20
 TXT_BATCH = 64  # .txt files per read task
 TXT_CONCURRENCY = 4  # requests in flight per task (gcp-storage-emulator stalls above ~4)
@@ -86,7 +90,8 @@ def plan_reads(shards: Iterable[Shard], forced: str | None = None) -> Iterator[R
 def split_task(task: ReadTask, split_bytes: int = SPLIT_BYTES) -> Iterator[ReadTask]:
     """Pieces of a file that can be read independently: byte ranges of a large uncompressed
     JSONL file, row groups of a Parquet file; anything else whole."""
-    if task.fmt == JSONL and task.path.lower().endswith(".jsonl") and task.size > split_bytes:
+    if (task.fmt in (JSONL, CDM) and task.path.lower().endswith(".jsonl")
+            and task.size > split_bytes):
         for start in range(0, task.size, split_bytes):
             yield replace(task, start=start, end=min(start + split_bytes, task.size))
     elif task.fmt == PARQUET:
@@ -175,8 +180,56 @@ def _buffered_lines(raw_file, path: str) -> io.BufferedReader:
     return f
 
 
-def read_jsonl(task: ReadTask, fields: Fields) -> Iterator[Document]:
-    """Records of a JSON Lines file or of one byte range of it (lines starting in the range)."""
+def cdm_document(record: Any, key: str, where: str, path: str, fields: Fields,
+                 position: int = 0) -> Document:
+    """A DT4H CDM document as a ``Document`` (its metadata kept, as ``{"record_metadata":
+    ...}``), or a ``failed`` one naming the invalid field."""
+    try:
+        doc_id, text, lang, metadata = record_fields(record)
+    except CdmError as e:
+        return Document(key, where, None, path, status=FAILED, reason=f"read: {e}",
+                        position=position)
+    meta = json.dumps({"record_metadata": metadata}, ensure_ascii=False, default=str)
+    return Document(key, doc_id, text, path, lang=lang, meta=meta, position=position)
+
+
+def read_cdm(task: ReadTask, fields: Fields) -> Iterator[Document]:
+    """A ``.json`` file's CDM document (an empty text is read from the ``.txt`` file beside
+    it); any other file, JSON Lines of CDM documents."""
+    if not task.path.lower().endswith(".json"):
+        yield from read_jsonl(task, fields, cdm_document)
+        return
+    base = posixpath.basename(task.path)
+    with fsspec.open(task.path, "rb") as f:
+        text, reason = _decode(f.read())
+    if text is not None:
+        try:
+            doc = cdm_document(json.loads(text), task.path, base, task.path, fields)
+        except json.JSONDecodeError as e:
+            reason = f"not JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        else:
+            if doc.text == "" and doc.status != FAILED:
+                doc = _sibling_text(doc, task.path[: -len(".json")] + ".txt")
+            yield doc
+            return
+    yield Document(task.path, base, None, task.path, status=FAILED, reason=f"read: {reason}")
+
+
+def _sibling_text(doc: Document, txt: str) -> Document:
+    """``doc`` with the text of ``txt`` (a CDM record whose ``text`` is empty)."""
+    try:
+        with fsspec.open(txt, "rb") as f:
+            text, reason = _decode(f.read())
+    except FileNotFoundError:
+        text, reason = None, f"CDM record: text is empty and {posixpath.basename(txt)} is missing"
+    if text is None:
+        return doc.with_(text=None, status=FAILED, reason=f"read: {reason}")
+    return doc.with_(text=text)
+
+
+def read_jsonl(task: ReadTask, fields: Fields, parse=record_document) -> Iterator[Document]:
+    """Records of a JSON Lines file or of one byte range of it (lines starting in the range),
+    each made a document by ``parse``."""
     base = posixpath.basename(task.path)
     with fsspec.open(task.path, "rb") as raw_file:
         f = _buffered_lines(raw_file, task.path)
@@ -195,8 +248,7 @@ def read_jsonl(task: ReadTask, fields: Fields) -> Iterator[Document]:
             line, reason = _decode(raw)
             if line is not None:
                 try:
-                    yield record_document(json.loads(line), key, where, task.path, fields,
-                                          offset)
+                    yield parse(json.loads(line), key, where, task.path, fields, offset)
                     continue
                 except json.JSONDecodeError as e:
                     reason = f"not JSON ({e.msg} at column {e.colno})"
@@ -223,7 +275,7 @@ def read_task(task: ReadTask, fields: Fields) -> Iterator[Document]:
     """The documents of one piece of a file. A piece whose bytes are damaged (truncated or
     mislabelled compression, a damaged Parquet file) ends in one ``failed`` record; a storage
     or network error is raised so that the runner retries the read."""
-    reader = {TXT: read_txt, JSONL: read_jsonl, PARQUET: read_parquet}
+    reader = {TXT: read_txt, JSONL: read_jsonl, PARQUET: read_parquet, CDM: read_cdm}
     read = Metrics.counter("documents", "read")
     PROGRESS.start()
     try:

@@ -150,7 +150,8 @@ class Work:
 @dataclass(frozen=True)
 class DocumentRows:
     """What one document adds to the outputs: its state row, its span rows and dead letters,
-    and what it adds to the run's counts."""
+    what it adds to the run's counts, and the rows of the outputs a run opts into (``extra``:
+    by output, e.g. its CDM document, its NOTE_NLP rows)."""
 
     document: Row
     spans: tuple[Row, ...] = ()
@@ -158,3 +159,4 @@ class DocumentRows:
     counts: Mapping[str, int] = field(default_factory=dict)
     key: str = ""  # the input record's key and position (to order records sharing an id)
     position: int = 0
+    extra: Mapping[str, tuple] = field(default_factory=dict, repr=False)

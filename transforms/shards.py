@@ -37,8 +37,8 @@ LOG = logging.getLogger("pipeline")
 _VERSION_KEYS = ("md5Hash", "crc32c", "ETag", "etag", "generation", "mtime", "LastModified",
                  "updated", "created")
 _SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".jsonl.zst": "jsonl",
-             ".parquet": "parquet"}
-FORMATS = ("txt", "jsonl", "parquet")
+             ".parquet": "parquet", ".json": "cdm"}
+FORMATS = ("txt", "jsonl", "parquet", "cdm")
 
 
 class InputError(ValueError):
@@ -46,7 +46,8 @@ class InputError(ValueError):
 
 
 def input_format(path: str, forced: str | None = None) -> str | None:
-    """The format a file name says (``txt``/``jsonl``/``parquet``), or ``forced``."""
+    """The format a file name says (``txt``/``jsonl``/``parquet``; ``.json``: a DT4H CDM
+    document, ``cdm``), or ``forced``."""
     if forced:
         return forced
     name = path.lower()

@@ -54,6 +54,51 @@ def write_atomically(url: str, data: bytes) -> None:
         f.write(data)
 
 
+ROWS_PER_GROUP = 50_000
+
+
+class ParquetSink:
+    """Rows appended to one Parquet file (and, with ``csv``, the same rows to a CSV file with
+    a header) in row groups of bounded size."""
+
+    def __init__(self, path: str, schema, csv: str | None = None) -> None:
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        self._files = [open_output(path, "wb")]
+        self._writers = [pq.ParquetWriter(self._files[0], schema)]
+        if csv:
+            self._files.append(open_output(csv, "wb"))
+            self._writers.append(pacsv.CSVWriter(self._files[1], schema))
+        self._schema = schema
+        self._rows: list = []
+        self.count = 0
+
+    def write(self, rows) -> tuple[int, int]:
+        """Append ``rows``; their row numbers in the file."""
+        first = self.count
+        self._rows.extend(rows)
+        self.count += len(rows)
+        if len(self._rows) >= ROWS_PER_GROUP:
+            self._flush()
+        return first, self.count
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._rows:
+            table = pa.Table.from_pylist(self._rows, self._schema)
+            for writer in self._writers:
+                writer.write_table(table)
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        for writer, f in zip(self._writers, self._files):
+            writer.close()
+            f.close()
+
+
 CACHE_ENV = "CLINICAL_NER_CACHE"
 
 

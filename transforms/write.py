@@ -7,6 +7,8 @@
 - ``<out>/errors/errors-<run>-<part>.parquet``: one dead letter per failure (no text);
 - ``<out>/_tsv/<task>/<run>-<part>.tsv``: the TSV rows of each part (``<task>.tsv`` is their
   concatenation);
+- with ``--write``, the opt-in outputs and their index (``cdm/``, ``note_nlp/``, ``_index/``: see
+  ``transforms.exports``), kept in step with the rest at every step below;
 - ``<out>/_shards/``: a completion marker per input shard (see ``transforms.shards``);
 - ``<out>/_runs/``: which runs committed (``<run>.committed``, ``.tsv``, ``.marked``).
 
@@ -49,16 +51,17 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms import exports
+from transforms.exports import ExportWriter
 from transforms.progress import PROGRESS
 from transforms.qualify import FLAGS
 from transforms.records import SKIPPED, DocumentRows, Shard
 from transforms.shards import Resume, write_marker
-from transforms.storage import atomic_output, is_local, move, open_output
+from transforms.storage import ParquetSink, atomic_output, is_local, move, open_output
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
 _NEEDS_QUOTES = frozenset('\t"\n\r')
-ROWS_PER_GROUP = 50_000
 DOCUMENTS_PER_PART = 10_000
 RUNS, TSV_PARTS = "_runs", "_tsv"
 
@@ -130,6 +133,7 @@ class Part:
     tmp: str  # its temporary folder (URL)
     sources: tuple[str, ...]
     tasks: tuple[str, ...]  # tasks with TSV rows in it
+    exports: tuple[str, ...] = ()  # the opt-in outputs it has files of
 
 
 @dataclass(frozen=True)
@@ -150,44 +154,15 @@ class DocRef:
     counts: tuple[tuple[str, int], ...] = ()  # its spans per task/label
 
 
-class _Sink:
-    """Rows appended to one Parquet file in row groups of bounded size."""
-
-    def __init__(self, path: str, schema: pa.Schema) -> None:
-        self._file = open_output(path, "wb")
-        self._writer = pq.ParquetWriter(self._file, schema)
-        self._schema = schema
-        self._rows: list[Mapping] = []
-        self.count = 0
-
-    def write(self, rows: Sequence[Mapping]) -> tuple[int, int]:
-        """Append ``rows``; their row numbers in the file."""
-        first = self.count
-        self._rows.extend(rows)
-        self.count += len(rows)
-        if len(self._rows) >= ROWS_PER_GROUP:
-            self._flush()
-        return first, self.count
-
-    def _flush(self) -> None:
-        if self._rows:
-            self._writer.write_table(pa.Table.from_pylist(self._rows, self._schema))
-            self._rows = []
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-        self._file.close()
-
-
 class PartWriter:
     """One part: a Parquet file per kind and the TSV rows per task, in a temporary folder."""
 
-    def __init__(self, tmp: str, run_id: str) -> None:
+    def __init__(self, tmp: str, run_id: str, exports: tuple[str, ...] = ()) -> None:
         self.name = f"{run_id}-{uuid.uuid4().hex[:12]}"
         self.folder = posixpath.join(tmp, self.name)
-        self._sinks = {kind: _Sink(posixpath.join(self.folder, f"{kind}.parquet"), schema)
+        self._sinks = {kind: ParquetSink(posixpath.join(self.folder, f"{kind}.parquet"), schema)
                        for kind, schema in SCHEMAS.items()}
+        self._exports = ExportWriter(self.folder, exports) if exports else None
         self._tsv: dict[str, Any] = {}
         self._sources: set[str] = set()
         self.documents = 0
@@ -204,6 +179,8 @@ class PartWriter:
                 f = self._tsv[span["task"]] = open_output(
                     posixpath.join(self.folder, f"{span['task']}.tsv"), "wb")
             f.write((tsv_line(span) + "\n").encode("utf-8"))
+        if self._exports is not None:
+            self._exports.add(doc["source"], rows.extra)
         self._sources.add(doc["source"])
         self.documents += 1
         labels = Counter(f"{s['task']}/{s['label']}" for s in rows.spans)
@@ -216,8 +193,10 @@ class PartWriter:
             sink.close()
         for f in self._tsv.values():
             f.close()
+        if self._exports is not None:
+            self._exports.close()
         return Part(self.name, self.folder, tuple(sorted(self._sources)),
-                    tuple(sorted(self._tsv)))
+                    tuple(sorted(self._tsv)), self._exports.kinds if self._exports else ())
 
 
 PARTS, COUNTS, TOTALS = "parts", "counts", "totals"
@@ -228,8 +207,10 @@ class _WriteParts(beam.DoFn):
     ``DocRef`` per document, and per bundle its ``Part``s, its counts per shard and its
     share of the run's totals."""
 
-    def __init__(self, tmp: str, run_id: str, per_part: int = DOCUMENTS_PER_PART) -> None:
+    def __init__(self, tmp: str, run_id: str, exports: tuple[str, ...] = (),
+                 per_part: int = DOCUMENTS_PER_PART) -> None:
         self._tmp, self._run_id, self._per_part = tmp, run_id, per_part
+        self._exports = exports
         self._part: PartWriter | None = None
         self._shards: dict[str, Counter] = {}
         self._totals: Counter = Counter()
@@ -245,7 +226,7 @@ class _WriteParts(beam.DoFn):
             yield beam.pvalue.TaggedOutput(PARTS, self._part.close())
             self._part = None
         if self._part is None:
-            self._part = PartWriter(self._tmp, self._run_id)
+            self._part = PartWriter(self._tmp, self._run_id, self._exports)
         yield self._part.add(rows)
         PROGRESS.add(done=1)
         doc = rows.document
@@ -353,6 +334,8 @@ def _final_parts(fs, root: str) -> dict[str, list[str]]:
                              []).append(path)
     for path in fs.glob(posixpath.join(root, TSV_PARTS, "*", "*.tsv")):
         found.setdefault(posixpath.basename(path)[:-len(".tsv")], []).append(path)
+    for part, path in exports.final_files(fs, root):
+        found.setdefault(part, []).append(path)
     return found
 
 
@@ -392,6 +375,7 @@ def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[st
             _write_table(fs, path, kept)
         else:
             fs.rm(path)
+    changed |= exports.drop_sources(fs, root, part, redone)
     if changed and spans is not None:
         for task in tasks:
             path = tsv_part_file(root, task, part)
@@ -404,6 +388,8 @@ def _commit_part(fs, root: str, part: Part, dups: Sequence[Duplicate]) -> None:
     """Move one of this run's parts to its final names, its duplicates patched; safe to retry
     (a file already moved is left as it is)."""
     tmp = fsspec.core.url_to_fs(part.tmp)[1]
+    if part.exports:
+        exports.commit(fs, tmp, root, part.name, part.exports, [d.ref.row for d in dups])
     sources = {kind: posixpath.join(tmp, f"{kind}.parquet") for kind in SCHEMAS}
     if dups and all(fs.exists(p) for p in sources.values()):
         tables = _patch({kind: _read(fs, p) for kind, p in sources.items()}, dups)
@@ -548,8 +534,10 @@ class WriteOutputs(beam.PTransform):
     patched, marks the shards of this run complete; returns the run's totals (one dict) once
     every shard is marked."""
 
-    def __init__(self, tasks: Iterable[str], resume: Resume, run_id: str) -> None:
+    def __init__(self, tasks: Iterable[str], resume: Resume, run_id: str,
+                 exports: tuple[str, ...] = ()) -> None:
         super().__init__()
+        self._exports = exports
         self._out = resume.output.rstrip("/")
         self._tasks = sorted(tasks)
         self._resume, self._run_id = resume, run_id
@@ -558,7 +546,7 @@ class WriteOutputs(beam.PTransform):
     def expand(self, pcolls):
         rows, shards = pcolls
         written = rows | "WriteParts" >> beam.ParDo(
-            _WriteParts(self._tmp, self._run_id)).with_outputs(PARTS, COUNTS, TOTALS, main="refs")
+            _WriteParts(self._tmp, self._run_id, self._exports)).with_outputs(PARTS, COUNTS, TOTALS, main="refs")
         dups = (
             written.refs
             | "ById" >> beam.WithKeys(lambda r: r.doc_id)

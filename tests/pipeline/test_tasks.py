@@ -150,7 +150,7 @@ def test_hub_models_are_pinned_to_a_commit_that_the_fingerprint_records(
         hub_cache, tmp_path, caplog):
     from types import SimpleNamespace
 
-    from pipeline.summary import OUTPUT_OPTIONS, job_config
+    from pipeline.summary import OPT_IN_OPTIONS, OUTPUT_OPTIONS, job_config
     from pipeline.tasks import pin_revisions
     from transforms.shards import config_fingerprint
 
@@ -158,7 +158,8 @@ def test_hub_models_are_pinned_to_a_commit_that_the_fingerprint_records(
         body = ("tasks:\n  procedure:\n    kind: hf\n    model: BSC-NLP4BIA/tiny-stl\n"
                 f"    languages: [es]\n{revision}")
         specs = pin_revisions(load_tasks(write(tmp_path, body)))
-        opts = SimpleNamespace(tasks="t.yaml", **{k: None for k in OUTPUT_OPTIONS})
+        opts = SimpleNamespace(tasks="t.yaml",
+                               **{k: None for k in OUTPUT_OPTIONS + OPT_IN_OPTIONS})
         config = job_config(opts, specs)
         return config["tasks"]["procedure"]["model"], config_fingerprint(config)
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -30,6 +31,30 @@ def test_tsv_round_trips_through_pandas_read_csv():
     assert (official["end_span"] - official["start_span"]).tolist() == [len(t) for t in TRICKY]
 
 
+def exported(rows, with_exports=True):
+    """``rows`` with export rows: a CDM stand-in per document, a NOTE_NLP row per span."""
+    from transforms.omop import NOTE_NLP_SCHEMA
+
+    if not with_exports:
+        return rows
+    doc_id = rows.document["doc_id"]
+    notes = tuple({**dict.fromkeys(NOTE_NLP_SCHEMA.names), "note_nlp_id": s["start"],
+                   "note_id": 1, "lexical_variant": f"{doc_id}:{s['start']}"}
+                  for s in rows.spans)
+    return replace(rows, extra={"cdm": ({"doc": doc_id},), "note_nlp": notes})
+
+
+def exports_of(out):
+    """The committed CDM stand-ins and NOTE_NLP rows, each run through its CSV copy too."""
+    cdm = sorted(json.loads(line)["doc"] for f in (out / "cdm").iterdir()
+                 for line in f.read_text().splitlines())
+    notes = sorted(pd.read_parquet(out / "note_nlp" / "parquet").lexical_variant)
+    csv = sorted(v for f in (out / "note_nlp" / "csv").iterdir()
+                 for v in pd.read_csv(f).lexical_variant)
+    assert csv == notes
+    return cdm, notes
+
+
 def document(doc_id, source, spans=(), key=None, position=0, status="annotated", reason=""):
     span_rows = tuple(Row(doc_id=doc_id, task="t", label="X", start=s, end=s + 2, text="ab",
                           score=0.9, lang="es", source=source) for s in spans)
@@ -41,7 +66,7 @@ def document(doc_id, source, spans=(), key=None, position=0, status="annotated",
     return DocumentRows(doc, span_rows, errors, {}, key or source, position)
 
 
-def write_run(out, run_id, docs, redone=(), per_part=100, commit=True):
+def write_run(out, run_id, docs, redone=(), per_part=100, commit=True, exports=()):
     """Write ``docs`` into parts as a run's workers would, find its duplicates, commit."""
     tmp = f"{out}/.tmp-{run_id}"
     parts, refs, writer = [], [], None
@@ -49,7 +74,7 @@ def write_run(out, run_id, docs, redone=(), per_part=100, commit=True):
         if writer is None or writer.documents >= per_part:
             if writer:
                 parts.append(writer.close())
-            writer = PartWriter(tmp, run_id)
+            writer = PartWriter(tmp, run_id, exports)
         refs.append(writer.add(d))
     if writer:
         parts.append(writer.close())
@@ -210,3 +235,35 @@ def test_a_run_that_committed_but_never_marked_its_shards_is_redone_without_doub
     spans, docs, tsv = rows(out)
     assert spans == tsv == [("a", 9), ("b", 6)]
     assert docs == [("a", "annotated"), ("b", "annotated")]
+
+
+def test_the_opt_in_outputs_follow_their_documents_through_duplicates_and_reruns(tmp_path):
+    out = tmp_path / "out"
+    resume = Resume(str(out), {"c": 1})
+    a, b = Shard("in/a.jsonl", 1, "v1"), Shard("in/b.txt", 1, "v1")
+    kinds = ("cdm", "note_nlp")
+    docs = [document("x", a.url, [0, 4], key="a@0", position=0),
+            document("y", a.url, [1], key="a@90", position=90),
+            document("x", a.url, [7], key="a@200", position=200),  # a duplicate: its rows go
+            document("b", b.url, [5])]
+    parts, _, _ = write_run(out, "r1", [exported(d) for d in docs], per_part=2, exports=kinds)
+    assert exports_of(out) == (["b", "x", "y"], ["b:5", "x:0", "x:4", "y:1"])
+    for shard in (a, b):
+        write_marker(shard, {}, [p.name for p in parts], resume, "r1", "now")
+    # a rerun redoes a.jsonl (it changed): its earlier export rows go, b's stay
+    (out / "_shards" / resume.marker(a)).unlink()
+    (changed,) = pending([a.with_(version="v2")], resume)
+    write_run(out, "r2", [exported(document("x", a.url, [9]))], redone=[changed],
+              exports=kinds)
+    assert exports_of(out) == (["b", "x"], ["b:5", "x:9"])
+    # a run that never committed leaves no export file behind once the next one commits
+    crashed, _, _ = write_run(out, "r3", [exported(document("z", "in/z.txt", [3]))],
+                              commit=False, exports=kinds)
+    from transforms.write import _commit_part
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(out))
+    _commit_part(fs, root, crashed[0], ())
+    assert "z" in exports_of(out)[0]
+    write_run(out, "r4", [exported(document("c", "in/c.txt", [2]))], exports=kinds)
+    assert exports_of(out) == (["b", "c", "x"], ["b:5", "c:2", "x:9"])
