@@ -222,6 +222,13 @@ class RunInfo:
         return f"{self.locations.get(task, task)}@{self.models.get(task, 'unknown')}"
 
 
+def input_fields(document: Mapping[str, Any]) -> dict:
+    """A document row's input fields besides its text: a CDM record's metadata, or a flat
+    record's other fields."""
+    meta = json.loads(document["meta"]) if document.get("meta") else {}
+    return dict(meta["record_metadata"]) if isinstance(meta.get("record_metadata"), dict) else meta
+
+
 def record_metadata(document: Mapping[str, Any]) -> dict:
     """A document row's CDM metadata: a CDM record's, unchanged; else its id and language and
     those of its other fields that the CDM names."""

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-from transforms.cdm import RunInfo, record_metadata
+from transforms.cdm import RunInfo, input_fields
 
 NOTE_NLP_SCHEMA = pa.schema([
     ("note_nlp_id", pa.int64()), ("note_id", pa.int64()), ("section_concept_id", pa.int64()),
@@ -34,7 +34,7 @@ class NoteIdError(ValueError):
 
 def note_id(document: Mapping[str, Any], field: str | None) -> int:
     """The document's OMOP note id: the integer in metadata ``field`` (None: the document id)."""
-    value = document["doc_id"] if field is None else record_metadata(document).get(field)
+    value = document["doc_id"] if field is None else input_fields(document).get(field)
     text = str(value).strip() if value is not None and not isinstance(value, bool) else ""
     if not text.lstrip("-").isdigit() or not -(1 << 63) <= int(text) < (1 << 63):
         raise NoteIdError(f"no integer note id in `{field or 'the document id'}`")

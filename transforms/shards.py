@@ -72,7 +72,8 @@ def expand_pattern(pattern: str) -> list[str]:
 
 
 def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
-    """The input files under ``root`` (a folder, walked folder by folder, or one file)."""
+    """The input files under ``root`` (a folder, walked folder by folder, or one file); an
+    ``X.txt`` beside an ``X.json`` is that CDM document's text, not a document of its own."""
     fs, path = fsspec.core.url_to_fs(root)
 
     def shard(p: str, info: Mapping[str, Any]) -> Shard:
@@ -83,12 +84,14 @@ def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
         for folder, _, files in fs.walk(path, detail=True):
             for name, info in sorted(files.items()):
                 full = posixpath.join(folder, name)
-                if input_format(full, forced) and info.get("type") != "directory":
+                sidecar = name.lower().endswith(".txt") and f"{name[:-4]}.json" in files
+                if input_format(full, forced) and info.get("type") != "directory" \
+                        and not sidecar:
                     yield shard(full, info)
     elif fs.isfile(path):
         if input_format(path, forced) is None:
-            raise InputError(f"{root!r}: unknown input format: name it .txt, .jsonl[.gz|.zst] "
-                             "or .parquet, or pass --input_format")
+            raise InputError(f"{root!r}: unknown input format: name it .txt, .jsonl[.gz|.zst], "
+                             ".parquet or .json (DT4H CDM), or pass --input_format")
         yield shard(path, fs.info(path))
 
 
