@@ -151,7 +151,8 @@ def problems(document: Any, kind: str = "response") -> list[str]:
             out += [f"{where + '.' if e.path else ''}{f} is missing" for f in missing]
         elif e.validator == "type":
             kinds = e.validator_value
-            out.append(f"{where} must be {' or '.join(kinds) if isinstance(kinds, list) else kinds}")
+            out.append(f"{where} must be "
+                       f"{' or '.join(kinds) if isinstance(kinds, list) else kinds}")
         elif e.validator == "enum":
             out.append(f"{where} is not one of the CDM values")
         else:

@@ -56,8 +56,8 @@ def test_relative_paths_resolve_next_to_the_task_file(models, tmp_path, monkeypa
      "    heads: {es: symptom_es_ner}\n    languages: [es, it]\n", "languages \\['it'\\] have no"),
     ("tasks:\n  p:\n    kind: hf\n    model: stl_procedure\n    languages: [es]\n"
      "    qualifies: {NSCO: negated}\n",
-     "task 'p': `qualifies:` names \\['NSCO'\\], which the model does not predict \\(its "
-     "labels: \\['O', 'B-PROCEDURE', 'I-PROCEDURE'\\]\\)"),
+     "task 'p': `qualifies:` names \\['NSCO'\\], which the model does not predict "
+     "\\(its labels: \\['O', 'B-PROCEDURE', 'I-PROCEDURE'\\]\\)"),
     ("tasks:\n  s:\n    kind: mtl\n    model: mtl_symptom.pt\n    encoder: xlm-roberta-base-tiny\n"
      "    heads: {es: symptom_es_ner}\n    qualifies: {NSCO: negated}\n",
      "task 's': `qualifies:` names \\['NSCO'\\], which the model head 'symptom_es_ner'"),

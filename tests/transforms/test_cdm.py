@@ -94,7 +94,8 @@ def test_a_response_validates_and_carries_the_record_unchanged():
     assert (second["negation"], second["uncertainty"]) == (None, None)  # not assessed: null
     assert first["ner_component_type"] == "transformer"
     assert first["ner_component_version"] == "abc123" and first["concept_confidence"] == 0.75
-    assert out["nlp_service_info"]["service_model"] == "symptom=m.pt@abc123; negation=negation@unknown"
+    assert out["nlp_service_info"]["service_model"] == (
+        "symptom=m.pt@abc123; negation=negation@unknown")
     failed = response({**document, "status": "failed"}, None, [], info)
     assert failed["nlp_output"]["processing_success"] is False and problems(failed) == []
 
