@@ -58,10 +58,10 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
-def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
-    """RunInference of one task over groups of documents (the GPU step, if any)."""
+def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> InferenceConfig:
+    """How the models run, from the options (``--reference_compat``: torch, fp32, its windows)."""
     compat = opts.reference_compat
-    config = InferenceConfig(
+    return InferenceConfig(
         precision="fp32" if compat and opts.precision == "auto" else opts.precision,
         backend="torch" if compat and opts.backend == "auto" else opts.backend,
         batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
@@ -69,8 +69,13 @@ def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> 
         pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
         require_cuda=require_cuda,
         threads=opts.torch_threads)
+
+
+def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
+    """RunInference of one task over groups of documents (the GPU step, if any)."""
     from apache_beam.ml.inference.base import RunInference
 
+    config = inference_config(opts, require_cuda)
     step = RunInference(TokenClassifierHandler(spec, config, opts.large_model))
     if opts.inference_accelerator:
         step = step.with_resource_hints(accelerator=opts.inference_accelerator)

@@ -198,6 +198,7 @@ class TokenClassifier:
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
         self.dtype = torch.float32
+        self.runs_as = "torch float32"  # what ``use`` chose
         config = getattr(encoder, "config", None)
         pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
@@ -217,12 +218,14 @@ class TokenClassifier:
                 encoder = openvino_encoder(self.encoder, chosen, threads)
                 if encoder is not None:
                     self.encoder, self.dtype = encoder, torch.float32
-                    return f"openvino {chosen}"
+                    self.runs_as = f"openvino {chosen}"
+                    return self.runs_as
                 if precision == "int8":
                     precision = "auto"
         self.dtype = resolve_dtype(precision, self.device, shapes)
         self.encoder = self.encoder.to(dtype=self.dtype)
-        return f"torch {str(self.dtype).removeprefix('torch.')}"
+        self.runs_as = f"torch {str(self.dtype).removeprefix('torch.')}"
+        return self.runs_as
 
     def release_memory(self) -> None:
         """Give cached accelerator memory back (before retrying a batch that ran out of it)."""
