@@ -82,6 +82,7 @@ class ExportWriter:
 
 
 def index_schema(kinds: Iterable[str]) -> pa.Schema:
+    """A part index's columns: the document's input shard, its row count per export."""
     return pa.schema([("source", pa.string()), *((kind, pa.int32()) for kind in kinds)])
 
 
