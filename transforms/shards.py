@@ -73,12 +73,14 @@ def expand_pattern(pattern: str) -> list[str]:
 
 def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
     """The input files under ``root`` (a folder, walked folder by folder, or one file); an
-    ``X.txt`` beside an ``X.json`` is that CDM document's text, not a document of its own."""
+    ``X.txt`` beside an ``X.json`` is that CDM document's text, not a document of its own, and
+    its version is part of the ``.json`` shard's (editing either redoes the document)."""
     fs, path = fsspec.core.url_to_fs(root)
 
-    def shard(p: str, info: Mapping[str, Any]) -> Shard:
-        return Shard(p if is_local(fs) else fs.unstrip_protocol(p), int(info.get("size") or 0),
-                     file_version(info))
+    def shard(p: str, info: Mapping[str, Any], text: Mapping[str, Any] | None) -> Shard:
+        version = file_version(info) + (f";text:{file_version(text)}" if text else "")
+        size = int(info.get("size") or 0) + int((text or {}).get("size") or 0)
+        return Shard(p if is_local(fs) else fs.unstrip_protocol(p), size, version)
 
     if fs.isdir(path):
         for folder, _, files in fs.walk(path, detail=True):
@@ -87,12 +89,14 @@ def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
                 sidecar = name.lower().endswith(".txt") and f"{name[:-4]}.json" in files
                 if input_format(full, forced) and info.get("type") != "directory" \
                         and not sidecar:
-                    yield shard(full, info)
+                    yield shard(full, info, files.get(f"{name[:-5]}.txt")
+                                if name.endswith(".json") else None)
     elif fs.isfile(path):
         if input_format(path, forced) is None:
             raise InputError(f"{root!r}: unknown input format: name it .txt, .jsonl[.gz|.zst], "
                              ".parquet or .json (DT4H CDM), or pass --input_format")
-        yield shard(path, fs.info(path))
+        text = path[:-5] + ".txt" if path.endswith(".json") else None
+        yield shard(path, fs.info(path), fs.info(text) if text and fs.exists(text) else None)
 
 
 def list_files(pattern: str, forced: str | None = None) -> Iterator[Shard]:

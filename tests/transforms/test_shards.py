@@ -76,3 +76,25 @@ def test_listing(tmp_path):
     assert len(list(list_files(str(tmp_path / "notes.csv"), "txt"))) == 1
     with pytest.raises(InputError, match="unknown input format"):
         list(list_files(str(tmp_path / "notes.csv")))
+
+
+def test_a_cdm_documents_text_file_is_part_of_its_shard(tmp_path):
+    import os
+
+    (tmp_path / "n1.json").write_text("{}")
+    (tmp_path / "n1.txt").write_text("its text")
+    (tmp_path / "n2.json").write_text("{}")
+    (tmp_path / "n3.txt").write_text("a document of its own")
+
+    def listed(pattern):
+        return {p.url.rsplit("/", 1)[-1]: p for p in list_files(pattern)}
+
+    shards = listed(str(tmp_path))
+    assert sorted(shards) == ["n1.json", "n2.json", "n3.txt"]  # n1.txt is n1.json's text
+    assert shards["n1.json"].size == 2 + len("its text")
+    assert listed(str(tmp_path / "n1.json"))["n1.json"].version == shards["n1.json"].version
+    os.utime(tmp_path / "n1.txt", ns=(1, 1))  # the text alone changes: the shard's version too
+    after = listed(str(tmp_path))
+    assert after["n1.json"].version != shards["n1.json"].version
+    assert after["n2.json"].version == shards["n2.json"].version
+    assert listed(str(tmp_path / "n1.json"))["n1.json"].version == after["n1.json"].version
