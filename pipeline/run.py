@@ -38,7 +38,7 @@ LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
           resume: Resume, run_id: str, record: Mapping, gpu: bool = False) -> None:
     """The whole job: read (the shards not yet done), route, infer per task, align, write."""
-    info = run_info(opts, specs, record["config"], record["started"])
+    info = run_info(opts, record["config"], record["started"])
     docs, shards = p | "ReadDocuments" >> ReadDocuments(
         opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
         opts.input_format, opts.split_bytes)

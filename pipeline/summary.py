@@ -134,10 +134,9 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
     }
 
 
-def run_info(opts: Any, specs: Mapping[str, TaskSpec], config: Mapping[str, Any],
-             started: datetime) -> RunInfo:
+def run_info(opts: Any, config: Mapping[str, Any], started: datetime) -> RunInfo:
     """What the CDM and NOTE_NLP outputs say of this run: code version, start, each task's
-    model (location, pinned revision or fingerprint), the qualifier tasks."""
+    model (location, pinned revision or fingerprint)."""
     code = code_version()
     version = (code["package"] or "unknown") + (f"+{code['commit'][:10]}" if code["commit"]
                                                 else "")
@@ -146,7 +145,6 @@ def run_info(opts: Any, specs: Mapping[str, TaskSpec], config: Mapping[str, Any]
         version=version, started=started,
         models={n: m.get("revision") or m["fingerprint"] for n, m in models.items()},
         locations={n: m["location"] for n, m in models.items()},
-        qualifiers=frozenset(n for n, s in specs.items() if s.qualifies),
         note_id_field=opts.note_id_field, snippet_chars=opts.snippet_chars)
 
 

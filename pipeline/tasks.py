@@ -154,7 +154,7 @@ def _qualifies(value: Any, spec: TaskSpec) -> dict[str, str]:
     for head, labels in spec.labels.items():
         if not labels:  # not opened (spec-only check): labels unknown
             continue
-        entities = bio_scheme(dict(enumerate(labels))).entities
+        entities = spec.scheme(head).entities
         missing = sorted(str(k) for k in value if str(k) not in entities)
         if missing:
             raise ValueError(f"`qualifies:` names {missing}, which the model"

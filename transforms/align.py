@@ -72,8 +72,7 @@ class Aligner:
         self._specs = dict(specs)
         self._compat = reference_compat
         self._outputs = outputs
-        self._info = info or RunInfo(qualifiers=frozenset(n for n, s in specs.items()
-                                                          if s.qualifies))
+        self._info = info or RunInfo()
         self._schemes = {(name, head): spec.scheme(head)
                          for name, spec in self._specs.items() for head in spec.labels}
 
@@ -97,11 +96,13 @@ class Aligner:
             else:
                 found[task] = task_spans
         spans = self._rows(doc, found, counts)
+        # the qualifiers' cues and scopes are not mentions of the opt-in outputs
+        mentions = [r for r in spans if not self._specs[r["task"]].qualifies]
         extra: dict[str, tuple] = {}
         if NOTE_NLP in self._outputs:
             try:
                 extra[NOTE_NLP] = tuple(note_nlp_rows(document_row(doc, len(spans)), doc.text,
-                                                      spans, self._info))
+                                                      mentions, self._info))
             except NoteIdError as e:
                 failures.append(Failure(doc.key, "", NOTE_NLP, str(e)))
                 extra[NOTE_NLP] = ()
@@ -116,7 +117,7 @@ class Aligner:
             counts[f"documents/task_{task}"] += 1
         document = document_row(doc, len(spans))
         if CDM in self._outputs:
-            extra[CDM] = (response(document, doc.text, spans, self._info),)
+            extra[CDM] = (response(document, doc.text, mentions, self._info),)
         return DocumentRows(document, tuple(spans), tuple(error_row(doc, f) for f in failures),
                             dict(counts), doc.key, doc.position, extra)
 

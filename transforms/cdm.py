@@ -205,16 +205,14 @@ def _yes_no(flag: bool | None) -> str | None:
 @dataclass(frozen=True)
 class RunInfo:
     """What the outputs say of the run: the pipeline's name and version, when it started (UTC),
-    each task's model version (pinned revision or fingerprint) and location, the tasks that are
-    qualifiers, the metadata field holding NOTE_NLP's integer note id (None: the document id)
-    and the snippet's width."""
+    each task's model version (pinned revision or fingerprint) and location, the metadata field
+    holding NOTE_NLP's integer note id (None: the document id) and the snippet's width."""
 
     pipeline: str = "clinical-ner-pipeline"
     version: str = "unknown"
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     models: Mapping[str, str] = field(default_factory=dict)
     locations: Mapping[str, str] = field(default_factory=dict)
-    qualifiers: frozenset[str] = frozenset()
     note_id_field: str | None = None
     snippet_chars: int = 100
 
@@ -223,20 +221,21 @@ class RunInfo:
         return f"{self.locations.get(task, task)}@{self.models.get(task, 'unknown')}"
 
 
-def input_fields(document: Mapping[str, Any]) -> dict:
-    """A document row's input fields besides its text: a CDM record's metadata, or a flat
-    record's other fields."""
+def input_fields(document: Mapping[str, Any]) -> tuple[dict, bool]:
+    """A document row's input fields besides its text, and whether they are a CDM record's
+    metadata (else a flat record's other fields)."""
     meta = json.loads(document["meta"]) if document.get("meta") else {}
-    return dict(meta["record_metadata"]) if isinstance(meta.get("record_metadata"), dict) else meta
+    cdm = isinstance(meta.get("record_metadata"), dict)
+    return (dict(meta["record_metadata"]) if cdm else meta), cdm
 
 
 def record_metadata(document: Mapping[str, Any]) -> dict:
     """A document row's CDM metadata: a CDM record's, unchanged; else its id and language and
     those of its other fields that the CDM names."""
-    meta = json.loads(document["meta"]) if document.get("meta") else {}
-    if isinstance(meta.get("record_metadata"), dict):
-        return dict(meta["record_metadata"])
-    found = {k: v for k, v in meta.items() if k in METADATA and k != "text"}
+    fields, cdm = input_fields(document)
+    if cdm:
+        return fields
+    found = {k: v for k, v in fields.items() if k in METADATA and k != "text"}
     return {"record_id": document["doc_id"], "report_language": document.get("lang"), **found}
 
 
@@ -255,11 +254,11 @@ def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:
             "uncertainty_confidence": span.get("uncertain_score")}
 
 
-def response(document: Mapping[str, Any], text: str | None, spans: Sequence[Mapping[str, Any]],
-             info: RunInfo) -> dict:
+def response(document: Mapping[str, Any], text: str | None,
+             mentions: Sequence[Mapping[str, Any]], info: RunInfo) -> dict:
     """One document's ``NlpResponse``: its metadata as read plus this run's processing fields,
-    an ``Annotation`` per mention (the qualifiers' cues and scopes are not mentions), and
-    ``processing_success`` false when the document failed."""
+    an ``Annotation`` per mention, and ``processing_success`` false when the document
+    failed."""
     tasks = [t for t in (document.get("tasks") or "").split(",") if t]
     return {
         "nlp_output": {
@@ -268,8 +267,7 @@ def response(document: Mapping[str, Any], text: str | None, spans: Sequence[Mapp
                 "nlp_processing_date": info.started.isoformat(timespec="milliseconds"),
                 "nlp_processing_pipeline_name": info.pipeline,
                 "nlp_processing_pipeline_version": info.version},
-            "annotations": [annotation(s, info) for s in spans
-                            if s["task"] not in info.qualifiers],
+            "annotations": [annotation(m, info) for m in mentions],
             "processing_success": document["status"] != "failed"},
         "nlp_service_info": {
             "service_app_name": info.pipeline, "service_language": "en",

@@ -23,7 +23,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from transforms.omop import NOTE_NLP_SCHEMA
-from transforms.storage import ParquetSink, atomic_output, move, open_output
+from transforms.storage import (ParquetSink, atomic_output, move, open_output, read_table,
+                                write_table)
 
 CDM, NOTE_NLP, INDEX = "cdm", "note_nlp", "index"
 # what each export's part is made of: (folder under the output, file suffix) per file
@@ -86,16 +87,11 @@ def index_schema(kinds: Iterable[str]) -> pa.Schema:
     return pa.schema([("source", pa.string()), *((kind, pa.int32()) for kind in kinds)])
 
 
-def _read(fs, path: str) -> pa.Table:
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f)
-
-
 def rewrite(fs, src: Mapping[str, str], dst: Mapping[str, str],
             drop: Callable[[pa.Table], np.ndarray]) -> bool:
     """Write a part's exports from ``src`` files to ``dst`` files without the rows of the
     documents ``drop(index)`` marks; moved as they are when it marks none. Whether any went."""
-    index = _read(fs, src[INDEX + ".parquet"])
+    index = read_table(fs, src[INDEX + ".parquet"])
     dropped = np.asarray(drop(index), dtype=bool)
     if not dropped.any():
         for name, path in src.items():  # the index last: while it is there, work remains
@@ -113,13 +109,11 @@ def rewrite(fs, src: Mapping[str, str], dst: Mapping[str, str],
             with atomic_output(fs, dst[CDM + ".jsonl"]) as f:
                 f.write(b"".join(line for line, k in zip(lines, keep) if k))
         else:
-            table = _read(fs, src[kind + ".parquet"]).filter(pa.array(keep))
-            with atomic_output(fs, dst[kind + ".parquet"]) as f:
-                pq.write_table(table, f)
+            table = read_table(fs, src[kind + ".parquet"]).filter(pa.array(keep))
+            write_table(fs, dst[kind + ".parquet"], table)
             with atomic_output(fs, dst[kind + ".csv"]) as f:
                 pacsv.write_csv(table, f)
-    with atomic_output(fs, dst[INDEX + ".parquet"]) as f:
-        pq.write_table(index.filter(pa.array(keep_docs)), f)
+    write_table(fs, dst[INDEX + ".parquet"], index.filter(pa.array(keep_docs)))
     for name, path in src.items():
         if path != dst[name] and fs.exists(path):
             fs.rm(path)

@@ -34,7 +34,7 @@ class NoteIdError(ValueError):
 
 def note_id(document: Mapping[str, Any], field: str | None) -> int:
     """The document's OMOP note id: the integer in metadata ``field`` (None: the document id)."""
-    value = document["doc_id"] if field is None else input_fields(document).get(field)
+    value = document["doc_id"] if field is None else input_fields(document)[0].get(field)
     text = str(value).strip() if value is not None and not isinstance(value, bool) else ""
     if not text.lstrip("-").isdigit() or not -(1 << 63) <= int(text) < (1 << 63):
         raise NoteIdError(f"no integer note id in `{field or 'the document id'}`")
@@ -69,10 +69,9 @@ def modifiers(span: Mapping[str, Any]) -> str:
 
 
 def note_nlp_rows(document: Mapping[str, Any], text: str | None,
-                  spans: Sequence[Mapping[str, Any]], info: RunInfo) -> list[dict]:
-    """The ``NOTE_NLP`` rows of a document's mentions (its qualifiers' cues and scopes are not
-    mentions); raises ``NoteIdError`` when it has mentions but no integer note id."""
-    mentions = [s for s in spans if s["task"] not in info.qualifiers]
+                  mentions: Sequence[Mapping[str, Any]], info: RunInfo) -> list[dict]:
+    """The ``NOTE_NLP`` rows of a document's mentions; raises ``NoteIdError`` when it has
+    mentions but no integer note id."""
     if not mentions:
         return []
     note = note_id(document, info.note_id_field)

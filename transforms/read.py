@@ -36,7 +36,8 @@ from transforms.cdm import CdmError, record_fields
 from transforms.faults import is_damaged_data
 from transforms.progress import PROGRESS
 from transforms.records import FAILED, Document, Shard
-from transforms.shards import (Resume, expand_pattern, input_format, list_root, pending)
+from transforms.shards import (Resume, expand_pattern, input_format, list_root, pending,
+                               text_file_of)
 
 TXT, JSONL, PARQUET, CDM = "txt", "jsonl", "parquet", "cdm"
 SPLIT_BYTES = 64 << 20
@@ -209,7 +210,7 @@ def read_cdm(task: ReadTask, fields: Fields) -> Iterator[Document]:
             reason = f"not JSON ({e.msg} at line {e.lineno} column {e.colno})"
         else:
             if doc.text == "" and doc.status != FAILED:
-                doc = _sibling_text(doc, task.path[: -len(".json")] + ".txt")
+                doc = _sibling_text(doc, text_file_of(task.path))
             yield doc
             return
     yield Document(task.path, base, None, task.path, status=FAILED, reason=f"read: {reason}")

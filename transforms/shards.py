@@ -45,6 +45,12 @@ class InputError(ValueError):
     """An ``--input`` that names no readable files, with what to fix."""
 
 
+def text_file_of(path: str) -> str | None:
+    """The ``.txt`` file beside a CDM ``.json`` document, which holds its text when the record's
+    ``text`` is empty; None for other files."""
+    return path[: -len(".json")] + ".txt" if path.lower().endswith(".json") else None
+
+
 def input_format(path: str, forced: str | None = None) -> str | None:
     """The format a file name says (``txt``/``jsonl``/``parquet``; ``.json``: a DT4H CDM
     document, ``cdm``), or ``forced``."""
@@ -84,18 +90,17 @@ def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
 
     if fs.isdir(path):
         for folder, _, files in fs.walk(path, detail=True):
+            texts = {text_file_of(name) for name in files} - {None}
             for name, info in sorted(files.items()):
                 full = posixpath.join(folder, name)
-                sidecar = name.lower().endswith(".txt") and f"{name[:-4]}.json" in files
                 if input_format(full, forced) and info.get("type") != "directory" \
-                        and not sidecar:
-                    yield shard(full, info, files.get(f"{name[:-5]}.txt")
-                                if name.endswith(".json") else None)
+                        and name not in texts:
+                    yield shard(full, info, files.get(text_file_of(name)))
     elif fs.isfile(path):
         if input_format(path, forced) is None:
             raise InputError(f"{root!r}: unknown input format: name it .txt, .jsonl[.gz|.zst], "
                              ".parquet or .json (DT4H CDM), or pass --input_format")
-        text = path[:-5] + ".txt" if path.endswith(".json") else None
+        text = text_file_of(path)
         yield shard(path, fs.info(path), fs.info(text) if text and fs.exists(text) else None)
 
 

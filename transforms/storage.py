@@ -46,6 +46,22 @@ def atomic_output(fs, path: str) -> Iterator:
     move(fs, path + ".inprogress", path)
 
 
+def read_table(fs, path: str):
+    """One Parquet file on ``fs`` as a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def write_table(fs, path: str, table) -> None:
+    """Write a Parquet file on ``fs`` atomically."""
+    import pyarrow.parquet as pq
+
+    with atomic_output(fs, path) as f:
+        pq.write_table(table, f)
+
+
 def write_atomically(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` (any fsspec URL, parent folders created) atomically."""
     fs, path = fsspec.core.url_to_fs(url)

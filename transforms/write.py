@@ -47,7 +47,6 @@ import apache_beam as beam
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
@@ -57,7 +56,8 @@ from transforms.progress import PROGRESS
 from transforms.qualify import FLAGS
 from transforms.records import SKIPPED, DocumentRows, Shard
 from transforms.shards import Resume, write_marker
-from transforms.storage import ParquetSink, atomic_output, is_local, move, open_output
+from transforms.storage import (ParquetSink, atomic_output, is_local, move, open_output,
+                                read_table, write_table)
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
@@ -307,21 +307,10 @@ def _patch(tables: dict[str, pa.Table], dups: Sequence[Duplicate]) -> dict[str, 
 # Committing a run
 
 
-def _read(fs, path: str) -> pa.Table:
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f)
-
-
 def _put(fs, path: str, data: bytes) -> None:
     """Write bytes to ``path`` on ``fs`` atomically."""
     with atomic_output(fs, path) as f:
         f.write(data)
-
-
-def _write_table(fs, path: str, table: pa.Table) -> None:
-    """Write a Parquet file atomically."""
-    with atomic_output(fs, path) as f:
-        pq.write_table(table, f)
 
 
 def _final_parts(fs, root: str) -> dict[str, list[str]]:
@@ -364,7 +353,7 @@ def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[st
         path = part_file(root, kind, part)
         if not fs.exists(path):
             continue
-        table = _read(fs, path)
+        table = read_table(fs, path)
         kept = table.filter(pc.invert(pc.is_in(table["source"], value_set=redone)))
         if kind == "spans":
             spans = kept
@@ -372,7 +361,7 @@ def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[st
             continue
         changed = True
         if kept.num_rows:
-            _write_table(fs, path, kept)
+            write_table(fs, path, kept)
         else:
             fs.rm(path)
     changed |= exports.drop_sources(fs, root, part, redone)
@@ -392,9 +381,9 @@ def _commit_part(fs, root: str, part: Part, dups: Sequence[Duplicate]) -> None:
         exports.commit(fs, tmp, root, part.name, part.exports, [d.ref.row for d in dups])
     sources = {kind: posixpath.join(tmp, f"{kind}.parquet") for kind in SCHEMAS}
     if dups and all(fs.exists(p) for p in sources.values()):
-        tables = _patch({kind: _read(fs, p) for kind, p in sources.items()}, dups)
+        tables = _patch({kind: read_table(fs, p) for kind, p in sources.items()}, dups)
         for kind, table in tables.items():
-            _write_table(fs, part_file(root, kind, part.name), table)
+            write_table(fs, part_file(root, kind, part.name), table)
         for task in part.tasks:
             _put(fs, tsv_part_file(root, task, part.name), tsv_lines(tables["spans"], task))
         fs.rm(tmp, recursive=True)
@@ -498,7 +487,7 @@ def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, ru
             fs.rm(_journal(root, task))
     for kind, schema in SCHEMAS.items():  # an empty table still says what its columns are
         if not fs.glob(posixpath.join(root, kind, "*.parquet")):
-            _write_table(fs, part_file(root, kind, f"{run_id}-empty"), schema.empty_table())
+            write_table(fs, part_file(root, kind, f"{run_id}-empty"), schema.empty_table())
     tmp_root = fsspec.core.url_to_fs(tmp)[1]
     if fs.exists(tmp_root):
         fs.rm(tmp_root, recursive=True)
@@ -546,7 +535,8 @@ class WriteOutputs(beam.PTransform):
     def expand(self, pcolls):
         rows, shards = pcolls
         written = rows | "WriteParts" >> beam.ParDo(
-            _WriteParts(self._tmp, self._run_id, self._exports)).with_outputs(PARTS, COUNTS, TOTALS, main="refs")
+            _WriteParts(self._tmp, self._run_id, self._exports)).with_outputs(
+                PARTS, COUNTS, TOTALS, main="refs")
         dups = (
             written.refs
             | "ById" >> beam.WithKeys(lambda r: r.doc_id)

@@ -127,3 +127,20 @@ def test_mentions_of_a_document_the_qualifier_did_not_run_on_have_null_flags():
         assert {(s["negated"], s["uncertain"]) for s in rows.spans} == {(None, None)}
     unqualified = Aligner(SPECS, False)(work(("symptom",), QUALIFIED))
     assert {s["negated"] for s in unqualified.spans} == {None}
+
+
+def test_the_opt_in_outputs_carry_the_mentions_not_the_qualifiers_scopes():
+    doc = Document("k", "4711", TEXT, "src.txt", lang="es", tasks=("symptom", "negation"))
+    rows = Aligner({**SPECS, "negation": NEGATION}, False, ("cdm", "note_nlp"))(
+        Work(doc, {"tok": windows()}, QUALIFIED))
+    assert {s["task"] for s in rows.spans} == {"symptom", "negation"}
+    (cdm,) = rows.extra["cdm"]
+    assert [(a["concept_mention_string"], a["negation"], a["uncertainty"])
+            for a in cdm["nlp_output"]["annotations"]] == [("dolor abdominal", "no", "yes"),
+                                                            ("fiebre", "yes", "no")]
+    assert [(r["note_id"], r["lexical_variant"], r["term_exists"])
+            for r in rows.extra["note_nlp"]] == [(4711, "dolor abdominal", "N"),
+                                                 (4711, "fiebre", "N")]
+    unnumbered = Aligner(SPECS, False, ("note_nlp",))(work(("symptom",), QUALIFIED))
+    assert unnumbered.document["status"] == "failed" and unnumbered.extra["note_nlp"] == ()
+    assert unnumbered.errors[0]["stage"] == "note_nlp"

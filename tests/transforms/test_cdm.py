@@ -75,18 +75,18 @@ def span(task, label, start, end, negated=None, uncertain=None):
 
 def test_a_response_validates_and_carries_the_record_unchanged():
     info = RunInfo(version="1.2.3", models={"symptom": "abc123"},
-                   locations={"symptom": "m.pt"}, qualifiers=frozenset({"negation"}))
+                   locations={"symptom": "m.pt"})
     meta = {k: v for k, v in metadata().items() if k != "text"}
     document = {"doc_id": "17", "lang": "es", "status": "annotated", "tasks": "symptom,negation",
                 "meta": json.dumps({"record_metadata": meta})}
-    spans = [span("symptom", "SYMPTOM", 0, 8, negated=True, uncertain=False),
-             span("symptom", "SYMPTOM", 10, 15), span("negation", "NSCO", 0, 20)]
-    out = response(document, TEXT, spans, info)
+    mentions = [span("symptom", "SYMPTOM", 0, 8, negated=True, uncertain=False),
+                span("symptom", "SYMPTOM", 10, 15)]
+    out = response(document, TEXT, mentions, info)
     assert problems(out) == []
     md = out["nlp_output"]["record_metadata"]
     assert {k: md[k] for k in meta} == meta and md["text"] == TEXT
     assert md["nlp_processing_pipeline_version"] == "1.2.3"
-    first, second = out["nlp_output"]["annotations"]  # the qualifier's scope is no annotation
+    first, second = out["nlp_output"]["annotations"]
     assert (first["concept_class"], first["start_offset"], first["end_offset"],
             first["concept_mention_string"]) == ("symptom", 0, 8, TEXT[:8])
     assert (first["negation"], first["negation_confidence"], first["uncertainty"]) == (

@@ -59,8 +59,7 @@ def test_a_snippet_is_bounded_and_holds_the_mention(start, end):
 def test_rows_of_a_documents_mentions():
     started = datetime(2026, 11, 23, 17, 0, 5, tzinfo=timezone.utc)
     info = RunInfo(version="1.0", started=started, models={"symptom": "rev1"},
-                   locations={"symptom": "m"}, qualifiers=frozenset({"negation"}),
-                   snippet_chars=80)
+                   locations={"symptom": "m"}, snippet_chars=80)
 
     def span(task, start, end, negated=None, uncertain=None):
         return {"task": task, "label": "SYMPTOM", "start": start, "end": end,
@@ -68,8 +67,7 @@ def test_rows_of_a_documents_mentions():
 
     rows = note_nlp_rows(doc("123"), TEXT, [
         span("symptom", 10, 20, negated=True, uncertain=False), span("symptom", 30, 35),
-        span("symptom", 50, 60, negated=False, uncertain=True),
-        span("negation", 0, 40)], info)
+        span("symptom", 50, 60, negated=False, uncertain=True)], info)
     pa.Table.from_pylist(rows, NOTE_NLP_SCHEMA)  # the types hold
     assert [r["term_exists"] for r in rows] == ["N", "Y", "N"]
     assert [r["term_modifiers"] for r in rows] == [
@@ -82,6 +80,6 @@ def test_rows_of_a_documents_mentions():
     assert first["nlp_date"] == started.date() and first["note_nlp_concept_id"] == 0
     assert first["nlp_datetime"] == datetime(2026, 11, 23, 17, 0, 5)
     assert TEXT[10:20] in first["snippet"] and len(first["snippet"]) <= 80
-    assert note_nlp_rows(doc("not-a-number"), TEXT, [span("negation", 0, 4)], info) == []
+    assert note_nlp_rows(doc("not-a-number"), TEXT, [], info) == []
     with pytest.raises(NoteIdError):
         note_nlp_rows(doc("not-a-number"), TEXT, [span("symptom", 0, 4)], info)
