@@ -64,9 +64,11 @@ def main() -> None:
     texts = documents(args.docs)
     report: dict = {"docs": len(texts), "chars": sum(map(len, texts)),
                     "threads": torch.get_num_threads()}
-    ceiling, _ = isolated(matmul_ceiling)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ceiling, _ = isolated(matmul_ceiling, 8192, torch.bfloat16, device)
     report["bf16_matmul_gflops_per_s"] = round(ceiling)
-    report["fp32_matmul_gflops_per_s"] = round(isolated(matmul_ceiling, 8192, torch.float32)[0])
+    report["fp32_matmul_gflops_per_s"] = round(isolated(matmul_ceiling, 8192, torch.float32,
+                                                        device)[0])
     ref, ref_rss = isolated(run_reference, texts)
     report["reference"] = {**ref, "peak_rss_mib": ref_rss}
     pipe, pipe_rss = isolated(pipeline_path, texts, args.precision, args.batch_tokens,

@@ -1,4 +1,4 @@
-"""CPU backends side by side: ``python -m pipeline.bench [--docs 100]``.
+"""Backends side by side: ``python -m pipeline.bench [--docs 100]``.
 
 On the same windows of real SPACCC cases (the probe's 100 held-out ones), with an
 ``xlm-roberta-base``-sized token classifier (random weights, the real XLM-R tokenizer), each
@@ -7,12 +7,15 @@ it prints per run: real tokens/s through the pipeline's path (segment, infer, al
 path's FLOP/s as a share of the matrix-product ceiling measured in the same run (the fastest
 of fp32/bf16/fp16), the start-up (loading, converting or reading the cached conversion), and
 the probe model's strict F1 on those cases through the real job (``python -m pipeline.run``).
+On a CUDA machine it runs torch in fp32/bf16/fp16 on the GPU (OpenVINO rows are CPU-only and
+skipped) against the GPU's own matrix-product ceiling.
 The whole process against the reference scripts is ``python -m bench.whole`` (a checkout).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -25,17 +28,25 @@ from pathlib import Path
 
 import torch
 
+from transforms.batch import CPU_BATCH, GPU_BATCH, padded_length
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", REPO.parent / "shared"))  # the data
 TOKENIZER = SHARED / "tokenizers" / "xlm-roberta-base"
 PROBE = SHARED / "models" / "probe-es"
 SPACCC = SHARED / "corpora" / "spaccc-es"
 LABELS = {0: "O", 1: "B-PROCEDURE", 2: "I-PROCEDURE"}
 RUNS = ("torch:fp32", "torch:bf16", "openvino:fp32", "openvino:bf16", "openvino:int8")
+GPU_RUNS = ("torch:fp32", "torch:bf16", "torch:fp16")  # a GPU runs torch whatever --backend says
+SIZES = {"base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                  "intermediate_size": 3072},  # xlm-roberta-base's body
+         "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "intermediate_size": 128}}  # for dry runs and tests: same code, seconds
 
 
-def base_model(seed: int = 0, stable: bool = False):
-    """An xlm-roberta-base-sized token classifier with random weights.
+def base_model(seed: int = 0, stable: bool = False, size: str = "base"):
+    """An xlm-roberta-base-sized (``size``: a key of ``SIZES``) token classifier with random
+    weights and the real vocabulary.
 
     ``stable`` builds one whose predictions have clear margins, for comparing precisions (a
     random classifier puts a few percent of words within rounding noise of a decision
@@ -48,7 +59,7 @@ def base_model(seed: int = 0, stable: bool = False):
     torch.manual_seed(seed)
     config = XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1,
                               pad_token_id=1, id2label=LABELS,
-                              label2id={v: k for k, v in LABELS.items()})
+                              label2id={v: k for k, v in LABELS.items()}, **SIZES[size])
     model = XLMRobertaForTokenClassification(config).eval()
     if stable:
         with torch.no_grad():
@@ -82,12 +93,20 @@ def flops_per_token(config, length: int) -> float:
     return layers * (2 * (4 * h * h + 2 * h * config.intermediate_size) + 4 * length * h)
 
 
-def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
-    """GFLOP/s of the encoder's matrix products in ``dtype`` (one layer's shapes, all tokens)."""
+def layer_shapes(tokens: int, hidden: int = 768, intermediate: int = 3072
+                 ) -> list[tuple[int, int, int]]:
+    """The matrix products (m, k, n) of one encoder layer over ``tokens`` tokens."""
+    return [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, intermediate),
+                                             (tokens, intermediate, hidden)]
+
+
+def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16,
+                   device: str = "cpu") -> float:
+    """GFLOP/s of the encoder's matrix products in ``dtype`` (one layer's shapes, all tokens)
+    on ``device``."""
     from transforms.backends import matmul_rate
 
-    shapes = [(tokens, 768, 768)] * 4 + [(tokens, 768, 3072), (tokens, 3072, 768)]
-    return matmul_rate(dtype, shapes, seconds=1.0) / 1e9
+    return matmul_rate(dtype, layer_shapes(tokens), seconds=1.0, device=device) / 1e9
 
 
 class Counted:
@@ -95,14 +114,15 @@ class Counted:
 
     def __init__(self, model, config) -> None:
         self.model, self.config = model, config
-        self.real = self.padded = 0
+        self.real = self.padded = self.largest = 0
         self.flops = self.seconds = 0.0
 
     def predict(self, windows, positions, heads, pad_to=None):
-        width = pad_to or max(len(w) for w in windows)
+        width = pad_to or padded_length(max(len(w) for w in windows))
         real = sum(len(w) for w in windows)
         self.real += real
         self.padded += width * len(windows)
+        self.largest = max(self.largest, width * len(windows))
         self.flops += real * flops_per_token(self.config, width)
         t0 = time.perf_counter()
         out = self.model.predict(windows, positions, heads, pad_to)
@@ -113,64 +133,98 @@ class Counted:
         self.model.release_memory()
 
 
-def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_tokens: int,
-                  stable: bool = False, compile_model: bool = False, backend: str = "torch"
-                  ) -> dict:
-    """The pipeline's own stages from texts to spans (segment, group, infer, align), outside
-    Beam, timed after the model is loaded (``startup_s``: building it for ``backend``)."""
-    from transformers import AutoTokenizer
-
-    from transforms.align import Aligner
-    from transforms.handlers import InferenceConfig, TaskInference
-    from transforms.models import TokenClassifier, pick_device
-    from transforms.records import Document, Work
-    from transforms.segment import word_windows
+def bench_spec():
+    """The task the benchmarks run: one head over the LABELS, on Spanish documents."""
     from transforms.spec import TaskSpec
 
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    model = base_model(stable=stable)
-    t0 = time.perf_counter()
-    clf = TokenClassifier(model.base_model, {None: model.classifier}, pick_device())
-    runs_as = clf.use(backend, precision, torch.get_num_threads())
-    startup = time.perf_counter() - t0
-    spec = TaskSpec("t", "hf", "bench", ("es",), str(TOKENIZER), heads={"es": (None,)},
+    return TaskSpec("t", "hf", "bench", ("es",), str(TOKENIZER), heads={"es": (None,)},
                     labels={None: tuple(LABELS[i] for i in range(len(LABELS)))},
                     tokenizer_key="tok")
-    infer = TaskInference(spec, InferenceConfig(precision, batch_tokens))
-    counted = Counted(clf, model.config)
 
-    def work(i: int, text: str) -> Work:
-        windows = word_windows(text, tokenizer, max_tokens, max_tokens // 4)
-        return Work(Document(str(i), str(i), text, "bench", lang="es", tasks=("t",)),
-                    {"tok": windows})
 
-    if compile_model:  # compile before timing, as a long job amortises it
-        clf.compile()
-        infer((work(0, texts[0]),), clf)
-    infer((work(0, texts[0][:2000]),), clf)  # first call: kernels chosen, caches filled
+def loaded(precision: str, backend: str = "torch", size: str = "base", stable: bool = False,
+           device: str = "auto"):
+    """A random-weight model (``base_model``) placed as the job places it: ``(model, its
+    config, what it runs as, start-up seconds)``."""
+    from transforms.models import TokenClassifier, pick_device
+
+    model = base_model(stable=stable, size=size)
     t0 = time.perf_counter()
-    works = [work(i, text) for i, text in enumerate(texts)]
-    t_tok = time.perf_counter() - t0
+    clf = TokenClassifier(model.base_model, {None: model.classifier}, pick_device(device))
+    runs_as = clf.use(backend, precision, torch.get_num_threads())
+    return clf, model.config, runs_as, time.perf_counter() - t0
+
+
+@functools.cache
+def tokenizer():
+    """The XLM-R tokenizer, loaded once per process."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+def as_works(texts: list[str], max_tokens: int) -> list:
+    """``texts`` as the job's documents in flight, with their windows (``Work``)."""
+    from transforms.records import Document, Work
+    from transforms.segment import word_windows
+
+    return [Work(Document(str(i), str(i), text, "bench", lang="es", tasks=("t",)),
+                 {"tok": word_windows(text, tokenizer(), max_tokens, max_tokens // 4)})
+            for i, text in enumerate(texts)]
+
+
+def infer_groups(works: list, infer, model, batch_tokens: int) -> list:
+    """``works`` through ``infer`` in groups of documents as ``GroupDocuments`` makes them."""
     done, group, tokens = [], [], 0
-    for w in works:  # groups of documents as GroupDocuments makes them
+    for w in works:
         group.append(w)
         tokens += int(w.windows["tok"].id_bounds[-1])
         if tokens >= 8 * batch_tokens:
-            done += infer(tuple(group), counted)
+            done += infer(tuple(group), model)
             group, tokens = [], 0
-    done += infer(tuple(group), counted) if group else ()
+    done += infer(tuple(group), model) if group else ()
+    return done
+
+
+def model_path_figures(counted: Counted) -> dict:
+    """Real tokens, padding, the largest batch and the model path's speed of ``counted``."""
+    return {"real_tokens": counted.real,
+            "padding_fraction": round(1 - counted.real / counted.padded, 3),
+            "largest_batch_tokens": counted.largest,
+            "model_path_s": round(counted.seconds, 3),
+            "model_real_tokens_per_s": round(counted.real / counted.seconds),
+            "model_gflops_per_s": round(counted.flops / counted.seconds / 1e9)}
+
+
+def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_tokens: int,
+                  stable: bool = False, compile_model: bool = False, backend: str = "torch",
+                  size: str = "base") -> dict:
+    """The pipeline's own stages from texts to spans (segment, group, infer, align), outside
+    Beam, timed after the model is loaded (``startup_s``: building it for ``backend``)."""
+    from transforms.align import Aligner
+    from transforms.handlers import InferenceConfig, TaskInference
+
+    clf, config, runs_as, startup = loaded(precision, backend, size, stable)
+    tokenizer()
+    spec = bench_spec()
+    infer = TaskInference(spec, InferenceConfig(precision=precision, batch_tokens=batch_tokens))
+    counted = Counted(clf, config)
+    if compile_model:  # compile before timing, as a long job amortises it
+        clf.compile()
+        infer(tuple(as_works(texts[:1], max_tokens)), clf)
+    infer(tuple(as_works([texts[0][:2000]], max_tokens)), clf)  # kernels chosen, caches filled
+    t0 = time.perf_counter()
+    works = as_works(texts, max_tokens)
+    t_tok = time.perf_counter() - t0
+    done = infer_groups(works, infer, counted, batch_tokens)
     align = Aligner({"t": spec}, False)
     spans = {w.doc.doc_id: [(s["label"], s["start"], s["end"]) for s in align(w).spans]
              for w in done}
     seconds = time.perf_counter() - t0
-    real, padded = counted.real, counted.padded
     return {"runs_as": runs_as, "startup_s": round(startup, 1), "docs": len(texts),
             "seconds": round(seconds, 2), "tokenize_s": round(t_tok, 2),
-            "docs_per_s": round(len(texts) / seconds, 2), "real_tokens": real,
-            "real_tokens_per_s": round(real / seconds),
-            "padding_fraction": round(1 - real / padded, 3),
-            "model_path_s": round(counted.seconds, 2),
-            "model_gflops_per_s": round(counted.flops / counted.seconds / 1e9),
+            "docs_per_s": round(len(texts) / seconds, 2),
+            "real_tokens_per_s": round(counted.real / seconds), **model_path_figures(counted),
             "spans": spans}
 
 
@@ -197,9 +251,9 @@ def isolated(fn, *args):
     return out
 
 
-def ceiling() -> dict[str, float]:
-    """The matrix-product rate per dtype, GFLOP/s, each in a fresh process."""
-    return {name: round(isolated(matmul_ceiling, 8192, dtype)[0])
+def ceiling(device: str = "cpu") -> dict[str, float]:
+    """The matrix-product rate per dtype on ``device``, GFLOP/s, each in a fresh process."""
+    return {name: round(isolated(matmul_ceiling, 8192, dtype, device)[0])
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16),
                                 ("fp16", torch.float16))}
 
@@ -234,16 +288,27 @@ def main(argv: list[str] | None = None) -> None:
     """Print the comparison as JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=int, default=100, help="held-out cases (at most 100)")
-    ap.add_argument("--runs", default=",".join(RUNS), help="backend:precision, comma-separated")
-    ap.add_argument("--batch_tokens", type=int, default=8192)
+    ap.add_argument("--runs", default=None, help="backend:precision, comma-separated (default: "
+                    f"{','.join(RUNS)}; on a GPU {','.join(GPU_RUNS)})")
+    ap.add_argument("--batch_tokens", type=int, default=None,
+                    help=f"default: {CPU_BATCH.tokens}, {GPU_BATCH.tokens} on a GPU")
     ap.add_argument("--no_f1", action="store_true", help="skip the probe's F1")
     args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runs = (args.runs or ",".join(GPU_RUNS if device == "cuda" else RUNS)).split(",")
+    if device == "cuda":  # OpenVINO runs on CPUs only: its rows would silently run torch
+        skipped = [r for r in runs if not r.startswith("torch:")]
+        runs = [r for r in runs if r.startswith("torch:")]
+    batch_tokens = args.batch_tokens or (GPU_BATCH if device == "cuda" else CPU_BATCH).tokens
     ids = heldout_ids()[: args.docs]
     texts = documents(len(ids), ids)
-    rates = ceiling()
+    rates = ceiling(device)
     best = max(rates.values())
-    report: dict = {"docs": len(texts), "threads": torch.get_num_threads(),
-                    "matmul_gflops_per_s": rates, "ceiling_gflops_per_s": best, "runs": {}}
+    report: dict = {"docs": len(texts), "device": device, "threads": torch.get_num_threads(),
+                    "batch_tokens": batch_tokens, "matmul_gflops_per_s": rates,
+                    "ceiling_gflops_per_s": best, "runs": {}}
+    if device == "cuda" and skipped:
+        report["skipped_cpu_only_runs"] = skipped
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         texts_dir = work / "cases"
@@ -252,9 +317,9 @@ def main(argv: list[str] | None = None) -> None:
             (texts_dir / f"{i}.txt").write_text(text, encoding="utf-8")
         os.environ.setdefault("CLINICAL_NER_CACHE", str(work / "cache"))
         reference_spans = None
-        for run in args.runs.split(","):
+        for run in runs:
             backend, precision = run.split(":")
-            out, rss = isolated(pipeline_path, texts, precision, args.batch_tokens, 512, False,
+            out, rss = isolated(pipeline_path, texts, precision, batch_tokens, 512, False,
                                 False, backend)
             spans = out.pop("spans")
             reference_spans = reference_spans or spans

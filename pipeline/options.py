@@ -11,13 +11,18 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.align import OUTPUTS
+from transforms.batch import CPU_BATCH, GPU_BATCH
+from transforms.segment import REFERENCE_WINDOW
 from transforms.shards import FORMATS
 from transforms.spec import BACKENDS, PRECISIONS
+
+if TYPE_CHECKING:
+    from transforms.handlers import InferenceConfig
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -33,9 +38,9 @@ def boolean(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _flag(group, name: str, help: str) -> None:
-    group.add_argument(name, type=boolean, nargs="?", const=True, default=False, metavar="BOOL",
-                       help=help)
+def _flag(group, name: str, help: str, default: bool | None = False) -> None:
+    group.add_argument(name, type=boolean, nargs="?", const=True, default=default,
+                       metavar="BOOL", help=help)
 
 
 class AnnotateOptions(PipelineOptions):
@@ -101,11 +106,14 @@ class AnnotateOptions(PipelineOptions):
                                 "installed, else torch), torch or openvino (converted once per "
                                 "worker and cached; a failed conversion keeps torch). GPUs "
                                 "always run torch.")
-        infer.add_argument("--batch_tokens", type=int, default=8192,
+        infer.add_argument("--batch_tokens", type=int, default=None,
                            help="Token budget of one inference batch (padded size, windows "
-                                "sorted by length). GPU: 16k-64k.")
-        infer.add_argument("--max_batch_windows", type=int, default=256,
-                           help="Most windows in one inference batch.")
+                                f"sorted by length; default: {GPU_BATCH.tokens} with a GPU, "
+                                f"{CPU_BATCH.tokens} on a CPU).")
+        infer.add_argument("--max_batch_windows", type=int, default=None,
+                           help="Most windows in one inference batch (default: "
+                                f"{GPU_BATCH.windows} with a GPU, {CPU_BATCH.windows} on a "
+                                "CPU).")
         infer.add_argument("--group_tokens", type=int, default=None,
                            help="Tokens of the documents grouped for one inference call "
                                 "(their windows are sorted together; default: 8 x "
@@ -122,11 +130,26 @@ class AnnotateOptions(PipelineOptions):
                            help="Dataflow accelerator for the inference steps only, e.g. "
                                 "'type:nvidia-l4;count:1;install-nvidia-driver' (a resource "
                                 "hint: the CPU stages run on CPU workers).")
-        _flag(infer, "--large_model", "Share one model copy among a worker's processes (a GPU "
-                                      "machine with several worker processes).")
+        _flag(infer, "--large_model", "Share one model copy among a worker's processes "
+                                      "(default: true with a GPU, where each process's own "
+                                      "copy would hold GPU memory and a CUDA context; false "
+                                      "on a CPU).", default=None)
+
+    def apply_device_defaults(self, gpu: bool) -> None:
+        """Fill the options whose default depends on whether the models run on a GPU: the
+        batch budget, and one model copy shared by a worker's processes (each process's own
+        copy would hold GPU memory and a CUDA context, all time-slicing one GPU)."""
+        budget = GPU_BATCH if gpu else CPU_BATCH
+        if self.batch_tokens is None:
+            self.batch_tokens = max(budget.tokens, self.max_tokens)
+        if self.max_batch_windows is None:
+            self.max_batch_windows = budget.windows
+        if self.large_model is None:
+            self.large_model = gpu
 
     def validate_required(self) -> None:
-        """Fail with a usage message when a required option is missing or out of range."""
+        """Fail with a usage message when a required option is missing or out of range (after
+        ``apply_device_defaults``)."""
         missing = [f"--{n}" for n in ("input", "output", "tasks") if not getattr(self, n)]
         if missing:
             raise SystemExit(f"pipeline.run: missing required option(s) {', '.join(missing)} "
@@ -136,7 +159,7 @@ class AnnotateOptions(PipelineOptions):
         if self.max_tokens < 8 or not 0 <= 2 * self.overlap <= self.max_tokens - 2:
             raise SystemExit("pipeline.run: need --max_tokens >= 8 and 0 <= 2*--overlap <= "
                              "--max_tokens - 2")
-        if self.batch_tokens < self.max_tokens:
+        if self.batch_tokens is not None and self.batch_tokens < self.max_tokens:
             raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
         if self.precision == "int8" and self.backend != "openvino":
             raise SystemExit("pipeline.run: --precision int8 needs --backend openvino")
@@ -154,6 +177,22 @@ class AnnotateOptions(PipelineOptions):
                                    if o.strip()))
 
 
+def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> InferenceConfig:
+    """How the models run, from the options (``--reference_compat``: torch, fp32, its windows;
+    ``require_cuda``: the job asked for a GPU, so a model load without one fails)."""
+    from transforms.handlers import InferenceConfig  # Beam's ML module: not for a light import
+
+    compat = opts.reference_compat
+    return InferenceConfig(
+        precision="fp32" if compat and opts.precision == "auto" else opts.precision,
+        backend="torch" if compat and opts.backend == "auto" else opts.backend,
+        batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
+        max_batch_windows=opts.max_batch_windows,
+        pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
+        device="cuda" if require_cuda else opts.device,
+        threads=opts.torch_threads)
+
+
 def wants_gpu(options: PipelineOptions) -> bool:
     """Whether the job asked for a GPU: ``--device cuda``, ``--inference_accelerator``, or a
     Dataflow ``worker_accelerator`` service option (then no CUDA at model load is an error)."""
@@ -163,6 +202,18 @@ def wants_gpu(options: PipelineOptions) -> bool:
     service = options.view_as(GoogleCloudOptions).dataflow_service_options or []
     return (opts.device == "cuda" or bool(opts.inference_accelerator)
             or any(str(o).startswith("worker_accelerator") for o in service))
+
+
+def uses_gpu(options: PipelineOptions, local: bool) -> bool:
+    """Whether the models run on a GPU: the job asked for one, or a local run (not
+    ``--device cpu``) finds CUDA here."""
+    if wants_gpu(options):
+        return True
+    if not local or options.view_as(AnnotateOptions).device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 _TEMPLATE_REQUIRED = ("input", "output", "tasks")
@@ -219,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
         usage="python -m pipeline.run --input IN --output OUT --tasks TASKS.yaml [options]",
         description="Annotate clinical documents with the NER models of a task file: read, "
                     "route by language, infer per task, align, write TSV and Parquet.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False,
+        formatter_class=_Defaults, allow_abbrev=False,
         epilog="Runner options follow Beam's (https://beam.apache.org/documentation/runners/"
                "): e.g. --runner DataflowRunner --project P --region R --temp_location gs://...")
     for cls in _option_classes():
@@ -232,6 +283,15 @@ def parser() -> argparse.ArgumentParser:
         except argparse.ArgumentError:  # an option two Beam classes declare
             continue
     return p
+
+
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless it has none or the help says it."""
+
+    def _get_help_string(self, action) -> str:
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 class _Grouped:

@@ -14,17 +14,18 @@ import sys
 import time
 from typing import Sequence
 
-from pipeline.options import AnnotateOptions, parse_options
-from pipeline.run import inference_config
+from pipeline.options import AnnotateOptions, inference_config, parse_options, uses_gpu
 from pipeline.tasks import TaskFileError, load_tasks, pin_revisions
 from transforms.handlers import TokenClassifierHandler
 
 
 def prepare(argv: Sequence[str]) -> list[tuple[str, str, float]]:
     """Load (and convert, on a CPU) every task's model; ``(task, how it runs, seconds)``."""
-    opts = parse_options(list(argv)).view_as(AnnotateOptions)
+    options = parse_options(list(argv))
+    opts = options.view_as(AnnotateOptions)
     if not opts.tasks:
         raise SystemExit("pipeline.prepare: --tasks is required")
+    opts.apply_device_defaults(uses_gpu(options, local=True))
     done = []
     for name, spec in pin_revisions(load_tasks(opts.tasks)).items():
         started = time.perf_counter()

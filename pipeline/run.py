@@ -16,13 +16,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, TestOptions)
 
-from pipeline.options import AnnotateOptions, parse_options, wants_gpu
+from pipeline.options import (AnnotateOptions, inference_config, parse_options, uses_gpu,
+                              wants_gpu)
 from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
                               run_info, write_run_record)
 from pipeline.tasks import TaskFileError, has_random_weights, load_tasks, pin_revisions
 from transforms.align import AlignDoFn
 from transforms.batch import GroupDocuments
-from transforms.handlers import InferenceConfig, TokenClassifierHandler
+from transforms.handlers import TokenClassifierHandler
 from transforms.read import Fields, ReadDocuments, plan_reads
 from transforms.route import RouteDoFn
 from transforms.segment import REFERENCE_WINDOW, SegmentDoFn
@@ -58,19 +59,6 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
-def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> InferenceConfig:
-    """How the models run, from the options (``--reference_compat``: torch, fp32, its windows)."""
-    compat = opts.reference_compat
-    return InferenceConfig(
-        precision="fp32" if compat and opts.precision == "auto" else opts.precision,
-        backend="torch" if compat and opts.backend == "auto" else opts.backend,
-        batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
-        max_batch_windows=opts.max_batch_windows,
-        pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
-        require_cuda=require_cuda,
-        threads=opts.torch_threads)
-
-
 def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
     """RunInference of one task over groups of documents (the GPU step, if any)."""
     from apache_beam.ml.inference.base import RunInference
@@ -98,9 +86,10 @@ def local_runner(runner: str | None):
 
 
 def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
-               argv: Sequence[str]) -> dict[str, int]:
-    """For a local run: count the shards listed and to do, and use every core by default, one
-    worker process per core (up to one per read task), torch's threads divided among them."""
+               argv: Sequence[str], gpu: bool) -> dict[str, int]:
+    """For a local run: count the shards listed and to do, and use every core by default: with
+    a GPU one worker process per core (up to one per read task), torch's threads divided among
+    them; without one, one process whose model has every core."""
     listed = list(list_files(opts.input, opts.input_format))
     if not listed:
         raise InputError(f"no input files match {opts.input!r}")
@@ -113,7 +102,7 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     if not _given(argv, "direct_num_workers"):
         # With a GPU the CPU stages need every core; without one the models do, and one
         # process with all of them runs a model faster than several with a share each.
-        direct.direct_num_workers = max(1, min(cores, tasks)) if has_gpu() else 1
+        direct.direct_num_workers = max(1, min(cores, tasks)) if gpu else 1
     if direct.direct_num_workers > 1 and not _given(argv, "direct_running_mode"):
         direct.direct_running_mode = "multi_processing"
     if opts.torch_threads is None:
@@ -121,12 +110,6 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
         opts.torch_threads = max(1, cores // max(1, workers))
     return {"shards/listed": len(listed), "shards/complete_skipped": len(listed) - len(todo),
             "shards/to_do": len(todo)}
-
-
-def has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _given(argv: Sequence[str], name: str) -> bool:
@@ -146,6 +129,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     opts = options.view_as(AnnotateOptions)
     opts.validate_required()
+    runner = options.view_as(StandardOptions).runner
+    local = runner in LOCAL_RUNNERS and test_pipeline is None
+    gpu = uses_gpu(options, local)
+    opts.apply_device_defaults(gpu)
     specs = pin_revisions(load_tasks(opts.tasks))
     check_windows(specs, opts)
     LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
@@ -157,12 +144,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     started = now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
     resume = Resume(opts.output, config, opts.force)
-    runner = options.view_as(StandardOptions).runner
-    local = runner in LOCAL_RUNNERS and test_pipeline is None
     record = {"output": opts.output, "run_id": run_id, "config": config, "started": started,
               "options": options.get_all_options(drop_default=True)}
     if local:
-        shards = plan_local(options, opts, resume, argv)
+        shards = plan_local(options, opts, resume, argv, gpu)
         if not shards["shards/to_do"]:
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")
             write_run_record(shards, **record)

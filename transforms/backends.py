@@ -36,18 +36,30 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
 
 def matmul_rate(dtype: torch.dtype, shapes: Sequence[tuple[int, int, int]],
-                seconds: float = 0.15) -> float:
-    """FLOP/s of this process's threads on matrix products of ``shapes`` (m, k, n) in
-    ``dtype``, each product once per round, rounds timed for ``seconds`` (at least two)."""
-    mats = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)) for m, k, n in shapes]
-    for a, b in mats:
-        torch.matmul(a, b)
-    rounds, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or rounds < 2:
-        for a, b in mats:
-            torch.matmul(a, b)
-        rounds += 1
-    return sum(2.0 * m * k * n for m, k, n in shapes) * rounds / elapsed
+                seconds: float = 0.15, device: str = "cpu") -> float:
+    """FLOP/s on matrix products of ``shapes`` (m, k, n) in ``dtype`` on ``device`` (a CPU:
+    this process's threads; CUDA: timed with CUDA events), each product once per round, as
+    many rounds as fill about ``seconds`` (at least one) by the time of a warm-up round."""
+    dev = torch.device(device)
+    mats = [(torch.randn(m, k, device=dev).to(dtype), torch.randn(k, n, device=dev).to(dtype))
+            for m, k, n in shapes]
+
+    def timed(rounds: int) -> float:
+        if dev.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            for a, b in mats:
+                torch.matmul(a, b)
+        if dev.type == "cuda":
+            end.record()
+            end.synchronize()
+            return begin.elapsed_time(end) / 1e3
+        return time.perf_counter() - start
+
+    rounds = max(1, round(seconds / max(timed(1), 1e-9)))  # warm-up: kernels, caches, clocks
+    return sum(2.0 * m * k * n for m, k, n in shapes) * rounds / timed(rounds)
 
 
 @functools.cache

@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from transforms.batch import padded_length, token_batches
+from transforms.batch import CPU_BATCH, padded_length, token_batches
 from transforms.faults import is_machine_fault, is_out_of_memory
 from transforms.records import Failure, Predictions, Work
 from transforms.spec import TaskSpec
@@ -37,17 +37,18 @@ class ModelFault(RuntimeError):
     """The model failed on every window of a batch from several documents."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InferenceConfig:
-    """How a task's model runs: precision, batching, device and threads."""
+    """How a task's model runs: precision, batching, device and threads (keyword-only: a
+    positional value cannot land in the wrong field)."""
 
     precision: str = "auto"
     backend: str = "auto"  # where the encoder runs on a CPU: auto, torch, openvino
-    batch_tokens: int = 8192
-    max_batch_windows: int = 256
+    batch_tokens: int = CPU_BATCH.tokens
+    max_batch_windows: int = CPU_BATCH.windows
     pad_to: int | None = None  # --reference_compat pads every window to 512
     compile: bool = False
-    require_cuda: bool = False
+    device: str = "auto"  # auto (CUDA when present), cpu, or cuda (an error without it)
     threads: int | None = None  # torch threads of the process that runs the model
 
 
@@ -165,7 +166,7 @@ class TokenClassifierHandler(ModelHandler[Group, Group, Any]):
         config, spec = self._config, self._spec
         if config.threads:
             torch.set_num_threads(config.threads)
-        device = pick_device(config.require_cuda)
+        device = pick_device(config.device)
         if spec.kind == "hf":
             model = load_hf(spec.model, device, spec.revision)
         else:

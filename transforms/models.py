@@ -123,12 +123,15 @@ class AcceleratorMissing(RuntimeError):
     """A GPU was asked for and CUDA is not usable here."""
 
 
-def pick_device(require_cuda: bool = False) -> torch.device:
-    """CUDA when present, else the CPU; with ``require_cuda`` a clear error instead of a silent
-    fall back to the CPU (a driver/CUDA mismatch on a GPU worker would otherwise run there)."""
+def pick_device(want: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else the CPU; ``cpu``; ``cuda``: a clear error where CUDA is
+    not usable, instead of a silent fall back to the CPU (a driver/CUDA mismatch on a GPU
+    worker would otherwise run there)."""
+    if want == "cpu":
+        return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if require_cuda:
+    if want == "cuda":
         raise AcceleratorMissing(
             f"a GPU was asked for (--inference_accelerator / worker_accelerator / --device cuda) "
             f"but torch {torch.__version__} (CUDA build {torch.version.cuda}) finds no usable "
@@ -191,14 +194,14 @@ class TokenClassifier:
         heads: dict[str | None, torch.nn.Module],
         device: torch.device,
     ) -> None:
-        # Loaded in fp32; ``use`` converts the encoder once to its compute dtype (cheaper than
-        # autocast, which converts the weights on every batch); heads and probabilities stay
-        # fp32.
-        self.encoder = encoder.to(device=device, dtype=torch.float32).eval()
+        # Kept on the host in fp32 until ``use`` picks the backend and dtype: the weights are
+        # cast once there (cheaper than autocast, which converts them on every batch) and reach
+        # an accelerator already in their compute dtype. Heads and probabilities stay fp32.
+        self.encoder = encoder.float().eval()
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
         self.dtype = torch.float32
-        self.runs_as = "torch float32"  # what ``use`` chose
+        self.runs_as = "not placed: call use()"
         config = getattr(encoder, "config", None)
         pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
@@ -223,7 +226,7 @@ class TokenClassifier:
                 if precision == "int8":
                     precision = "auto"
         self.dtype = resolve_dtype(precision, self.device, shapes)
-        self.encoder = self.encoder.to(dtype=self.dtype)
+        self.encoder = self.encoder.to(dtype=self.dtype).to(self.device)
         self.runs_as = f"torch {str(self.dtype).removeprefix('torch.')}"
         return self.runs_as
 
@@ -251,23 +254,23 @@ class TokenClassifier:
         with the positions of all windows in order.
         """
         ids, mask = pad(windows, self.pad_id, pad_to)
-        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-        if self.device.type == "cuda":
-            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
-        ids_t = ids_t.to(self.device, non_blocking=True)
-        mask_t = mask_t.to(self.device, non_blocking=True)
-        hidden = self.encoder(input_ids=ids_t, attention_mask=mask_t)[0]
-        sizes = [len(p) for p in positions]
-        rows = torch.from_numpy(np.repeat(np.arange(len(positions)), sizes)).to(self.device)
-        cols = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(self.device)
-        picked = hidden[rows, cols].float()
-        labels, probs = [], []
-        for head in heads:
-            best = torch.softmax(self.heads[head](picked), dim=-1).max(dim=-1)
-            labels.append(best.indices)
-            probs.append(best.values)
-        return (torch.stack(labels, 1).to(torch.int16).cpu().numpy(),
-                torch.stack(probs, 1).cpu().numpy())
+        rows = np.repeat(np.arange(len(positions)), [len(p) for p in positions])
+        gather = np.stack([rows, np.concatenate(positions)]).astype(np.int64)
+        inputs, gather_t = self._send(np.stack([ids, mask])), self._send(gather)
+        hidden = self.encoder(input_ids=inputs[0], attention_mask=inputs[1])[0]
+        picked = hidden[gather_t[0], gather_t[1]].float()
+        best = [torch.softmax(self.heads[head](picked), dim=-1).max(dim=-1) for head in heads]
+        # One copy back (probabilities, then label ids, exact in fp32), so one wait per batch.
+        out = torch.cat([torch.stack([b.values for b in best], 1),
+                         torch.stack([b.indices for b in best], 1).float()], 1).cpu().numpy()
+        return out[:, len(heads):].astype(np.int16), np.ascontiguousarray(out[:, :len(heads)])
+
+    def _send(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` on the model's device; to a GPU from pinned memory, without waiting."""
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
 
 def load_hf(model_dir: str, device: torch.device, revision: str | None = None

@@ -9,6 +9,13 @@ from pipeline.options import AnnotateOptions, boolean, parse_options
 from tests.conftest import REPO
 
 
+BASE = ["--input", "i", "--output", "o", "--tasks", "t"]
+
+
+def opts(*args: str) -> AnnotateOptions:
+    return parse_options([*BASE, *args]).view_as(AnnotateOptions)
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "pipeline.run", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
@@ -21,12 +28,13 @@ def test_help_lists_every_option_grouped_with_its_default():
     for group in ("input and output:", "tasks and languages:", "inference:",
                   "Beam: GoogleCloudOptions:", "Beam: DirectOptions:", "Beam: WorkerOptions:"):
         assert group in text
-    for option, default in (("--max_tokens", "512"), ("--batch_tokens", "8192"),
+    for option, default in (("--max_tokens", "512"),
+                            ("--batch_tokens", "32768 with a GPU, 8192 on a CPU"),
                             ("--precision", "auto"), ("--id_field", "id"),
                             ("--min_lang_confidence", "0.2"), ("--force", "False")):
         assert option in text
         after = text[text.index(option + " "):]
-        assert f"(default: {default})" in after[:600], option
+        assert f"default: {default}" in after[:600], option
     for option in ("--input", "--output", "--tasks", "--language", "--reference_compat",
                    "--large_model", "--inference_accelerator", "--runner", "--project",
                    "--region", "--temp_location", "--direct_num_workers", "--machine_type"):
@@ -52,10 +60,6 @@ def test_the_cli_refuses_a_typo_before_anything_runs(tmp_path):
 
 
 def test_flags_take_explicit_values_as_templates_pass_them():
-    def opts(*args):
-        return parse_options(["--input", "i", "--output", "o", "--tasks", "t", *args]).view_as(
-            AnnotateOptions)
-
     assert opts().force is False and opts("--force").force is True
     assert opts("--force=false").force is False and opts("--large_model", "true").large_model
     assert opts("--reference_compat=1").reference_compat is True
@@ -102,13 +106,12 @@ def test_the_flex_template_metadata_is_the_options():
 def test_a_worker_accelerator_means_a_gpu_is_required():
     from pipeline.options import wants_gpu
 
-    base = ["--input", "i", "--output", "o", "--tasks", "t"]
-    assert not wants_gpu(parse_options(base))
-    assert wants_gpu(parse_options([*base, "--dataflow_service_options",
+    assert not wants_gpu(parse_options(BASE))
+    assert wants_gpu(parse_options([*BASE, "--dataflow_service_options",
                                     "worker_accelerator=type:nvidia-l4;count:1;"
                                     "install-nvidia-driver"]))
-    assert wants_gpu(parse_options([*base, "--inference_accelerator", "type:nvidia-l4;count:1"]))
-    assert wants_gpu(parse_options([*base, "--device", "cuda"]))
+    assert wants_gpu(parse_options([*BASE, "--inference_accelerator", "type:nvidia-l4;count:1"]))
+    assert wants_gpu(parse_options([*BASE, "--device", "cuda"]))
 
 
 @pytest.mark.parametrize("args, ok", [
@@ -116,10 +119,33 @@ def test_a_worker_accelerator_means_a_gpu_is_required():
     (["--precision", "int8", "--backend", "openvino"], True), (["--backend", "torch"], True),
 ])
 def test_int8_is_an_openvino_precision(args, ok):
-    opts = parse_options(["--input", "i", "--output", "o", "--tasks", "t", *args]
-                         ).view_as(AnnotateOptions)
+    parsed = opts(*args)
     if ok:
-        opts.validate_required()
+        parsed.validate_required()
     else:
         with pytest.raises(SystemExit, match="int8 needs --backend openvino"):
-            opts.validate_required()
+            parsed.validate_required()
+
+
+@pytest.mark.parametrize("gpu,want", [(True, (32768, 1024, True)), (False, (8192, 256, False))])
+def test_the_device_decides_the_defaults_left_open(gpu, want):
+    o = opts()
+    o.apply_device_defaults(gpu)
+    assert (o.batch_tokens, o.max_batch_windows, o.large_model) == want
+    given = opts("--batch_tokens", "4096", "--max_batch_windows", "64", "--large_model=false")
+    given.apply_device_defaults(gpu)
+    assert (given.batch_tokens, given.max_batch_windows, given.large_model) == (4096, 64, False)
+
+
+def test_the_models_use_a_gpu_when_asked_for_or_found_by_a_local_run(monkeypatch):
+    import torch
+
+    from pipeline.options import uses_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not uses_gpu(parse_options(BASE), local=True)
+    assert uses_gpu(parse_options([*BASE, "--device", "cuda"]), local=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert uses_gpu(parse_options(BASE), local=True)
+    assert not uses_gpu(parse_options([*BASE, "--device", "cpu"]), local=True)
+    assert not uses_gpu(parse_options(BASE), local=False)  # a launcher's CUDA is not the job's

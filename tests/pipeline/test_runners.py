@@ -1,5 +1,6 @@
 """The same job on other runners: multi-process, the portable job API, and Dataflow's graph."""
 
+import json
 import shutil
 
 import apache_beam as beam
@@ -87,3 +88,39 @@ def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks):
     result = run(options, save_main_session=False,
                  test_pipeline=beam.Pipeline(runner=_SubmitOnly()))
     assert isinstance(result, _Submitted)
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "cpu"])
+def test_a_local_run_that_finds_cuda_shares_one_model_copy_and_batches_for_a_gpu(
+        docs, smoke_tasks, tmp_path, monkeypatch, cuda):
+    import os
+
+    import torch
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    import pipeline.run as job
+
+    built = {}
+
+    def build(p, opts, specs, *args):
+        built.update(workers=p._options.view_as(DirectOptions).direct_num_workers,
+                     handler=job.infer(specs["procedure"], opts).__dict__["_model_handler"],
+                     opts=opts)
+        raise KeyboardInterrupt  # built: stop before anything runs
+
+    shards = tmp_path / "shards"  # four read tasks (.txt files are read in batches)
+    shards.mkdir()
+    for i, f in enumerate(sorted(docs.glob("*.txt"))[:4]):
+        record = {"id": f.stem, "text": f.read_text(encoding="utf-8")}
+        (shards / f"{i}.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(job, "build", build)
+    with pytest.raises(KeyboardInterrupt):
+        run(["--input", str(shards), "--output", str(tmp_path / "out"), "--tasks", str(smoke_tasks),
+             "--language", "es"], save_main_session=False)
+    handler = built["handler"]
+    assert handler.share_model_across_processes() is cuda  # one copy for all worker processes
+    assert handler._config.batch_tokens == (32768 if cuda else 8192)
+    assert handler._config.max_batch_windows == (1024 if cuda else 256)
+    assert built["workers"] == (4 if cuda else 1)  # with a GPU the CPU stages get the cores

@@ -99,7 +99,8 @@ def test_a_gpu_keeps_torch_whatever_the_backend(hf_dir, monkeypatch):
     monkeypatch.setattr(backends, "openvino_encoder", lambda *a: called.append(a))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     model = load_hf(str(hf_dir), CPU)
-    model.device = torch.device("cuda")   # as loaded on a GPU worker (weights stay put here)
+    model.device = torch.device("cuda")   # as loaded on a GPU worker
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no GPU here
     assert model.use("auto", "auto") == "torch bfloat16"
     assert model.use("openvino", "fp32") == "torch float32"
     assert called == []

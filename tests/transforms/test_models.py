@@ -125,4 +125,25 @@ def test_a_gpu_asked_for_and_missing_is_a_clear_error_not_a_cpu_run(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device().type == "cpu"
     with pytest.raises(AcceleratorMissing, match="no usable CUDA device"):
-        pick_device(require_cuda=True)
+        pick_device("cuda")
+
+
+def test_weights_reach_the_device_already_in_their_compute_dtype(tmp_path, monkeypatch):
+    meta = torch.device("meta")  # stands for a GPU: moving there keeps dtypes, holds no data
+    model = load_hf(str(build_hf(tmp_path / "hf", TOKENIZER)), meta)
+    assert {(p.device.type, p.dtype) for p in model.encoder.parameters()} == {
+        ("cpu", torch.float32)}  # nothing on the device before the dtype is known
+    moved = []
+    to = torch.Tensor.to
+
+    def record(tensor, *args, **kwargs):
+        out = to(tensor, *args, **kwargs)
+        if out.device.type == "meta" and tensor.is_floating_point():
+            moved.append(tensor.dtype)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", record)
+    assert model.use("torch", "bf16") == "torch bfloat16"
+    assert moved and set(moved) == {torch.bfloat16}
+    assert {(p.device.type, p.dtype) for p in model.encoder.parameters()} == {
+        ("meta", torch.bfloat16)}
