@@ -29,7 +29,7 @@ from transforms.route import RouteDoFn
 from transforms.segment import REFERENCE_WINDOW, SegmentDoFn
 from transforms.shards import InputError, Resume, expand_pattern, list_files, pending
 from transforms.spec import TaskSpec
-from transforms.write import WriteOutputs
+from transforms.write import WriteOutputs, recover
 
 LOG = logging.getLogger("pipeline")
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner",
@@ -147,6 +147,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     record = {"output": opts.output, "run_id": run_id, "config": config, "started": started,
               "options": options.get_all_options(drop_default=True)}
     if local:
+        for line in recover(opts.output, specs):
+            LOG.warning("output: %s (an earlier run stopped while committing)", line)
         shards = plan_local(options, opts, resume, argv, gpu)
         if not shards["shards/to_do"]:
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")

@@ -120,16 +120,23 @@ def rewrite(fs, src: Mapping[str, str], dst: Mapping[str, str],
     return True
 
 
-def drop_sources(fs, root: str, part: str, redone: pa.Array) -> bool:
-    """Remove the rows of the ``redone`` input shards from a committed part's exports."""
+def drop_sources(fs, root: str, part: str, redone: pa.Array) -> None:
+    """Remove the rows of the ``redone`` input shards from a committed part's exports. Safe to
+    repeat after a crash anywhere in it: the kept rows are written aside (``_dropping/``), the
+    originals removed (the index last), then the kept rows moved into their place."""
+    staged_folder = posixpath.join(root, "_dropping", part)
     index = part_files(root, part, ())[INDEX + ".parquet"]
-    if not fs.exists(index):
-        return False
-    with fs.open(index, "rb") as f:
+    staged_index = tmp_files(staged_folder, ())[INDEX + ".parquet"]
+    found = next((p for p in (index, staged_index) if fs.exists(p)), None)
+    if found is None:
+        return
+    with fs.open(found, "rb") as f:
         kinds = [k for k in pq.read_schema(f).names if k != "source"]
-    files = part_files(root, part, kinds)
-    return rewrite(fs, files, files,
-                   lambda t: pc.is_in(t["source"], value_set=redone).to_numpy(zero_copy_only=False))
+    files, staged = part_files(root, part, kinds), tmp_files(staged_folder, kinds)
+    if found == index:
+        rewrite(fs, files, staged,
+                lambda t: pc.is_in(t["source"], value_set=redone).to_numpy(zero_copy_only=False))
+    rewrite(fs, staged, files, lambda t: np.zeros(t.num_rows, bool))
 
 
 def commit(fs, tmp: str, root: str, part: str, kinds: tuple[str, ...],

@@ -17,25 +17,33 @@ Each worker writes the rows of the documents it annotated into parts of bounded 
 document ids are found from ids and positions alone (a ``GroupByKey`` of small references,
 never of text): the first record by input position keeps its rows, later ones are ``skipped``
 when the run commits. Committing (``finalize``, on one worker, from part names and those
-references only) costs what this run wrote, not the history of the output:
+references only) costs what this run wrote, not the history of the output. Nothing an earlier
+run committed is touched before this run is recorded as committed, so a crash at any moment
+loses nothing:
 
-1. parts of runs that never committed (a crash during their commit) are removed;
-2. rows of the shards this run redid are removed from the earlier parts that held them (their
-   markers name those parts);
-3. this run's parts are moved to their final names (duplicates patched on the way) and the run
-   is recorded as committed;
+0. what crashed runs left is recovered (``recover``, also the first step of every local run,
+   so a rerun with nothing to do still repairs the output): parts of runs that never
+   committed are removed, runs that committed are finished (steps 3 and 4), the temporary
+   folders of other runs are removed;
+1. this run's parts are moved to their final names (duplicates patched on the way);
+2. the run is recorded as committed, with what it replaces: the rows of the shards it redid,
+   in the earlier parts their markers name, and of every shard it wrote, in the parts of runs
+   that committed but never marked their shards;
+3. those rows are removed (``dropped``);
 4. each ``<task>.tsv`` gets this run's rows appended (under a journal, so a retry does not
-   append twice), or is rebuilt by concatenating the parts' TSV rows when step 1 or 2 removed
-   rows from it;
+   append twice), or is rebuilt by concatenating the parts' TSV rows when step 3 had rows to
+   remove (``tsv``);
 5. then each shard done gets its marker, and the run is recorded as marked.
 
-A crashed run leaves no half-written final file and no row twice; a rerun redoes exactly the
-shards without a marker, and every step is safe to retry.
+Until step 2 a crashed run's outputs are as if it never ran; from step 2 on, the next run
+finishes steps 3 and 4 for it. A rerun redoes exactly the shards without a marker, and every
+step is safe to retry.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import uuid
 from collections import Counter
@@ -64,6 +72,7 @@ TSV_HEADER = "\t".join(TSV_COLUMNS)
 _NEEDS_QUOTES = frozenset('\t"\n\r')
 DOCUMENTS_PER_PART = 10_000
 RUNS, TSV_PARTS = "_runs", "_tsv"
+LOG = logging.getLogger("pipeline")
 
 SPAN_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("task", pa.string()), ("label", pa.string()),
@@ -329,7 +338,7 @@ def _final_parts(fs, root: str) -> dict[str, list[str]]:
 
 
 def run_states(fs, root: str) -> dict[str, set[str]]:
-    """Runs recorded under ``_runs/``, with their states (committed, tsv, marked)."""
+    """Runs recorded under ``_runs/``, with their states (committed, dropped, tsv, marked)."""
     states: dict[str, set[str]] = {}
     folder = posixpath.join(root, RUNS)
     if fs.exists(folder):
@@ -339,15 +348,26 @@ def run_states(fs, root: str) -> dict[str, set[str]]:
     return states
 
 
-def _record_state(fs, root: str, run_id: str, state: str) -> None:
-    _put(fs, posixpath.join(root, RUNS, f"{run_id}.{state}"),
-         datetime.now(timezone.utc).isoformat().encode())
+def _record_state(fs, root: str, run_id: str, state: str, record: Mapping | None = None
+                  ) -> None:
+    _put(fs, posixpath.join(root, RUNS, f"{run_id}.{state}"), json.dumps(
+        {"at": datetime.now(timezone.utc).isoformat(), **(record or {})}).encode())
 
 
-def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[str]) -> bool:
-    """Remove the rows of ``redone`` input shards from one committed part (its TSV rows too);
-    whether it changed."""
-    changed = False
+def _commit_record(fs, root: str, run_id: str) -> dict:
+    """A committed run's record: its parts' shards (``parts``) and the rows it replaces
+    (``replaced``: ``{part: shards}``); ``{}`` for a run committed before records held them."""
+    try:
+        record = json.loads(fs.cat(posixpath.join(root, RUNS, f"{run_id}.committed")))
+    except ValueError:  # an earlier version's record: a bare timestamp
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[str]) -> None:
+    """Remove the rows of ``redone`` input shards from one committed part, its TSV rows and
+    exports too; safe to repeat after a crash anywhere in it (the TSV rows are rewritten from
+    the spans kept, whether or not this try removed any)."""
     spans = None
     for kind in SCHEMAS:
         path = part_file(root, kind, part)
@@ -359,18 +379,20 @@ def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[st
             spans = kept
         if kept.num_rows == table.num_rows:
             continue
-        changed = True
         if kept.num_rows:
             write_table(fs, path, kept)
         else:
             fs.rm(path)
-    changed |= exports.drop_sources(fs, root, part, redone)
-    if changed and spans is not None:
-        for task in tasks:
-            path = tsv_part_file(root, task, part)
-            if fs.exists(path):
-                _put(fs, path, tsv_lines(spans, task))
-    return changed
+    exports.drop_sources(fs, root, part, redone)
+    for task in tasks:
+        path = tsv_part_file(root, task, part)
+        if not fs.exists(path):
+            continue
+        lines = tsv_lines(spans, task) if spans is not None else b""
+        if lines:
+            _put(fs, path, lines)
+        else:
+            fs.rm(path)
 
 
 def _commit_part(fs, root: str, part: Part, dups: Sequence[Duplicate]) -> None:
@@ -444,47 +466,102 @@ def _append(fs, tsv: str, size: int, parts: Sequence[str]) -> None:
         _copy_into(fs, f, parts)
 
 
+def _replacements(existing: Iterable[str], states: Mapping[str, set[str]], parts: Sequence[Part],
+                  redone: Sequence[Shard], run_id: str, records: Mapping[str, dict]
+                  ) -> dict[str, list[str]]:
+    """The rows this run replaces in committed parts of other runs, as ``{part: sources}``:
+    those of the shards it redid, in the earlier parts their index names; and those of every
+    shard it wrote, in the parts of runs that committed but did not mark their shards (so
+    they are redone now), as those runs' commit ``records`` list their parts' shards (a run
+    recorded before records held them: all of its parts)."""
+    replaced: dict[str, set[str]] = {}
+    for shard in redone:
+        for name in shard.earlier:
+            if run_of(name) != run_id:
+                replaced.setdefault(name, set()).add(shard.url)
+    mine = {src for part in parts for src in part.sources}
+    for run, st in states.items():
+        if run == run_id or "committed" not in st or "marked" in st:
+            continue
+        held = records[run].get("parts")
+        if held is None:
+            held = {n: mine for n in existing if run_of(n) == run}
+        for name, sources in held.items():
+            if mine.intersection(sources):
+                replaced.setdefault(name, set()).update(mine.intersection(sources))
+    return {name: sorted(sources) for name, sources in sorted(replaced.items())}
+
+
+def _complete(fs, root: str, run_id: str, tasks: Sequence[str], mine: Sequence[str] | None
+              ) -> None:
+    """Finish a committed run: remove the rows it replaces (its commit record names them), then
+    bring each ``<task>.tsv`` up to date (``mine``: its parts, to append; None: rebuild). Safe
+    to repeat, by the run itself or by any later one."""
+    states = run_states(fs, root).get(run_id, set())
+    record = _commit_record(fs, root, run_id)
+    if "dropped" not in states:
+        for name, sources in record.get("replaced", {}).items():
+            _drop_sources(fs, root, name, pa.array(sources, pa.string()), tasks)
+        _record_state(fs, root, run_id, "dropped")
+    if "tsv" not in states:
+        rebuild = mine is None or "replaced" not in record or bool(record["replaced"])
+        _assemble_tsv(fs, root, tasks, run_id, mine or (), rebuild)
+        _record_state(fs, root, run_id, "tsv")
+    for task in tasks:
+        if fs.exists(_journal(root, task)):
+            fs.rm(_journal(root, task))
+
+
+def recover(out: str, tasks: Iterable[str] = (), current: str | None = None) -> list[str]:
+    """Undo or finish what crashed runs left over ``out``, as the next run's first step: the
+    parts of runs that never committed are removed (nothing refers to them); runs that
+    committed are finished (``_complete``: what they replace removed, the TSVs rebuilt); the
+    temporary folders of runs other than ``current`` are removed. Returns what it did."""
+    fs, root = fsspec.core.url_to_fs(out)
+    if not fs.exists(root):
+        return []
+    done = []
+    states = run_states(fs, root)
+    for name, paths in _final_parts(fs, root).items():
+        run = run_of(name)
+        if run != current and "committed" not in states.get(run, ()):
+            for path in paths:
+                fs.rm(path)
+            done.append(f"removed the uncommitted part {name}")
+    all_tasks = sorted({*tasks, *(posixpath.basename(p) for p in
+                                  fs.glob(posixpath.join(root, TSV_PARTS, "*"))
+                                  if fs.isdir(p))})
+    for run, st in sorted(states.items()):
+        if run != current and "committed" in st and "tsv" not in st:
+            _complete(fs, root, run, all_tasks, None)
+            done.append(f"finished the commit of run {run}")
+    for path in fs.glob(posixpath.join(root, ".tmp-*")):
+        if posixpath.basename(path) != f".tmp-{current}":
+            fs.rm(path, recursive=True)
+            done.append(f"removed {posixpath.basename(path)}")
+    return done
+
+
 def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, run_id: str,
              dups: Sequence[Duplicate], redone: Sequence[Shard]) -> int:
     """Commit this run (see the module docstring); safe to retry. Returns its part count."""
     fs, root = fsspec.core.url_to_fs(out)
+    for line in recover(out, tasks, current=run_id):
+        LOG.info("output: %s (an earlier run crashed)", line)
     states = run_states(fs, root)
-    existing = _final_parts(fs, root)
-    rebuild = False
-    # 1. parts of runs that never committed
-    for name, paths in existing.items():
-        run = run_of(name)
-        if run != run_id and "committed" not in states.get(run, ()):
-            for path in paths:
-                fs.rm(path)
-            rebuild = True
-    # 2. rows of redone shards, from the earlier parts their index names; and, from every part
-    #    of a run that committed but did not mark all its shards (so they are redone now), the
-    #    rows of every shard this run wrote
-    redone_urls = pa.array(sorted({s.url for s in redone}), pa.string())
-    for name in sorted({part for shard in redone for part in shard.earlier}):
-        if run_of(name) != run_id and len(redone_urls):
-            rebuild |= _drop_sources(fs, root, name, redone_urls, tasks)
-    unmarked = {run for run, st in states.items() if "committed" in st and "marked" not in st}
-    mine = pa.array(sorted({src for part in parts for src in part.sources}), pa.string())
-    for name in sorted(existing):
-        if run_of(name) in unmarked and run_of(name) != run_id and len(mine):
-            rebuild |= _drop_sources(fs, root, name, mine, tasks)
-    # 3. this run's parts, duplicates patched
+    existing = set(_final_parts(fs, root))
     by_part: dict[str, list[Duplicate]] = {}
     for d in dups:
         by_part.setdefault(d.ref.part, []).append(d)
     for part in parts:
         _commit_part(fs, root, part, by_part.get(part.name, ()))
     if "committed" not in states.get(run_id, ()):
-        _record_state(fs, root, run_id, "committed")
-    # 4. the TSV files
-    if "tsv" not in states.get(run_id, ()):
-        _assemble_tsv(fs, root, tasks, run_id, [p.name for p in parts], rebuild)
-        _record_state(fs, root, run_id, "tsv")
-    for task in tasks:
-        if fs.exists(_journal(root, task)):
-            fs.rm(_journal(root, task))
+        records = {run: _commit_record(fs, root, run) for run, st in states.items()
+                   if "committed" in st and "marked" not in st}
+        _record_state(fs, root, run_id, "committed", {
+            "parts": {p.name: list(p.sources) for p in parts},
+            "replaced": _replacements(existing, states, parts, redone, run_id, records)})
+    _complete(fs, root, run_id, tasks, [p.name for p in parts])
     for kind, schema in SCHEMAS.items():  # an empty table still says what its columns are
         if not fs.glob(posixpath.join(root, kind, "*.parquet")):
             write_table(fs, part_file(root, kind, f"{run_id}-empty"), schema.empty_table())

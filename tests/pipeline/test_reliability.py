@@ -12,7 +12,8 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import E3C, HERMETIC_ENV, REPO, read_text, run_pipeline, spaccc_files
+from tests.conftest import (E3C, HERMETIC_ENV, REPO, read_outputs, read_text, run_pipeline,
+                            spaccc_files)
 
 pytestmark = pytest.mark.e2e
 MARKER = "ZQXPHIMARKER"
@@ -195,3 +196,50 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_completes(smoke_tasks, tmp_pa
         got = pd.read_csv(out / f"{task}.tsv", sep="\t", keep_default_na=False)
         want = pd.read_csv(clean / f"{task}.tsv", sep="\t", keep_default_na=False)
         assert sorted(got.itertuples(index=False)) == sorted(want.itertuples(index=False))
+
+
+@pytest.fixture(scope="module")
+def night(smoke_tasks, tmp_path_factory):
+    """A completed run over 8 cases: the output a forced rerun then replaces."""
+    src = tmp_path_factory.mktemp("night-in")
+    for f in spaccc_files(8):
+        shutil.copy(f, src / f.name)
+    out = tmp_path_factory.mktemp("night") / "out"
+    args = ["--input", str(src), "--tasks", str(smoke_tasks), "--language", "es"]
+    run_pipeline(*args, "--output", str(out))
+    return args, out
+
+
+def _spans(out):
+    spans = pd.read_parquet(out / "spans").drop(columns=["source"])
+    return sorted(spans.astype(object).where(spans.notna(), None).itertuples(index=False,
+                                                                             name=None))
+
+
+@pytest.mark.parametrize("moment", ["inferring", "committing", "committing+0.05",
+                                    "committing+0.3"])
+def test_a_forced_rerun_killed_at_any_moment_then_rerun_equals_one_clean_run(night, tmp_path,
+                                                                             moment):
+    args, first = night
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    before = set((out / "spans").iterdir())
+    env = {**os.environ, **HERMETIC_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", *args, "--output", str(out),
+                             "--force"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if moment == "inferring" and list(out.glob(".tmp-*/*")):
+            break
+        if moment.startswith("committing") and set((out / "spans").iterdir()) - before:
+            time.sleep(float(moment.partition("+")[2] or 0))
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the run ended before the moment ({moment}) came"
+    os.killpg(proc.pid, signal.SIGKILL)  # the job, its workers, at once
+    proc.wait(timeout=60)
+    run_pipeline(*args, "--output", str(out))  # the same command again, without --force
+    assert read_outputs(out) == read_outputs(first)
+    assert _spans(out) == _spans(first)
+    assert not list(out.glob(".tmp-*"))

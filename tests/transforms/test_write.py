@@ -106,7 +106,7 @@ def test_a_run_commits_its_parts_and_the_tsv(tmp_path):
     assert sorted(p.name for p in (out / "spans").iterdir()) == sorted(
         f"spans-{p.name}.parquet" for p in parts)
     assert run_states(*__import__("fsspec").core.url_to_fs(str(out))) == {
-        "r1": {"committed", "tsv"}}
+        "r1": {"committed", "dropped", "tsv"}}
     assert not (out / ".tmp-r1").exists()
 
 
@@ -213,7 +213,7 @@ def test_a_retried_append_does_not_append_twice(tmp_path):
     assert rows(out)[2] == [("a", 0), ("b", 4)]
     assert not (out / "_tsv" / "t.journal").exists()
     fs, root = fsspec.core.url_to_fs(str(out))
-    assert run_states(fs, root)["r2"] == {"committed", "tsv"}
+    assert run_states(fs, root)["r2"] == {"committed", "dropped", "tsv"}
 
 
 def test_an_empty_run_still_writes_typed_tables(tmp_path):
@@ -267,3 +267,90 @@ def test_the_opt_in_outputs_follow_their_documents_through_duplicates_and_reruns
     assert "z" in exports_of(out)[0]
     write_run(out, "r4", [exported(document("c", "in/c.txt", [2]))], exports=kinds)
     assert exports_of(out) == (["b", "c", "x"], ["b:5", "c:2", "x:9"])
+
+
+class Crash(BaseException):
+    """The process killed at this point: nothing after it runs."""
+
+
+def crashing_at(monkeypatch, k: int):
+    """A context in which the ``k``-th change to an output (a write, move, append or removal)
+    raises ``Crash`` instead of happening; its ``count`` says how many changes were made."""
+    import itertools
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    from transforms import exports, shards, write
+
+    ctx = monkeypatch.context()
+    patched = ctx.__enter__()
+    counter = itertools.count(1)
+    ctx.count = 0
+
+    def wrap(fn):
+        def changed(*args, **kwargs):
+            ctx.count = next(counter)
+            if ctx.count == k:
+                raise Crash(k)
+            return fn(*args, **kwargs)
+        return changed
+
+    for module, name in ((write, "move"), (write, "write_table"), (write, "_put"),
+                         (write, "atomic_output"), (write, "_append"),
+                         (shards, "write_atomically"), (exports, "move"),
+                         (exports, "write_table"), (exports, "atomic_output")):
+        patched.setattr(module, name, wrap(getattr(module, name)))
+    patched.setattr(LocalFileSystem, "rm", wrap(LocalFileSystem.rm))
+    return ctx
+
+
+def next_run(out, resume, shard_list, docs, run_id, kinds):
+    """What the next run does: recover, then redo the shards without a marker."""
+    from transforms.write import recover
+
+    recover(str(out), ["t"], current=run_id)
+    todo = list(pending(shard_list, resume))
+    if todo:
+        urls = {s.url for s in todo}
+        parts, _, _ = write_run(out, run_id, [d for d in docs if d.document["source"] in urls],
+                                redone=[s for s in todo if s.earlier], exports=kinds)
+        for shard in todo:
+            write_marker(shard, {}, [p.name for p in parts if shard.url in p.sources], resume,
+                         run_id, "now")
+
+
+@pytest.mark.parametrize("kinds", [(), ("cdm", "note_nlp")], ids=["default", "exports"])
+def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch, kinds):
+    shard_list = [Shard(f"in/{n}.txt", 1, "v1") for n in "abc"]
+    docs = [exported(document(s.url[3], s.url, [i, i + 7]), bool(kinds))
+            for i, s in enumerate(shard_list)]
+
+    def outputs(out):
+        return rows(out), exports_of(out) if kinds else None
+
+    clean = None
+    for k in range(1, 200):
+        out = tmp_path / f"out-{k}"
+        resume = Resume(str(out), {"c": 1})
+        next_run(out, resume, shard_list, docs, "r1", kinds)  # the first night, complete
+        clean = clean or outputs(out)
+        forced = list(pending(shard_list, Resume(str(out), {"c": 1}, force=True)))
+        ctx = crashing_at(monkeypatch, k)
+        try:  # a --force rerun, killed at its k-th change of the output
+            parts, _, _ = write_run(out, "r2", docs, redone=forced, exports=kinds)
+            for shard in forced:
+                write_marker(shard, {}, [p.name for p in parts], resume, "r2", "now")
+            finished = True
+        except Crash:
+            finished = False
+        finally:
+            ctx.__exit__(None, None, None)
+        next_run(out, resume, shard_list, docs, "r3", kinds)  # then the same command again
+        assert outputs(out) == clean, f"killed at change {k}"
+        forced = list(pending(shard_list, Resume(str(out), {"c": 1}, force=True)))
+        write_run(out, "r4", docs, redone=forced, exports=kinds)  # and --force once more
+        assert outputs(out) == clean, f"killed at change {k}, then forced"
+        assert not list(out.glob(".tmp-*"))
+        if finished:
+            break
+    assert k > (30 if kinds else 15)  # each change of the outputs is a place to be killed
