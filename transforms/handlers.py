@@ -117,24 +117,14 @@ class TaskInference:
                 [w.window_ids(s.window) for w, s in zip(windows, batch)],
                 [w.window_positions(s.window) for w, s in zip(windows, batch)],
                 list(wanted), self.config.pad_to)
-        except Exception as e:  # sorted below: machine faults raise, data faults are isolated
-            if is_out_of_memory(e) and len(batch) > 1:
-                model.release_memory()
-                half = len(batch) // 2
-                return (self._run(group, key, heads, batch[:half], model)
-                        + self._run(group, key, heads, batch[half:], model))
-            if is_machine_fault(e):
+        except Exception as e:  # machine faults raise; the rest is sorted out of this block
+            if is_machine_fault(e) and not (is_out_of_memory(e) and len(batch) > 1):
                 raise
-            if len(batch) == 1:
-                self._failed.inc()
-                return [(batch[0], type(e).__name__)]
-            results = [r for s in batch for r in self._run(group, key, heads, [s], model)]
-            if len({s.item for s in batch}) > 1 and all(isinstance(r, str) for _, r in results):
-                raise ModelFault(
-                    f"task {self.spec.name}: the model failed on each of {len(batch)} windows "
-                    f"of {len({s.item for s in batch})} documents ({type(e).__name__}): a "
-                    "fault of the model or the machine, not of the data") from e
-            return results
+            error = e.with_traceback(None)  # its frames hold the failed batch's tensors
+        else:
+            error = None
+        if error is not None:
+            return self._retry(group, key, heads, batch, model, error)
         real = sum(s.length for s in batch)
         width = self.config.pad_to or padded_length(max(s.length for s in batch))
         self._real.inc(real)
@@ -146,6 +136,26 @@ class TaskInference:
             results.append((s, (labels[offset:offset + n, columns],
                                 probs[offset:offset + n, columns])))
             offset += n
+        return results
+
+    def _retry(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot],
+               model, error: Exception) -> list[tuple[Slot, Any]]:
+        """A batch that failed: out of memory, in halves; else window by window, so that only
+        the windows that fail alone fail their document."""
+        if is_out_of_memory(error):
+            model.release_memory()
+            half = len(batch) // 2
+            return (self._run(group, key, heads, batch[:half], model)
+                    + self._run(group, key, heads, batch[half:], model))
+        if len(batch) == 1:
+            self._failed.inc()
+            return [(batch[0], type(error).__name__)]
+        results = [r for s in batch for r in self._run(group, key, heads, [s], model)]
+        if len({s.item for s in batch}) > 1 and all(isinstance(r, str) for _, r in results):
+            raise ModelFault(
+                f"task {self.spec.name}: the model failed on each of {len(batch)} windows "
+                f"of {len({s.item for s in batch})} documents ({type(error).__name__}): a "
+                "fault of the model or the machine, not of the data") from error
         return results
 
 

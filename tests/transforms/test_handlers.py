@@ -118,6 +118,29 @@ def test_out_of_memory_retries_the_batch_in_halves():
     assert model.released == 3
 
 
+def test_a_batch_that_ran_out_of_memory_holds_none_of_it_while_its_halves_run():
+    import weakref
+
+    class Activations:
+        """Stands for the tensors a batch had allocated when it ran out of memory."""
+
+    class Holding(Model):
+        def __init__(self):
+            super().__init__(oom_above=1)
+            self.failed_batches, self.alive_at_retry = [], []
+
+        def predict(self, windows, positions, heads, pad_to=None):
+            self.alive_at_retry.append(sum(r() is not None for r in self.failed_batches))
+            activations = Activations()  # noqa: F841 - held by this frame, as torch's are
+            self.failed_batches.append(weakref.ref(activations))
+            return super().predict(windows, positions, heads, pad_to)
+
+    model = Holding()
+    run(tuple(doc_work(k, [10]) for k in "abcd"), model, batch_tokens=1000)
+    assert [n for n, _ in model.calls] == [4, 2, 1, 1, 2, 1, 1]
+    assert model.alive_at_retry == [0] * 7  # no failed batch's frame is kept by its error
+
+
 def test_out_of_memory_on_one_window_is_raised():
     model = Model(oom_above=0)
     with pytest.raises(torch.OutOfMemoryError):
