@@ -207,7 +207,9 @@ def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_token
     clf, config, runs_as, startup = loaded(precision, backend, size, stable)
     tokenizer()
     spec = bench_spec()
-    infer = TaskInference(spec, InferenceConfig(precision=precision, batch_tokens=batch_tokens))
+    windows = (GPU_BATCH if clf.device.type == "cuda" else CPU_BATCH).windows  # as the job's
+    infer = TaskInference(spec, InferenceConfig(precision=precision, batch_tokens=batch_tokens,
+                                                 max_batch_windows=windows))
     counted = Counted(clf, config)
     if compile_model:  # compile before timing, as a long job amortises it
         clf.compile()
