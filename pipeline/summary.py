@@ -18,7 +18,7 @@ import fsspec
 from transforms.cdm import RunInfo
 from transforms.spec import TaskSpec
 from transforms.shards import file_version
-from transforms.storage import write_atomically
+from transforms.storage import file_digest, write_atomically
 
 
 @dataclass
@@ -87,9 +87,9 @@ def code_version() -> dict[str, str | None]:
 
 
 def model_version(location: str, revision: str | None = None) -> dict[str, Any]:
-    """A fingerprint of a model: for a local one its file names, sizes and first 64 KiB of
-    each; for a remote one (gs://, s3://) its objects' names, sizes and checksums; for a hub
-    id the commit it was pinned to (``revision``)."""
+    """A fingerprint of a model: for a local one its files' names and the SHA-256 of their
+    bytes (cached by file identity); for a remote one (gs://, s3://) its objects' names, sizes
+    and checksums; for a hub id the commit it was pinned to (``revision``)."""
     path = Path(location)
     if not path.exists():
         if "://" not in location or location.startswith("hf://"):
@@ -105,9 +105,7 @@ def model_version(location: str, revision: str | None = None) -> dict[str, Any]:
     files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
     digest = hashlib.sha1()
     for f in files:
-        digest.update(f"{f.relative_to(path.parent)}:{f.stat().st_size}".encode())
-        with f.open("rb") as fh:
-            digest.update(fh.read(1 << 16))
+        digest.update(f"{f.relative_to(path.parent)}:{file_digest(f)}\n".encode())
     return {"location": location, "fingerprint": digest.hexdigest()[:16],
             "bytes": sum(f.stat().st_size for f in files)}
 

@@ -118,6 +118,29 @@ class ParquetSink:
 CACHE_ENV = "CLINICAL_NER_CACHE"
 
 
+def cache_root() -> Path:
+    """The machine's cache of models, conversions and file digests (``$CLINICAL_NER_CACHE``,
+    default ``~/.cache/clinical-ner``)."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a local file's bytes, cached by the file's identity (path, size, inode,
+    modification time): a model's fingerprint changes with any byte of it, and a rerun on an
+    unchanged model reads none of it (an edit in place changes its status time)."""
+    st = path.stat()
+    identity = f"{path.resolve()}:{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    cached = cache_root() / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    if cached.exists():
+        return cached.read_text()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    write_atomically(str(cached), digest.hexdigest().encode())
+    return digest.hexdigest()
+
+
 def localize(location: str) -> str:
     """A local path for a model file or directory on a remote fsspec filesystem (gs://, s3://).
 
@@ -129,8 +152,8 @@ def localize(location: str) -> str:
         return location.removeprefix("file://")
     from filelock import FileLock
 
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
-    dest = root / hashlib.sha1(location.encode()).hexdigest()[:16] / Path(location.rstrip("/")).name
+    key = hashlib.sha1(location.encode()).hexdigest()[:16]
+    dest = cache_root() / key / Path(location.rstrip("/")).name
     done = dest.parent / ".complete"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / ".lock")):
