@@ -27,8 +27,10 @@ from transforms.handlers import TokenClassifierHandler
 from transforms.read import Fields, ReadDocuments, plan_reads
 from transforms.route import RouteDoFn
 from transforms.segment import REFERENCE_WINDOW, SegmentDoFn
-from transforms.shards import InputError, Resume, expand_pattern, list_files, pending
+from transforms.shards import (InputError, Resume, check_output_outside, expand_pattern,
+                              list_files, pending)
 from transforms.spec import TaskSpec
+from transforms.lock import OutputBusy, OutputLock
 from transforms.write import WriteOutputs, recover
 
 LOG = logging.getLogger("pipeline")
@@ -140,13 +142,19 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         if has_random_weights(spec.model):
             LOG.warning("task %s: SMOKE TEST model with RANDOM weights (%s): its spans are noise",
                         spec.name, spec.model)
+    check_output_outside(opts.input, opts.output)
     config = job_config(opts, specs)
     started = now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
     resume = Resume(opts.output, config, opts.force)
     record = {"output": opts.output, "run_id": run_id, "config": config, "started": started,
               "options": options.get_all_options(drop_default=True)}
-    if local:
+    if not local:
+        if not expand_pattern(opts.input):
+            raise InputError(f"no input files match {opts.input!r}")
+        return submit(test_pipeline or beam.Pipeline(runner=runner, options=options), opts, specs,
+                      resume, run_id, record, wants_gpu(options))
+    with OutputLock(opts.output, run_id):  # one job at a time writes an output
         for line in recover(opts.output, specs):
             LOG.warning("output: %s (an earlier run stopped while committing)", line)
         shards = plan_local(options, opts, resume, argv, gpu)
@@ -154,18 +162,25 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")
             write_run_record(shards, **record)
             return None
-    elif not expand_pattern(opts.input):
-        raise InputError(f"no input files match {opts.input!r}")
-    p = test_pipeline or beam.Pipeline(runner=local_runner(runner), options=options)
-    build(p, opts, specs, resume, run_id, record, wants_gpu(options))
-    result = p.run()
-    if not local or options.view_as(TestOptions).dry_run:
-        LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))
-        return result
-    result.wait_until_finish()
+        p = beam.Pipeline(runner=local_runner(runner), options=options)
+        if options.view_as(TestOptions).dry_run:
+            return submit(p, opts, specs, resume, run_id, record, wants_gpu(options))
+        build(p, opts, specs, resume, run_id, record, wants_gpu(options))
+        result = p.run()
+        result.wait_until_finish()
     totals = metric_totals(result)
     finish_run_record(opts.output, totals)
     LOG.info("done: outputs under %s\n%s", opts.output, metrics_table(totals))
+    return result
+
+
+def submit(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
+           resume: Resume, run_id: str, record: Mapping, gpu: bool):
+    """Build the job and submit it without waiting (Dataflow, a Flex Template launcher, a
+    portable job server): the job writes its own run record when it ends."""
+    build(p, opts, specs, resume, run_id, record, gpu)
+    result = p.run()
+    LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))
     return result
 
 
@@ -186,7 +201,7 @@ def main() -> None:
     configure_logging()
     try:
         run(sys.argv[1:])
-    except (TaskFileError, InputError) as e:
+    except (TaskFileError, InputError, OutputBusy) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
     except Exception as e:  # noqa: BLE001 - a fault that stopped the job: say what to do
         from pipeline.logs import stopped_message

@@ -81,6 +81,9 @@ def tokenizer_key(location: str) -> str:
     return location
 
 
+TOP_LEVEL = ("tasks",)
+
+
 def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
     """Read and validate a task file; raise ``TaskFileError`` on the first problem found.
 
@@ -90,13 +93,22 @@ def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
     """
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            text = f.read()
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, yaml.SafeLoader)):
+            # an alias repeats a node: nested ones expand exponentially (a "billion laughs")
+            raise TaskFileError(f"task file {path!r}: YAML aliases (*name) are not allowed; "
+                                "write each value out")
+        raw = yaml.safe_load(text)
     except FileNotFoundError as e:
         raise TaskFileError(f"task file {path!r} not found") from e
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise TaskFileError(f"task file {path!r} is unreadable: {e}") from e
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict) or not raw["tasks"]:
         raise TaskFileError(f"task file {path!r} needs a non-empty mapping under `tasks:`")
+    unknown = sorted(map(str, set(raw) - set(TOP_LEVEL)))
+    if unknown:
+        raise TaskFileError(f"task file {path!r}: unknown top-level key(s) {unknown}; the file "
+                            f"has {list(TOP_LEVEL)}")
     base = posixpath.dirname(path)
     return {name: _parse(str(name), cfg, base, open_models)
             for name, cfg in raw["tasks"].items()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator
 
@@ -112,8 +113,9 @@ def split_task(task: ReadTask, split_bytes: int = SPLIT_BYTES) -> Iterator[ReadT
 
 
 def doc_id_of(path: str) -> str:
-    """The document id of a ``.txt`` file: its name without the extension."""
-    name = posixpath.basename(path.replace("\\", "/"))
+    """The document id of a ``.txt`` file: its name without the extension (a backslash is part
+    of a name: paths here are URLs and POSIX paths)."""
+    name = posixpath.basename(path)
     return name[: -len(".txt")] if name.lower().endswith(".txt") else name
 
 
@@ -133,6 +135,8 @@ def read_txt(task: ReadTask, fields: Fields | None = None) -> Iterator[Document]
         raw = contents.get(path, FileNotFoundError(path))
         if isinstance(raw, FileNotFoundError):
             text, reason = None, "gone since it was listed (FileNotFoundError)"
+        elif isinstance(raw, PermissionError):
+            text, reason = None, NOT_READABLE
         elif isinstance(raw, BaseException):
             raise raw
         else:
@@ -143,6 +147,49 @@ def read_txt(task: ReadTask, fields: Fields | None = None) -> Iterator[Document]
             yield Document(url, doc_id_of(url), text, url)
 
 
+NOT_READABLE = "not readable (PermissionError)"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """A JSON value, or the reason it is not one a document can come from (nothing of the
+    text in it): not JSON, nested too deep, or holding a lone UTF-16 surrogate (a ``\\uD800``
+    to ``\\uDFFF`` escape that no character follows), which no file can be written with."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        line = f"line {e.lineno} column" if e.lineno > 1 else "column"
+        return None, f"not JSON ({e.msg} at {line} {e.colno})"
+    except RecursionError:
+        return None, "JSON nested too deep"
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            field = _lone_surrogate(value)
+        except RecursionError:
+            return None, "JSON nested too deep"
+        if field is not None:
+            return None, f"{field} holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF)"
+    return value, None
+
+
+def _lone_surrogate(value: Any, field: str = "the record") -> str | None:
+    """Where in ``value`` a string holds a lone surrogate (a top-level field named), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return field
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else ()
+    for k, v in items:
+        name = f"`{k}`" if field == "the record" and isinstance(k, str) and k.isidentifier() \
+            else field
+        if _lone_surrogate(k, name) or _lone_surrogate(v, name):
+            return name
+    return None
+
+
 def record_document(record: Any, key: str, where: str, path: str, fields: Fields,
                     position: int = 0) -> Document:
     """A parsed record as a ``Document``, or a ``failed`` one saying what is wrong with it."""
@@ -150,11 +197,15 @@ def record_document(record: Any, key: str, where: str, path: str, fields: Fields
         return Document(key, where, None, path, status=FAILED, reason="read: not a JSON object",
                         position=position)
     doc_id, text = record.get(fields.id), record.get(fields.text)
-    has_id = doc_id is not None and doc_id != ""
-    doc_id = str(doc_id) if has_id else where
-    if not has_id:
-        return Document(key, doc_id, None, path, status=FAILED,
+    if doc_id is None or doc_id == "":
+        return Document(key, where, None, path, status=FAILED,
                         reason=f"read: no `{fields.id}` field", position=position)
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+        # a float (NaN: 'nan') or a list would become an id no one can find again
+        return Document(key, where, None, path, status=FAILED,
+                        reason=f"read: `{fields.id}` is not a string or an integer",
+                        position=position)
+    doc_id = str(doc_id)
     if not isinstance(text, str):
         return Document(key, doc_id, None, path, status=FAILED,
                         reason=f"read: `{fields.text}` is missing or not a string",
@@ -204,11 +255,9 @@ def read_cdm(task: ReadTask, fields: Fields) -> Iterator[Document]:
     with fsspec.open(task.path, "rb") as f:
         text, reason = _decode(f.read())
     if text is not None:
-        try:
-            doc = cdm_document(json.loads(text), task.path, base, task.path, fields)
-        except json.JSONDecodeError as e:
-            reason = f"not JSON ({e.msg} at line {e.lineno} column {e.colno})"
-        else:
+        record, reason = parse_json(text)
+        if reason is None:
+            doc = cdm_document(record, task.path, base, task.path, fields)
             if doc.text == "" and doc.status != FAILED:
                 doc = _sibling_text(doc, text_file_of(task.path))
             yield doc
@@ -248,11 +297,10 @@ def read_jsonl(task: ReadTask, fields: Fields, parse=record_document) -> Iterato
             where, key = f"{base}@{offset}", f"{task.path}@{offset}"
             line, reason = _decode(raw)
             if line is not None:
-                try:
-                    yield parse(json.loads(line), key, where, task.path, fields, offset)
+                record, reason = parse_json(line)
+                if reason is None:
+                    yield parse(record, key, where, task.path, fields, offset)
                     continue
-                except json.JSONDecodeError as e:
-                    reason = f"not JSON ({e.msg} at column {e.colno})"
             yield Document(key, where, None, task.path, status=FAILED, reason=f"read: {reason}",
                            position=offset)
 
@@ -279,11 +327,21 @@ def read_task(task: ReadTask, fields: Fields) -> Iterator[Document]:
     reader = {TXT: read_txt, JSONL: read_jsonl, PARQUET: read_parquet, CDM: read_cdm}
     read = Metrics.counter("documents", "read")
     PROGRESS.start()
+    if task.size == 0 and task.fmt != TXT and fsspec.utils.infer_compression(task.path) \
+            and fsspec.core.url_to_fs(task.path)[0].size(task.path) == 0:
+        read.inc()  # not even a header: written by a job that died, or truncated to nothing
+        yield Document(f"{task.path}@0!", posixpath.basename(task.path), None, task.path,
+                       status=FAILED, reason="read: empty compressed file (0 bytes)")
+        return
     try:
         for doc in reader[task.fmt](task, fields):
             read.inc()
             PROGRESS.add(read=1)
             yield doc
+    except PermissionError:  # running again cannot help: the shard is a dead letter
+        read.inc()
+        yield Document(f"{task.path}@{task.start}!", posixpath.basename(task.path), None,
+                       task.path, status=FAILED, reason=f"read: {NOT_READABLE}")
     except Exception as e:
         if not is_damaged_data(e):
             raise

@@ -14,9 +14,10 @@ import apache_beam as beam
 
 from transforms.language import LOOKALIKES, Detected, LanguageDetector, lang_from_name
 from transforms.records import SKIPPED, Document
-from transforms.spec import normalize_lang
+from transforms.spec import is_lang_code, normalize_lang
 
 RECORD, FILENAME, OPTION, DETECTED = "record", "filename", "option", "detected"
+NOT_A_LANGUAGE = "the record's language is not a language code (ISO 639)"
 
 
 def assign_language(doc: Document, default_lang: str | None,
@@ -24,7 +25,11 @@ def assign_language(doc: Document, default_lang: str | None,
     """Set ``lang``, ``lang_source`` and ``lang_score`` from the first source that has one."""
     name_lang = lang_from_name(doc.doc_id)
     if doc.lang:
-        return doc.with_(lang=normalize_lang(doc.lang), lang_source=RECORD)
+        lang = normalize_lang(doc.lang)
+        if not is_lang_code(lang):  # free text there may be text: never echoed
+            return doc.with_(lang=None, lang_source=RECORD, status=SKIPPED,
+                             reason=NOT_A_LANGUAGE)
+        return doc.with_(lang=lang, lang_source=RECORD)
     if name_lang:
         return doc.with_(lang=normalize_lang(name_lang), lang_source=FILENAME)
     if default_lang:
@@ -37,7 +42,7 @@ def assign_language(doc: Document, default_lang: str | None,
 
 def route(doc: Document, task_languages: Mapping[str, Sequence[str]]) -> Document:
     """Set ``tasks`` of a document whose language is known, or skip it with the reason."""
-    if doc.status:  # already failed while reading
+    if doc.status:  # already failed (reading) or skipped (its language)
         return doc
     if not doc.text or doc.text.isspace():
         return doc.with_(status=SKIPPED, reason="empty text")

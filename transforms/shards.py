@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -77,6 +78,38 @@ def expand_pattern(pattern: str) -> list[str]:
     return [p if is_local(fs) else fs.unstrip_protocol(p) for p in sorted(paths)]
 
 
+def walk(fs, path: str) -> Iterator[tuple[str, dict[str, Mapping[str, Any]]]]:
+    """``(folder, {name: info})`` of every folder under ``path``, depth first, in name order,
+    each folder once (a link back up is not followed again). A folder that cannot be listed
+    is a set-up error: fsspec's own walk leaves it out without a word, and its files with it."""
+    seen: set[str] = set()
+    todo = [path.rstrip("/")]
+    while todo:
+        folder = todo.pop()
+        real = os.path.realpath(folder) if is_local(fs) else folder
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            listing = fs.ls(folder, detail=True)
+        except FileNotFoundError:  # removed while listing: nothing in it to lose
+            continue
+        except OSError as e:
+            raise InputError(f"cannot list {folder!r} ({type(e).__name__}): its files would be "
+                             "left out; fix its permissions or leave it out of --input") from e
+        files, folders = {}, []
+        for info in listing:
+            name = info["name"].rstrip("/")
+            if name == folder:
+                continue
+            if info.get("type") == "directory":
+                folders.append(name)
+            else:
+                files[posixpath.basename(name)] = info
+        yield folder, files
+        todo.extend(sorted(folders, reverse=True))
+
+
 def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
     """The input files under ``root`` (a folder, walked folder by folder, or one file); an
     ``X.txt`` beside an ``X.json`` is that CDM document's text, not a document of its own, and
@@ -89,12 +122,11 @@ def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
         return Shard(p if is_local(fs) else fs.unstrip_protocol(p), size, version)
 
     if fs.isdir(path):
-        for folder, _, files in fs.walk(path, detail=True):
+        for folder, files in walk(fs, path):
             texts = {text_file_of(name) for name in files} - {None}
             for name, info in sorted(files.items()):
                 full = posixpath.join(folder, name)
-                if input_format(full, forced) and info.get("type") != "directory" \
-                        and name not in texts:
+                if input_format(full, forced) and name not in texts:
                     yield shard(full, info, files.get(text_file_of(name)))
     elif fs.isfile(path):
         if input_format(path, forced) is None:
@@ -102,6 +134,22 @@ def list_root(root: str, forced: str | None = None) -> Iterator[Shard]:
                              ".parquet or .json (DT4H CDM), or pass --input_format")
         text = text_file_of(path)
         yield shard(path, fs.info(path), fs.info(text) if text and fs.exists(text) else None)
+
+
+def check_output_outside(pattern: str, output: str) -> None:
+    """An output inside an input folder would be read back as input by every later run: a
+    set-up error."""
+    out_fs, out_path = fsspec.core.url_to_fs(output)
+    if is_local(out_fs):
+        out_path = os.path.realpath(out_path)
+    for root in expand_pattern(pattern):
+        fs, path = fsspec.core.url_to_fs(root)
+        if type(fs) is not type(out_fs) or not fs.isdir(path):
+            continue
+        path = os.path.realpath(path) if is_local(fs) else path.rstrip("/")
+        if out_path == path or out_path.startswith(path + "/"):
+            raise InputError(f"--output {output!r} is inside --input {root!r}: its files would "
+                             "be read back as input by the next run; write it elsewhere")
 
 
 def list_files(pattern: str, forced: str | None = None) -> Iterator[Shard]:

@@ -17,6 +17,11 @@ BACKENDS = ("auto", "torch", "openvino")
 _LANG_ALIASES = {"cz": "cs"}
 
 
+def is_lang_code(code: str) -> bool:
+    """Whether a normalised language is shaped like an ISO 639 code (two or three letters)."""
+    return 2 <= len(code) <= 3 and code.isascii() and code.isalpha()
+
+
 def normalize_lang(code: str) -> str:
     """ISO 639-1 code, lower case; ``cz`` (a common slip for Czech) becomes ``cs``."""
     code = str(code).strip().lower().replace("_", "-").split("-")[0]

@@ -39,6 +39,9 @@ def messy_run(smoke_tasks, tmp_path_factory):
         json.dumps({"id": "dup", "text": f"{MARKER} {real[2]}"}),
         json.dumps({"id": "dup", "text": f"{MARKER} otra vez"}),
         json.dumps({"id": "j-fr", "text": f"{MARKER} Le patient présente une fièvre.", "lang": "fr"}),
+        json.dumps({"id": "j-lang", "text": real[1], "lang": f"{MARKER} Juan, 45"}),
+        json.dumps({"id": "j-surrogate\udc80", "text": f"{MARKER} fiebre"}),  # a lone \\udc80
+        '{"id": "j-deep", "text": "x", "m": ' + "[" * 3000 + "]" * 3000 + "}",
     ]
     (src / "records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with gzip.open(E3C / "es.jsonl.gz", "rb") as f:
@@ -66,7 +69,11 @@ def test_every_record_ends_in_exactly_one_state(messy_run):
     assert state["j-notext"] == ("failed", "read: `text` is missing or not a string")
     assert state["j-number"] == ("failed", "read: `text` is missing or not a string")
     assert state["j-fr"] == ("skipped", "no task supports language 'fr'")
+    assert state["j-lang"] == ("skipped", "the record's language is not a language code (ISO 639)")
     assert any(r[1] == "read: no `id` field" for r in state.values())
+    assert ("failed", "read: `id` holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF)"
+            ) in state.values()
+    assert ("failed", "read: JSON nested too deep") in state.values()
     dup = docs[docs.doc_id == "dup"].sort_values("status")
     assert dup.status.tolist() == ["annotated", "skipped"]
     assert dup.reason.iloc[1].startswith("duplicate id: kept the record at ")
@@ -81,6 +88,7 @@ def test_every_record_ends_in_exactly_one_state(messy_run):
 
 def test_counters_agree_with_the_documents_table(messy_run):
     out, _, docs, _, _ = messy_run
+    assert MARKER not in (out / "run.json").read_text()  # a language field's text included
     record = json.loads((out / "run.json").read_text())
     counts = record["counts"]
     assert {s: counts.get(f"documents/{s}", 0) for s in ("annotated", "skipped", "failed")} == \
@@ -243,3 +251,33 @@ def test_a_forced_rerun_killed_at_any_moment_then_rerun_equals_one_clean_run(nig
     assert read_outputs(out) == read_outputs(first)
     assert _spans(out) == _spans(first)
     assert not list(out.glob(".tmp-*"))
+
+
+def test_a_second_job_on_the_same_output_is_refused_in_one_line(night, tmp_path):
+    args, first = night
+    out = tmp_path / "out"
+    env = {**os.environ, **HERMETIC_ENV}
+    cmd = [sys.executable, "-m", "pipeline.run", *args, "--output", str(out)]
+    one = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "_lock").exists() and one.poll() is None:
+        time.sleep(0.05)
+    two = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert one.wait(timeout=300) == 0
+    assert two.returncode == 1
+    last = two.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline.run: ") and "is being written by run " in last
+    assert read_outputs(out) == read_outputs(first)  # one job's rows, once
+    assert not (out / "_lock").exists()
+
+
+def test_an_output_inside_the_input_is_refused_before_anything_is_read(smoke_tasks, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(spaccc_files(1)[0], src)
+    proc = run_pipeline("--input", str(src), "--output", str(src / "ner"), "--tasks",
+                        str(smoke_tasks), "--language", "es", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("pipeline.run: --output ")
+    assert "is inside --input" in proc.stderr and not (src / "ner").exists()

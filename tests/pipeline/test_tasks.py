@@ -87,6 +87,18 @@ def test_unreadable_task_file(tmp_path):
         load_tasks(write(tmp_path, "tasks: [unclosed"))
 
 
+def test_yaml_aliases_and_unknown_top_level_keys_are_refused_before_anything_runs(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi"))  # 10^9 strings once expanded
+    body = bomb + "tasks:\n  t:\n    kind: hf\n    model: m\n    languages: *i\n"
+    with pytest.raises(TaskFileError, match=r"YAML aliases \(\*name\) are not allowed"):
+        load_tasks(write(tmp_path, body))
+    typo = "task:\n  x: 1\ntasks:\n  t:\n    kind: hf\n    model: m\n    languages: [es]\n"
+    with pytest.raises(TaskFileError, match=r"unknown top-level key\(s\) \['task'\]"):
+        load_tasks(write(tmp_path, typo))
+
+
 def test_language_codes():
     assert normalize_lang("CZ") == "cs"
     assert normalize_lang("es-ES") == "es"

@@ -54,6 +54,76 @@ def test_bad_records_are_failed_with_the_reason(shard):
                        "name enclosed in double quotes at column 2)"]
 
 
+def test_records_no_file_can_hold_are_failed_naming_the_field_not_its_value(tmp_path):
+    path = tmp_path / "r.jsonl"
+    deep = '{"id": "deep", "text": "x", "m": ' + "[" * 5000 + "]" * 5000 + "}"
+    lines = ['{"id": "s1\\udc80", "text": "ok"}', '{"id": "s2", "text": "Fiebre \\ud800 alta"}',
+             '{"id": "s3", "text": "ok", "meta": {"k": ["\\uDFFF"]}}',
+             '{"id": "pair", "text": "ok \\ud83d\\ude00"}', deep]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    docs = list(read_jsonl(ReadTask((str(path),), "jsonl"), Fields()))
+    reasons = [d.reason for d in docs]
+    lone = "holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF)"
+    assert reasons == [f"read: `id` {lone}", f"read: `text` {lone}", f"read: `meta` {lone}", "",
+                       "read: JSON nested too deep"]
+    assert docs[3].text == "ok \U0001F600" and docs[3].status == ""
+    assert all(d.text is None and "\udc80" not in d.doc_id for d in docs if d.status)
+
+
+def test_ids_are_strings_or_integers_and_a_backslash_is_part_of_a_name(tmp_path):
+    from transforms.read import doc_id_of, record_document
+
+    assert doc_id_of("in/ward1\\note.txt") == "ward1\\note"  # not "note", twice
+    got = {repr(i): record_document({"id": i, "text": "x"}, "k", "f@0", "p", Fields())
+           for i in (7, "a-1", 2.5, float("nan"), True, [1])}
+    assert {k: d.doc_id for k, d in got.items() if not d.status} == {"7": "7", "'a-1'": "a-1"}
+    assert {d.reason for d in got.values() if d.status} == {
+        "read: `id` is not a string or an integer"}
+
+
+def test_an_empty_compressed_file_is_a_failed_record_not_a_quiet_nothing(tmp_path):
+    for name in ("e.jsonl.gz", "e.jsonl.zst"):
+        (tmp_path / name).write_bytes(b"")
+        (doc,) = read_task(next(plan_reads(list_files(str(tmp_path / name)))), Fields())
+        assert (doc.status, doc.reason) == ("failed", "read: empty compressed file (0 bytes)")
+    (tmp_path / "e.jsonl").write_bytes(b"")  # an empty plain file: no records, nothing wrong
+    assert list(read_task(next(plan_reads(list_files(str(tmp_path / "e.jsonl")))), Fields())) == []
+
+
+def test_a_file_or_folder_that_cannot_be_read_is_never_skipped_quietly(tmp_path, monkeypatch):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from transforms.shards import InputError
+
+    (tmp_path / "ward" / "locked").mkdir(parents=True)
+    (tmp_path / "ward" / "a.txt").write_text("Fiebre.")
+    (tmp_path / "ward" / "b.jsonl").write_text('{"id": "b", "text": "Tos."}\n')
+    real_ls, real_open = LocalFileSystem.ls, LocalFileSystem._open
+
+    def ls(self, path, *args, **kwargs):
+        if path.endswith("locked"):  # as root here, chmod would not stop this process
+            raise PermissionError(13, "Permission denied", path)
+        return real_ls(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", ls)
+    with pytest.raises(InputError, match="cannot list .*locked.* \\(PermissionError\\)"):
+        list(list_files(str(tmp_path / "ward")))
+    monkeypatch.setattr(LocalFileSystem, "ls", real_ls)
+    (tmp_path / "ward" / "locked").rmdir()
+
+    def refuse(self, path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(LocalFileSystem, "_open", refuse)
+    monkeypatch.setattr(LocalFileSystem, "cat_file", refuse)
+    docs = [d for t in plan_reads(list_files(str(tmp_path / "ward")))
+            for d in read_task(t, Fields())]
+    assert sorted((d.doc_id, d.status, d.reason) for d in docs) == [
+        ("a", "failed", "read: not readable (PermissionError)"),
+        ("b.jsonl", "failed", "read: not readable (PermissionError)")]
+    monkeypatch.setattr(LocalFileSystem, "_open", real_open)
+
+
 def test_fields_and_meta(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps({"note_id": 7, "body": "Fiebre.", "language": "it",

@@ -55,3 +55,13 @@ def test_routing_to_the_tasks_of_the_language():
     assert route(doc(lang="es", text=" \n"), TASKS).reason == "empty text"
     failed = doc(lang="es", status="failed", reason="read: x")
     assert route(failed, TASKS) is failed
+
+
+def test_a_record_language_that_is_no_code_is_skipped_without_echoing_it():
+    from transforms.route import NOT_A_LANGUAGE
+
+    for value in ("Paciente Juan Pérez, 45 años", "español", "e5", "x"):
+        d = route(assign_language(doc(text="Fiebre.", lang=value), "es", None), {"t": ("es",)})
+        assert (d.status, d.reason, d.lang) == ("skipped", NOT_A_LANGUAGE, None)
+    d = assign_language(doc(text="Fiebre.", lang="es-ES"), None, None)
+    assert (d.lang, d.status) == ("es", "")

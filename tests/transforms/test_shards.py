@@ -98,3 +98,15 @@ def test_a_cdm_documents_text_file_is_part_of_its_shard(tmp_path):
     assert after["n1.json"].version != shards["n1.json"].version
     assert after["n2.json"].version == shards["n2.json"].version
     assert listed(str(tmp_path / "n1.json"))["n1.json"].version == after["n1.json"].version
+
+
+def test_an_output_inside_an_input_folder_is_a_set_up_error(tmp_path):
+    from transforms.shards import InputError, check_output_outside
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(InputError, match="is inside --input"):
+        check_output_outside(str(tmp_path / "in"), str(tmp_path / "in" / "out"))
+    with pytest.raises(InputError, match="is inside --input"):
+        check_output_outside(str(tmp_path / "in"), str(tmp_path / "in" / "." / "out"))
+    check_output_outside(str(tmp_path / "in"), str(tmp_path / "in-out"))  # a sibling: fine
+    check_output_outside(str(tmp_path / "in" / "*.txt"), str(tmp_path / "out"))
