@@ -6,6 +6,7 @@ document text stays out of the logs at every level: the records' reprs hide it).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -73,6 +74,17 @@ class WorkerLines(logging.Filter):
         return True
 
 
+_RESUME = ("Nothing of the unfinished input shards was committed: run the same command again to "
+           "resume (shards already complete are skipped).")
+# Where running again alone cannot help: what to do first.
+_ADVICE = {
+    "ModelFault": "the model fails on every window of several documents: check the task's "
+                  "model in the task file; running again as it is will not help",
+    "OutOfMemoryError": "out of memory on a single window: lower --max_tokens, or give the "
+                        "job a machine with more memory, then run the same command again",
+}
+
+
 def stopped_message(e: BaseException) -> str:
     """One line for a job that stopped on a fault (of the machine, storage or model): what
     happened and what to do; never the exception's message (it may quote text)."""
@@ -80,7 +92,11 @@ def stopped_message(e: BaseException) -> str:
     found = _WRAPPED.findall(str(e))  # Beam re-raises a worker's error as "Name: message"
     if found:
         name = found[-1]
-    return (f"pipeline.run: the job stopped on {name} (a fault of the machine, the storage or "
-            "the model, not of a document; CLINICAL_NER_LOG_LEVEL=DEBUG shows where). Nothing "
-            "of the unfinished input shards was committed: run the same command again to "
-            "resume (shards already complete are skipped).")
+    if getattr(e, "errno", None) == errno.ENOSPC or f"[Errno {errno.ENOSPC}]" in str(e):
+        what = ("a disk is full (no space left on the device): free space where the output, "
+                "its temporary folder or $CLINICAL_NER_CACHE live, then run the same command "
+                "again")
+    else:
+        what = _ADVICE.get(name, "a fault of the machine, the storage or the model, not of a "
+                                 "document; CLINICAL_NER_LOG_LEVEL=DEBUG shows where")
+    return f"pipeline.run: the job stopped on {name} ({what}). {_RESUME}"

@@ -34,3 +34,18 @@ def test_a_stopped_job_names_the_fault_not_its_message():
     message = stopped_message(wrapped)
     assert "stopped on AcceleratorError" in message and "run the same command again" in message
     assert "Paciente" not in message
+
+
+def test_the_stop_message_says_run_again_alone_only_where_that_can_help():
+    import errno
+
+    from transforms.handlers import ModelFault
+
+    full = stopped_message(RuntimeError("OSError: [Errno 28] No space left on device: '/o/x'"))
+    assert "stopped on OSError (a disk is full" in full and "free space" in full
+    assert stopped_message(OSError(errno.ENOSPC, "full")).count("a disk is full") == 1
+    broken = stopped_message(ModelFault("task t: the model failed on each of 8 windows"))
+    assert "check the task's model" in broken and "will not help" in broken
+    oom = stopped_message(RuntimeError("torch.OutOfMemoryError: CUDA out of memory."))
+    assert "lower --max_tokens" in oom
+    assert "/o/x" not in full  # the message's own text is never repeated
