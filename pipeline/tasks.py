@@ -204,6 +204,27 @@ def _config(location: str, what: str, fix: str, revision: str | None = None) -> 
                          f"{hub_note(location)}). Fix: {fix}") from None
 
 
+def check_pickled_weights(location: str) -> None:
+    """A local model folder whose weights are a pickle (``*.bin``, ``*.pt``; no safetensors) is
+    read now as the workers will read it, with code refused (``weights_only``): one that
+    carries code is a set-up error, not a worker's traceback (``ModelLoadError``)."""
+    from pathlib import Path
+
+    folder = Path(location)
+    if "://" in location or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    from transforms.models import load_state_dict
+
+    for weights in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
+        load_state_dict(str(weights))
+
+
+def _shapes(config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The encoder's hidden and intermediate sizes (what its matrix products are made of)."""
+    sizes = config.get("hidden_size"), config.get("intermediate_size")
+    return (int(sizes[0]), int(sizes[1])) if all(isinstance(n, int) for n in sizes) else None
+
+
 def _max_positions(config: Mapping[str, Any]) -> int | None:
     """Sub-words a window may hold, special tokens included (RoBERTa offsets positions by the
     padding index + 1)."""
@@ -221,13 +242,15 @@ def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str, open_mod
                      "(download it once where a hub is reachable), or run where the hub is "
                      "reachable", revision) if open_models else {}
     labels = bio_scheme(config.get("id2label") or {}).id2label if open_models else ()
+    if open_models:
+        check_pickled_weights(model)
     langs = _languages(cfg, [])
     tokenizer = _resolve(str(cfg.get("tokenizer", model)), base)
     return TaskSpec(
         name=name, kind="hf", model=model, languages=langs, tokenizer=tokenizer,
         heads={lang: (None,) for lang in langs}, labels={None: labels},
         tokenizer_key=tokenizer_key(tokenizer), revision=revision,
-        max_positions=_max_positions(config),
+        max_positions=_max_positions(config), shapes=_shapes(config),
     )
 
 
@@ -284,7 +307,7 @@ def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str, open_mo
         name=name, kind="mtl", model=model, languages=langs, tokenizer=tokenizer,
         encoder=encoder, heads={lang: heads[lang] for lang in langs}, labels=labels,
         tokenizer_key=tokenizer_key(tokenizer), revision=cfg.get("revision"),
-        max_positions=_max_positions(config),
+        max_positions=_max_positions(config), shapes=_shapes(config),
     )
 
 

@@ -230,13 +230,15 @@ def input_fields(document: Mapping[str, Any]) -> tuple[dict, bool]:
 
 
 def record_metadata(document: Mapping[str, Any]) -> dict:
-    """A document row's CDM metadata: a CDM record's, unchanged; else its id and language and
-    those of its other fields that the CDM names."""
+    """A document row's CDM metadata: a CDM record's, unchanged; else its id, its language
+    (where the CDM's vocabulary has it) and those of its other fields that the CDM names."""
     fields, cdm = input_fields(document)
     if cdm:
         return fields
     found = {k: v for k, v in fields.items() if k in METADATA and k != "text"}
-    return {"record_id": document["doc_id"], "report_language": document.get("lang"), **found}
+    lang = document.get("lang")  # a language the CDM does not list (fr, de...) stays unsaid
+    lang = lang if lang in VOCABULARIES["report_language"] else None
+    return {"record_id": document["doc_id"], "report_language": lang, **found}
 
 
 def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:

@@ -51,6 +51,7 @@ class TaskSpec:
     tokenizer_key: str = ""
     revision: str | None = None
     max_positions: int | None = None
+    shapes: tuple[int, int] | None = None  # the encoder's hidden and intermediate sizes
     qualifies: Mapping[str, str] = field(default_factory=dict)
 
     @property

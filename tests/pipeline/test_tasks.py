@@ -99,6 +99,25 @@ def test_yaml_aliases_and_unknown_top_level_keys_are_refused_before_anything_run
         load_tasks(write(tmp_path, typo))
 
 
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_an_hf_folder_whose_weights_carry_code_is_refused_at_set_up(models, tmp_path):
+    import torch
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(models / "stl_procedure", folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    torch.save({"classifier.weight": torch.zeros(3, 32), "payload": Evil()},
+               folder / "pytorch_model.bin")
+    body = f"tasks:\n  p:\n    kind: hf\n    model: {folder}\n    languages: [es]\n"
+    with pytest.raises(TaskFileError, match="task 'p': .*pytorch_model.bin.*pickled Python"):
+        load_tasks(write(tmp_path, body))
+
+
 def test_language_codes():
     assert normalize_lang("CZ") == "cs"
     assert normalize_lang("es-ES") == "es"

@@ -100,6 +100,16 @@ def test_a_response_validates_and_carries_the_record_unchanged():
     assert failed["nlp_output"]["processing_success"] is False and problems(failed) == []
 
 
+def test_a_skipped_record_in_a_language_the_cdm_does_not_list_still_validates():
+    info = RunInfo(version="1", models={}, locations={})
+    for lang, said in (("fr", None), ("de", None), ("es", "es"), (None, None)):
+        document = {"doc_id": "n1", "lang": lang, "status": "skipped", "tasks": "",
+                    "meta": json.dumps({"ward": "3"})}
+        out = response(document, "Le patient.", [], info)
+        assert problems(out) == [], lang
+        assert out["nlp_output"]["record_metadata"]["report_language"] == said
+
+
 def test_the_response_schema_catches_what_the_cdm_forbids():
     good = response({"doc_id": "1", "lang": "es", "status": "annotated", "tasks": "t",
                      "meta": None}, "x", [span("t", "SYMPTOM", 0, 1)], RunInfo())
