@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -23,6 +23,7 @@ from transforms.spec import BACKENDS, PRECISIONS
 
 if TYPE_CHECKING:
     from transforms.handlers import InferenceConfig
+    from transforms.spec import TaskSpec
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -191,6 +192,21 @@ def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> Infer
         pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
         device="cuda" if require_cuda else opts.device,
         threads=opts.torch_threads)
+
+
+def cpu_precisions(opts: AnnotateOptions, specs: Mapping[str, TaskSpec], gpu: bool
+                   ) -> dict[str, str]:
+    """Each task's torch dtype where ``--precision auto`` runs torch on this machine's CPU,
+    decided now (timed once per machine, then kept): the job's configuration records it, so
+    the outputs of one configuration never mix precisions."""
+    if gpu or opts.precision != "auto" or opts.reference_compat:
+        return {}
+    from transforms.backends import fastest_cpu_dtype, openvino_available
+
+    if opts.backend == "openvino" or (opts.backend == "auto" and openvino_available()):
+        return {}  # OpenVINO's auto is int8, decided by no timing
+    return {name: fastest_cpu_dtype(*(spec.shapes or (768, 3072)))
+            for name, spec in specs.items()}
 
 
 def wants_gpu(options: PipelineOptions) -> bool:

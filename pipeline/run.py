@@ -16,8 +16,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, TestOptions)
 
-from pipeline.options import (AnnotateOptions, inference_config, parse_options, uses_gpu,
-                              wants_gpu)
+from pipeline.options import (AnnotateOptions, cpu_precisions, inference_config, parse_options,
+                              uses_gpu, wants_gpu)
 from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
                               run_info, write_run_record)
 from pipeline.tasks import TaskFileError, has_random_weights, load_tasks, pin_revisions
@@ -143,7 +143,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             LOG.warning("task %s: SMOKE TEST model with RANDOM weights (%s): its spans are noise",
                         spec.name, spec.model)
     check_output_outside(opts.input, opts.output)
-    config = job_config(opts, specs)
+    config = job_config(opts, specs, cpu_precisions(opts, specs, gpu) if local else None)
     started = now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
     resume = Resume(opts.output, config, opts.force)

@@ -117,8 +117,10 @@ OUTPUT_OPTIONS = ("language", "min_lang_confidence", "reference_compat", "max_to
                   "lang_field")
 
 
-def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
-    """What a completed shard's output depends on: task file, model versions, options."""
+def job_config(opts: Any, specs: Mapping[str, TaskSpec],
+               precisions: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a completed shard's output depends on: task file, model versions, options, and the
+    dtype ``--precision auto`` decided for each task on this machine (``precisions``)."""
     return {
         "task_file": opts.tasks,
         "tasks": {name: {"kind": s.kind, "languages": list(s.languages),
@@ -129,6 +131,7 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec]) -> dict[str, Any]:
                   for name, s in sorted(specs.items())},
         "options": {**{k: getattr(opts, k) for k in OUTPUT_OPTIONS},
                     **({k: getattr(opts, k) for k in OPT_IN_OPTIONS} if opts.write else {})},
+        **({"precision_decided": dict(sorted(precisions.items()))} if precisions else {}),
     }
 
 

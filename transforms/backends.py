@@ -1,6 +1,6 @@
 """Where the encoder runs on a CPU: torch, or OpenVINO (converted once, cached on disk).
 
-- ``fastest_cpu_dtype`` times the model's own matrix shapes per dtype, once per process: CPU
+- ``fastest_cpu_dtype`` times the model's own matrix shapes per dtype, once per machine: CPU
   flags do not tell which dtype is fast (AVX-512 BF16 without AMX runs bf16 slower than fp32).
 - ``openvino_encoder`` converts a torch encoder to OpenVINO (fused attention and layer norms,
   kernels chosen for the CPU at hand; ``int8``: 8-bit weights and activations, NNCF's
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from transforms.models import PRECISION_DTYPES
-from transforms.storage import cache_root
+from transforms.storage import cache_root, write_atomically
 
 LOG = logging.getLogger("pipeline")
 RECIPE = "ptq-3"  # the conversion recipe: a new one converts again
@@ -67,13 +67,33 @@ def matmul_rate(dtype: torch.dtype, shapes: Sequence[tuple[int, int, int]],
 
 @functools.cache
 def fastest_cpu_dtype(hidden: int, intermediate: int) -> str:
-    """The fastest of fp32, bf16 and fp16 for these shapes on this CPU, by timing them."""
+    """The fastest of fp32, bf16 and fp16 for these shapes on this CPU, timed once per machine:
+    the first answer is kept under ``$CLINICAL_NER_CACHE/precision/`` (a timing is noisy:
+    timed again, a close call could change the dtype between runs over the same output)."""
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if
+                line.startswith("model name")), platform.machine())
+    key = hashlib.sha256(f"{cpu}|{os.cpu_count()}|{torch.__version__}|{hidden}|{intermediate}"
+                         .encode()).hexdigest()[:20]
+    kept = cache_root() / "precision" / key
+    if kept.exists():
+        return kept.read_text()
     rates = {name: matmul_rate(dtype, [(1024, hidden, intermediate)])
              for name, dtype in PRECISION_DTYPES.items()}
     best = max(rates, key=rates.get)
-    LOG.info("precision auto: %s (matrix products, GFLOP/s: %s)", best,
+    LOG.info("precision auto: %s (matrix products, GFLOP/s: %s), kept for this machine", best,
              ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items()))
+    write_atomically(str(kept), best.encode())
     return best
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read(1 << 16).splitlines()
+    except OSError:
+        return []
 
 
 def openvino_available() -> bool:

@@ -149,3 +149,29 @@ def test_the_models_use_a_gpu_when_asked_for_or_found_by_a_local_run(monkeypatch
     assert uses_gpu(parse_options(BASE), local=True)
     assert not uses_gpu(parse_options([*BASE, "--device", "cpu"]), local=True)
     assert not uses_gpu(parse_options(BASE), local=False)  # a launcher's CUDA is not the job's
+
+
+def test_auto_precision_on_a_cpu_torch_path_is_decided_once_and_recorded(monkeypatch, tmp_path):
+    from pipeline.options import cpu_precisions
+    from pipeline.summary import job_config
+    from transforms import backends
+    from transforms.spec import TaskSpec
+
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path))
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    backends.fastest_cpu_dtype.cache_clear()
+    # timed fp32, bf16, fp16: first bf16 is fastest, then fp32 (a close call, timed again)
+    rates = iter([1.0, 2.0, 1.0] + [3.0, 1.0, 1.0] * 3)
+    monkeypatch.setattr(backends, "matmul_rate", lambda *a, **k: next(rates))
+    spec = TaskSpec("t", "hf", "m", ("es",), "tok", shapes=(768, 3072))
+    o = opts("--backend", "torch")
+    decided = cpu_precisions(o, {"t": spec}, gpu=False)
+    assert decided == {"t": "bf16"}
+    backends.fastest_cpu_dtype.cache_clear()
+    assert cpu_precisions(o, {"t": spec}, gpu=False) == decided  # kept, not timed again
+    assert job_config(o, {"t": spec}, decided)["precision_decided"] == {"t": "bf16"}
+    assert cpu_precisions(o, {"t": spec}, gpu=True) == {}
+    assert cpu_precisions(opts("--precision", "fp16"), {"t": spec}, gpu=False) == {}
+    monkeypatch.setattr(backends, "openvino_available", lambda: True)
+    assert cpu_precisions(opts(), {"t": spec}, gpu=False) == {}  # OpenVINO int8: no timing
+    backends.fastest_cpu_dtype.cache_clear()

@@ -40,10 +40,14 @@ def windows(n: int = 4):
     ({"fp32": 300.0, "bf16": 810.0, "fp16": 120.0}, "bf16"),   # AMX
     ({"fp32": 90.0, "bf16": 20.0, "fp16": 10.0}, "fp32"),      # no bf16/fp16 units
 ])
-def test_auto_picks_the_dtype_that_measured_fastest(monkeypatch, rates, picked):
+def test_auto_picks_the_dtype_that_measured_fastest_and_keeps_it_for_the_machine(
+        monkeypatch, cache, rates, picked):
     backends.fastest_cpu_dtype.cache_clear()
     monkeypatch.setattr(backends, "matmul_rate", lambda dtype, *a, **k: rates[
         {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]])
+    assert backends.fastest_cpu_dtype(768, 3072) == picked
+    backends.fastest_cpu_dtype.cache_clear()  # a new process, a later night: not timed again
+    monkeypatch.setattr(backends, "matmul_rate", lambda *a, **k: pytest.fail("timed again"))
     assert backends.fastest_cpu_dtype(768, 3072) == picked
     backends.fastest_cpu_dtype.cache_clear()
 
