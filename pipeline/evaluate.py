@@ -9,7 +9,9 @@ the same JSON as ``src/evaluate.py`` of ``nlp4bia-bsc/MultiClinAIEval``:
   its document and label (recall is the mean over gold), each prediction its best against gold
   (precision is the mean over predictions);
 
-over the union of documents in gold and predictions. Files are read with
+over the documents the prediction covers (its run's ``documents/`` manifest, a list given, or
+else those with a predicted mention; ``--all_documents``: the scorer's union of documents in
+gold and predictions). Files are read with
 ``pandas.read_csv(sep="\\t")`` as the scorer reads them. Beyond it: ``--by label`` and
 ``--by lang`` breakdowns, ``--table`` for a terminal table, and ``--pred`` may be a pipeline
 output directory (all its ``<task>.tsv``; languages from its ``documents/`` manifest).
@@ -201,25 +203,62 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def scope(preds: list[Path], documents: Path | None, listed: Path | None
+          ) -> tuple[set[str] | None, str]:
+    """The documents to score and how they were found: a list given, else the runs' document
+    manifests (a prediction folder's ``documents/``, or one beside a prediction TSV), else the
+    documents with a predicted mention (a TSV alone does not name the others)."""
+    if listed is not None:
+        ids = {line.strip() for line in listed.read_text(encoding="utf-8").splitlines()
+               if line.strip()}
+        return ids, f"the {len(ids)} documents listed in {listed}"
+    manifests = [documents] if documents else [
+        p / "documents" if p.is_dir() else p.parent / "documents" for p in preds]
+    if all(m.exists() for m in manifests):
+        ids = set().union(*(pd.read_parquet(m, columns=["doc_id"]).doc_id.astype(str)
+                            for m in manifests))
+        return ids, (f"the {len(ids)} documents of the run ({', '.join(map(str, manifests))})")
+    return None, "the documents with a predicted mention (pass --documents or --doc_list to " \
+                 "include those the model found nothing in)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", type=Path, required=True, help="Gold TSV.")
-    ap.add_argument("--pred", type=Path, required=True,
-                    help="Prediction TSV, or a pipeline output directory.")
+    ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference", type=Path, action="append", required=True,
+                    help="Gold TSV; repeat it for several (they are concatenated).")
+    ap.add_argument("--pred", type=Path, action="append", required=True,
+                    help="Prediction TSV or pipeline output directory; repeatable.")
     ap.add_argument("--entity", default=None, help="Evaluate this label only.")
     ap.add_argument("--by", action="append", choices=["label", "lang"], default=[],
                     help="Add per-label / per-language results (repeatable).")
     ap.add_argument("--documents", type=Path, default=None,
-                    help="documents/ manifest for languages (default: PRED/documents).")
+                    help="The run's documents/ manifest: which documents it covered and their "
+                         "languages (default: PRED/documents, or documents/ beside PRED.tsv).")
+    ap.add_argument("--doc_list", type=Path, default=None,
+                    help="Score only these documents (a file with one id per line).")
+    ap.add_argument("--all_documents", action="store_true",
+                    help="Score the union of the gold's and the predictions' documents, as the "
+                         "official scorer does (gold of documents never run counts as missed).")
     ap.add_argument("--table", action="store_true", help="Print a table instead of JSON.")
     args = ap.parse_args(argv)
     try:
-        gold, pred = load_tsv(args.reference), load_predictions(args.pred)
+        gold = pd.concat([load_tsv(r) for r in args.reference], ignore_index=True)
+        pred = pd.concat([load_predictions(p) for p in args.pred], ignore_index=True)
+        ids, how = (None, "every document of the gold and the predictions") \
+            if args.all_documents else scope(args.pred, args.documents, args.doc_list)
     except (EvaluationInputError, FileNotFoundError) as e:
         sys.exit(f"pipeline.evaluate: {e}")
+    if not args.all_documents:
+        ids = ids if ids is not None else set(pred.filename.astype(str))
+        left = ~gold.filename.astype(str).isin(ids)
+        print(f"pipeline.evaluate: scoring {how}; {gold[left].filename.nunique()} gold "
+              f"documents ({int(left.sum())} mentions) left out (--all_documents keeps them)",
+              file=sys.stderr)
+        gold, pred = gold[~left], pred[pred.filename.astype(str).isin(ids)]
     result = score(gold, pred, args.entity)
-    manifest = args.documents or (args.pred / "documents" if args.pred.is_dir() else None)
+    manifest = args.documents or next((p / "documents" for p in args.pred if p.is_dir()), None)
     if args.entity:
         gold, pred = gold[gold.label == args.entity], pred[pred.label == args.entity]
     known = (document_languages(pd.read_parquet(manifest, columns=["doc_id", "lang"]))

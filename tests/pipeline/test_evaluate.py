@@ -134,3 +134,48 @@ def test_cli_matches_the_official_output_shape(tmp_path):
     assert "lang=es" in table and "strict P" in table
     bad = cli("--reference", str(tmp_path / "nope.tsv"), "--pred", str(out))
     assert bad.returncode != 0 and "nope.tsv" in bad.stderr
+
+
+def run_folder(tmp_path, docs=("d1", "d2", "d3")):
+    out = tmp_path / "run"
+    (out / "documents").mkdir(parents=True)
+    (out / "symptom.tsv").write_text(tsv(PRED).getvalue())
+    pd.DataFrame({"doc_id": list(docs), "lang": ["es"] * len(docs)}).to_parquet(
+        out / "documents" / "documents-0.parquet")
+    return out
+
+
+def evaluate(*args):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.evaluate", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_gold_of_documents_the_run_never_saw_is_left_out_and_said(tmp_path):
+    run = run_folder(tmp_path)
+    unseen = [("d9", "SYMPTOM", 0, 4, "tos"), ("d8", "PROC", 1, 5, "eco")]
+    (tmp_path / "a.tsv").write_text(tsv(GOLD[:2]).getvalue())  # two references: both count
+    (tmp_path / "b.tsv").write_text(tsv(GOLD[2:] + unseen).getvalue())
+    want = score(load_tsv(tsv(GOLD)), load_tsv(tsv(PRED)))
+    for pred in (run, run / "symptom.tsv"):  # a folder, or a TSV with documents/ beside it
+        got, said = evaluate("--reference", tmp_path / "a.tsv", "--reference",
+                             tmp_path / "b.tsv", "--pred", pred)
+        assert got == want  # d8, d9 were never run: not missed mentions
+        assert "the 3 documents of the run" in said and "2 gold documents (2 mentions) left " \
+            "out" in said
+    everything, _ = evaluate("--reference", tmp_path / "a.tsv", "--reference",
+                             tmp_path / "b.tsv", "--pred", run, "--all_documents")
+    assert everything["strict"]["fn"] == want["strict"]["fn"] + 2
+    (tmp_path / "list.txt").write_text("d1\n")
+    only_d1, said = evaluate("--reference", tmp_path / "b.tsv", "--reference",
+                             tmp_path / "a.tsv", "--pred", run, "--doc_list",
+                             tmp_path / "list.txt")
+    assert only_d1["strict"]["tp"] == 1 and only_d1["strict"]["fn"] == 2
+    assert "the 1 documents listed in" in said
+    alone = tmp_path / "alone.tsv"  # no manifest: the documents with a predicted mention
+    alone.write_text(tsv(PRED).getvalue())
+    got, said = evaluate("--reference", tmp_path / "a.tsv", "--reference",
+                         tmp_path / "b.tsv", "--pred", alone)
+    assert got == score(load_tsv(tsv(GOLD[:3])), load_tsv(tsv(PRED)))  # d2: nothing predicted
+    assert "the documents with a predicted mention (pass --documents" in said

@@ -97,6 +97,24 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert (np.abs(pixels[20, 640] - [31, 59, 87]).sum()) < 10
 
 
+def test_evaluate_scores_the_run_as_its_report_does(report):
+    import json
+    import sys
+
+    from pipeline.report import evaluation, load_outputs
+    from tests.conftest import REPO
+
+    out, _ = report
+    want = evaluation(load_outputs(str(out)), GOLD)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--reference", GOLD[0],
+                           "--reference", GOLD[1], "--pred", str(out)], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    got = json.loads(proc.stdout)
+    assert got["strict"] == want["strict"] and got["char_f1"] == want["char_f1"]
+    assert want["strict"]["tp"] > 0 and want["gold_documents_not_in_run"] > 600
+    assert f"{want['gold_documents_not_in_run']} gold documents" in proc.stderr
+
+
 def test_report_of_a_folder_that_is_no_output_says_so(tmp_path):
     from pipeline.report import main
 
