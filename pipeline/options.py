@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -84,6 +85,8 @@ class AnnotateOptions(PipelineOptions):
         models.add_argument("--language", default=None,
                             help="Language (ISO 639-1) of documents whose record and file name "
                                  "give none; without it, their language is detected.")
+        _flag(models, "--detect_language", "Detect every document's language, even where its "
+              "record, its file name or --language gives one.")
         models.add_argument("--min_lang_confidence", type=float, default=0.2,
                             help="Detected languages below this confidence become 'und'.")
         _flag(models, "--reference_compat",
@@ -162,6 +165,9 @@ class AnnotateOptions(PipelineOptions):
                              "--max_tokens - 2")
         if self.batch_tokens is not None and self.batch_tokens < self.max_tokens:
             raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
+        if self.detect_language and self.language:
+            raise SystemExit("pipeline.run: --detect_language and --language contradict each "
+                             "other: give one")
         if self.precision == "int8" and self.backend != "openvino":
             raise SystemExit("pipeline.run: --precision int8 needs --backend openvino")
         unknown = sorted(set(self.outputs) - set(OUTPUTS))
@@ -349,6 +355,10 @@ def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
         raise SystemExit(0)
     _, unknown = p.parse_known_args(argv)
     flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+    paths = [a for a in unknown if not a.startswith("-") and os.path.exists(a)]
+    if paths and not flags:  # `--input dir/*.txt` unquoted: the shell expanded it
+        p.error(f"unexpected argument {paths[0]}: quote a pattern so that the shell passes it "
+                f"whole, e.g. --input 'dir/*.jsonl.gz' (it gave {len(paths) + 1} paths)")
     if flags or unknown:
         known = [s for action in p._actions for s in action.option_strings]
         wrong = (flags or unknown)[0]

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from pipeline.options import (AnnotateOptions, cpu_precisions, inference_config, parse_options,
                               uses_gpu, wants_gpu)
 from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
-                              run_info, write_run_record)
+                              record_check, run_info, write_run_record)
 from pipeline.tasks import TaskFileError, has_random_weights, load_tasks, pin_revisions
 from transforms.align import AlignDoFn
 from transforms.batch import GroupDocuments
@@ -29,7 +29,7 @@ from transforms.route import RouteDoFn
 from transforms.segment import REFERENCE_WINDOW, SegmentDoFn
 from transforms.shards import (InputError, Resume, check_output_outside, expand_pattern,
                               list_files, pending)
-from transforms.spec import TaskSpec
+from transforms.spec import TaskSpec, is_lang_code, normalize_lang
 from transforms.lock import OutputBusy, OutputLock
 from transforms.write import WriteOutputs, recover
 
@@ -48,7 +48,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     groups = (
         docs
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
-                                          opts.language, opts.min_lang_confidence))
+                                          opts.language, opts.min_lang_confidence,
+                                          opts.detect_language))
         | "Segment" >> beam.ParDo(SegmentDoFn(specs, opts.max_tokens, opts.overlap,
                                               opts.reference_compat))
         | "Group" >> beam.ParDo(GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens))
@@ -137,6 +138,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     opts.apply_device_defaults(gpu)
     specs = pin_revisions(load_tasks(opts.tasks))
     check_windows(specs, opts)
+    check_language(specs, opts)
     LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
     for spec in specs.values():
         if has_random_weights(spec.model):
@@ -160,7 +162,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         shards = plan_local(options, opts, resume, argv, gpu)
         if not shards["shards/to_do"]:
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")
-            write_run_record(shards, **record)
+            record_check(shards, **record)
             return None
         p = beam.Pipeline(runner=local_runner(runner), options=options)
         if options.view_as(TestOptions).dry_run:
@@ -182,6 +184,23 @@ def submit(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec
     result = p.run()
     LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))
     return result
+
+
+def check_language(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
+    """``--language`` must be a language code (aliases mapped) that some task takes: else every
+    document without a language of its own would be skipped. A set-up error, in one line."""
+    if not opts.language:
+        return
+    lang, taken = normalize_lang(opts.language), sorted({la for s in specs.values()
+                                                        for la in s.languages})
+    if not is_lang_code(lang):
+        raise TaskFileError(f"--language {opts.language!r} is not a language code: give an "
+                            f"ISO 639-1 code, e.g. {', '.join(taken)}")
+    if lang not in taken:
+        raise TaskFileError(f"--language {opts.language}: no task of {opts.tasks} takes "
+                            f"{lang!r} (they take {', '.join(taken)}), so every document "
+                            "without a language of its own would be skipped")
+    opts.language = lang
 
 
 def check_windows(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:

@@ -130,7 +130,8 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec],
                          **({"qualifies": dict(s.qualifies)} if s.qualifies else {})}
                   for name, s in sorted(specs.items())},
         "options": {**{k: getattr(opts, k) for k in OUTPUT_OPTIONS},
-                    **({k: getattr(opts, k) for k in OPT_IN_OPTIONS} if opts.write else {})},
+                    **({k: getattr(opts, k) for k in OPT_IN_OPTIONS} if opts.write else {}),
+                    **({"detect_language": True} if opts.detect_language else {})},
         **({"precision_decided": dict(sorted(precisions.items()))} if precisions else {}),
     }
 
@@ -172,6 +173,25 @@ def write_run_record(totals: Mapping[str, int], output: str, run_id: str,
     }
     _write(output, record)
     return record
+
+
+def record_check(totals: Mapping[str, int], output: str, run_id: str,
+                 options: Mapping[str, Any], config: Mapping[str, Any], started: datetime
+                 ) -> None:
+    """A rerun that found nothing to do: ``OUT/run.json`` goes on describing the last run that
+    did work (the report shows it), with this check added as ``last_check``; where there is no
+    such record, this run's is written."""
+    path = output.rstrip("/") + "/run.json"
+    try:
+        with fsspec.open(path, "rt", encoding="utf-8") as f:
+            record = json.load(f)
+    except (FileNotFoundError, ValueError):
+        write_run_record(totals, output, run_id, options, config, started)
+        return
+    record["last_check"] = {"run_id": run_id, "at": now().isoformat(),
+                            "counts": dict(sorted(totals.items())),
+                            "result": "nothing to do: every input shard is complete"}
+    _write(output, record)
 
 
 def finish_run_record(output: str, metrics: RunMetrics | None) -> dict:

@@ -21,9 +21,13 @@ NOT_A_LANGUAGE = "the record's language is not a language code (ISO 639)"
 
 
 def assign_language(doc: Document, default_lang: str | None,
-                    detect: Callable[[str], Detected] | None) -> Document:
-    """Set ``lang``, ``lang_source`` and ``lang_score`` from the first source that has one."""
-    name_lang = lang_from_name(doc.doc_id)
+                    detect: Callable[[str], Detected] | None, always_detect: bool = False
+                    ) -> Document:
+    """Set ``lang``, ``lang_source`` and ``lang_score`` from the first source that has one
+    (``always_detect``: detection whatever the others say)."""
+    if always_detect:
+        doc, default_lang = doc.with_(lang=None), None
+    name_lang = None if always_detect else lang_from_name(doc.doc_id)
     if doc.lang:
         lang = normalize_lang(doc.lang)
         if not is_lang_code(lang):  # free text there may be text: never echoed
@@ -58,9 +62,9 @@ class RouteDoFn(beam.DoFn):
     """Language, then the tasks that support it."""
 
     def __init__(self, task_languages: Mapping[str, Sequence[str]], default_lang: str | None,
-                 min_confidence: float = 0.2) -> None:
+                 min_confidence: float = 0.2, always_detect: bool = False) -> None:
         self._tasks = {t: tuple(langs) for t, langs in task_languages.items()}
-        self._default = default_lang
+        self._default, self._always = default_lang, always_detect
         self._min_confidence = min_confidence
         self._detector: LanguageDetector | None = None
 
@@ -74,5 +78,5 @@ class RouteDoFn(beam.DoFn):
 
     def process(self, doc: Document) -> Iterator[Document]:
         if not doc.status:
-            doc = assign_language(doc, self._default, self.detect)
+            doc = assign_language(doc, self._default, self.detect, self._always)
         yield route(doc, self._tasks)

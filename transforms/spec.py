@@ -14,7 +14,7 @@ from transforms.spans import LabelScheme, bio_scheme
 KINDS = ("hf", "mtl")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
-_LANG_ALIASES = {"cz": "cs"}
+_LANG_ALIASES = {"cz": "cs"}  # the country's code for the language's, as the DT4H service writes
 
 
 def is_lang_code(code: str) -> bool:
@@ -23,7 +23,8 @@ def is_lang_code(code: str) -> bool:
 
 
 def normalize_lang(code: str) -> str:
-    """ISO 639-1 code, lower case; ``cz`` (a common slip for Czech) becomes ``cs``."""
+    """ISO 639-1 code, lower case, region dropped (``es-ES``); ``cz`` (Czechia's code, which
+    the DT4H service writes for Czech) becomes ``cs``."""
     code = str(code).strip().lower().replace("_", "-").split("-")[0]
     return _LANG_ALIASES.get(code, code)
 

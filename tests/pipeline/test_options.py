@@ -175,3 +175,36 @@ def test_auto_precision_on_a_cpu_torch_path_is_decided_once_and_recorded(monkeyp
     monkeypatch.setattr(backends, "openvino_available", lambda: True)
     assert cpu_precisions(opts(), {"t": spec}, gpu=False) == {}  # OpenVINO int8: no timing
     backends.fastest_cpu_dtype.cache_clear()
+
+
+@pytest.mark.parametrize("value,said", [
+    ("spanish", "--language 'spanish' is not a language code: give an ISO 639-1 code, e.g. cs, "
+                "en, es"),
+    ("fr", "--language fr: no task of "),
+])
+def test_a_language_no_task_takes_is_refused_before_reading(smoke_tasks, tmp_path, value, said):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("Fiebre alta.")
+    proc = cli("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--tasks",
+               str(smoke_tasks), "--language", value)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"pipeline.run: {said}")
+
+
+def test_a_language_alias_becomes_its_code(smoke_tasks):
+    from pipeline.run import check_language
+    from pipeline.tasks import load_tasks
+
+    o = opts("--language", "CZ")
+    check_language(load_tasks(str(smoke_tasks)), o)
+    assert o.language == "cs"
+
+
+def test_an_unquoted_glob_is_named_as_one(tmp_path):
+    for name in ("a.jsonl.gz", "b.jsonl.gz", "c.jsonl.gz"):
+        (tmp_path / name).write_bytes(b"")
+    expanded = sorted(str(p) for p in tmp_path.glob("*.jsonl.gz"))  # what the shell passes
+    proc = cli("--input", *expanded, "--output", "o", "--tasks", "t.yaml")
+    assert proc.returncode == 2
+    assert f"unexpected argument {expanded[1]}: quote a pattern" in proc.stderr
+    assert "--input 'dir/*.jsonl.gz' (it gave 3 paths)" in proc.stderr

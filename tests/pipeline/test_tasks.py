@@ -189,7 +189,7 @@ def test_hub_models_are_pinned_to_a_commit_that_the_fingerprint_records(
         body = ("tasks:\n  procedure:\n    kind: hf\n    model: BSC-NLP4BIA/tiny-stl\n"
                 f"    languages: [es]\n{revision}")
         specs = pin_revisions(load_tasks(write(tmp_path, body)))
-        opts = SimpleNamespace(tasks="t.yaml",
+        opts = SimpleNamespace(tasks="t.yaml", detect_language=False,
                                **{k: None for k in OUTPUT_OPTIONS + OPT_IN_OPTIONS})
         config = job_config(opts, specs)
         return config["tasks"]["procedure"]["model"], config_fingerprint(config)

@@ -65,3 +65,10 @@ def test_a_record_language_that_is_no_code_is_skipped_without_echoing_it():
         assert (d.status, d.reason, d.lang) == ("skipped", NOT_A_LANGUAGE, None)
     d = assign_language(doc(text="Fiebre.", lang="es-ES"), None, None)
     assert (d.lang, d.status) == ("es", "")
+
+
+def test_detection_can_be_asked_for_whatever_the_record_says():
+    record = doc(text="Il paziente ha febbre.", doc_id="MultiClinNER-es-1", lang="es")
+    assert assign_language(record, "es", detect).lang == "es"
+    found = assign_language(record, None, detect, always_detect=True)
+    assert (found.lang, found.lang_source, found.lang_score) == ("it", "detected", 0.9)
