@@ -1,6 +1,6 @@
-"""A progress line every 30 s per worker process: documents read and done, their rate, the
-time elapsed (counts only, never text). A timer thread logs it, so a line comes even while a
-long stage runs."""
+"""A progress line per worker process, 5 s after it starts and then every 30 s: documents read
+and done, the rate since the last line and since the start, the time elapsed (counts only,
+never text). A timer thread logs it, so a line comes even while a long stage runs."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import threading
 import time
 
 LOG = logging.getLogger("pipeline")
-EVERY_S = 30.0
+EVERY_S, FIRST_S = 30.0, 5.0  # a short run still shows one line
 
 
 class Progress:
     """Counts of this process, logged by a daemon thread started on first use."""
 
-    def __init__(self, every: float = EVERY_S) -> None:
-        self.every = every
+    def __init__(self, every: float = EVERY_S, first: float = FIRST_S) -> None:
+        self.every, self.first = every, first
         self.read = self.done = 0
         self._t0 = 0.0
+        self._last = (0.0, 0)  # time and documents done at the last line
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -27,6 +28,7 @@ class Progress:
         with self._lock:
             if self._thread is None:
                 self._t0 = time.monotonic()
+                self._last = (self._t0, 0)
                 self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
                 self._thread.start()
 
@@ -37,15 +39,20 @@ class Progress:
             self.done += done
 
     def line(self) -> str:
-        """The progress line as it stands."""
-        elapsed = time.monotonic() - self._t0
+        """The progress line as it stands (and the start of the next line's interval)."""
+        now = time.monotonic()
+        elapsed, (since, done_then) = now - self._t0, self._last
+        self._last = (now, self.done)
         return (f"progress: {self.read:,} documents read, {self.done:,} done by this worker, "
-                f"{self.done / max(elapsed, 1e-9):.1f}/s, {elapsed:.0f} s elapsed")
+                f"{(self.done - done_then) / max(now - since, 1e-9):.1f}/s now "
+                f"({self.done / max(elapsed, 1e-9):.1f}/s since the start), "
+                f"{elapsed:.0f} s elapsed")
 
     def _loop(self) -> None:
+        time.sleep(self.first)
         while True:
-            time.sleep(self.every)
             LOG.info("%s", self.line())
+            time.sleep(self.every)
 
 
 PROGRESS = Progress()
