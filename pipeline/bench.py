@@ -288,7 +288,8 @@ def probe_f1(texts_dir: Path, ids: list[str], work: Path, backend: str, precisio
 
 def main(argv: list[str] | None = None) -> None:
     """Print the comparison as JSON."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.bench",
+                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("--docs", type=int, default=100, help="held-out cases (at most 100)")
     ap.add_argument("--runs", default=None, help="backend:precision, comma-separated (default: "
                     f"{','.join(RUNS)}; on a GPU {','.join(GPU_RUNS)})")

@@ -225,7 +225,7 @@ def scope(preds: list[Path], documents: Path | None, listed: Path | None
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
-                                 description=__doc__.split("\n\n")[0])
+                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("--reference", type=Path, action="append", required=True,
                     help="Gold TSV; repeat it for several (they are concatenated).")
     ap.add_argument("--pred", type=Path, action="append", required=True,

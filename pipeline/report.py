@@ -15,6 +15,7 @@ import html
 import io
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import fsspec
@@ -196,10 +197,23 @@ def evaluation(run: RunOutputs, gold_paths: Sequence[str]) -> dict[str, Any]:
             "gold_documents": gold.filename.nunique(), "gold_documents_not_in_run": outside}
 
 
+def _when(stamp: str | None) -> str:
+    """An ISO time to the second, in UTC (``2026-11-27 03:04:07 UTC``)."""
+    if not stamp:
+        return "?"
+    try:
+        moment = datetime.fromisoformat(stamp).astimezone(timezone.utc)
+    except ValueError:
+        return stamp
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> str:
     def cell(v: Any, tag: str, i: int) -> str:
         cls = ' class="num"' if i >= numeric_from else ""
-        if isinstance(v, float):
+        if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
+            v = f"{int(v):,}"  # a count that went through a float (1252126.0): not a score
+        elif isinstance(v, float):
             v = f"{v:.4f}"
         elif isinstance(v, int):
             v = f"{v:,}"
@@ -302,8 +316,8 @@ def render(run: RunOutputs, gold: dict[str, Any] | None) -> str:
         (k, d["count"], round(d["mean"], 2), d["min"], d["max"])
         for k, d in sorted(record.get("distributions", {}).items())])
     code = record.get("code_version", {})
-    subtitle = (f"run {record.get('run_id', '?')}, {record.get('started', '?')} to "
-                f"{record.get('ended', '?')}, code {code.get('package')} "
+    subtitle = (f"run {record.get('run_id', '?')}, {_when(record.get('started'))} to "
+                f"{_when(record.get('ended'))}, code {code.get('package')} "
                 f"{(code.get('commit') or '')[:10]}") if record else "no run.json"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -335,7 +349,8 @@ def write_report(out: str, gold_paths: Sequence[str] = (), show_texts: bool = Tr
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.report",
+                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("out", help="A pipeline output directory (local path or fsspec URL).")
     ap.add_argument("--gold", action="append", default=[],
                     help="Gold MultiClinAI TSV to evaluate against (repeatable).")

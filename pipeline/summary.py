@@ -63,7 +63,8 @@ def metrics_table(totals: RunMetrics | None) -> str:
         return "(no metrics from this runner)"
     names = [*totals.counters, *totals.distributions]
     width = max((len(k) for k in names), default=0)
-    lines = [f"  {k:<{width}}  {v:>12,}" for k, v in totals.counters.items()]
+    lines = [f"  {'counter':<{width}}  {'value':>12}"]
+    lines += [f"  {k:<{width}}  {v:>12,}" for k, v in totals.counters.items()]
     if totals.distributions:
         lines.append(f"  {'distribution':<{width}}  {'count':>12}  {'mean':>12}  {'min':>10}"
                      f"  {'max':>10}")

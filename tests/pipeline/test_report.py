@@ -120,3 +120,12 @@ def test_report_of_a_folder_that_is_no_output_says_so(tmp_path):
 
     with pytest.raises(SystemExit, match="no documents/ here"):
         main([str(tmp_path)])
+
+
+def test_counts_read_as_counts_and_times_to_the_second():
+    from pipeline.report import _table, _when
+
+    assert _when("2026-11-27T03:04:07.123456+00:00") == "2026-11-27 03:04:07 UTC"
+    assert _when(None) == "?"
+    row = _table(["label", "n", "f1"], [["SYMPTOM", 1252126.0, 0.16584]])
+    assert ">1,252,126<" in row and ">0.1658<" in row and "1252126.0000" not in row

@@ -25,3 +25,13 @@ def test_any_byte_of_a_model_changes_its_fingerprint_and_a_rerun_reads_none(tmp_
     writes = []
     monkeypatch.setattr(storage, "write_atomically", lambda *a: writes.append(a))
     assert model_version(str(model)) == after and writes == []  # from the digest cache
+
+
+def test_the_metrics_table_has_a_header_for_each_part():
+    from pipeline.summary import RunMetrics, metrics_table
+
+    text = metrics_table(RunMetrics({"documents/read": 1200}, {"documents/chars": {
+        "count": 2, "mean": 1.5, "min": 1, "max": 2, "sum": 3}})).splitlines()
+    assert text[0].split() == ["counter", "value"] and text[1].split() == ["documents/read",
+                                                                           "1,200"]
+    assert text[2].split() == ["distribution", "count", "mean", "min", "max"]
