@@ -23,8 +23,8 @@ loses nothing:
 
 0. what crashed runs left is recovered (``recover``, also the first step of every local run,
    so a rerun with nothing to do still repairs the output): parts of runs that never
-   committed are removed, runs that committed are finished (steps 3 and 4), the temporary
-   folders of other runs are removed;
+   committed are removed, runs that committed are finished (steps 3 and 4); a local run,
+   holding the output's lock, also removes the temporary folders of other runs;
 1. this run's parts are moved to their final names (duplicates patched on the way);
 2. the run is recorded as committed, with what it replaces: the rows of the shards it redid,
    in the earlier parts their markers name, and of every shard it wrote, in the parts of runs
@@ -512,11 +512,14 @@ def _complete(fs, root: str, run_id: str, tasks: Sequence[str], mine: Sequence[s
             fs.rm(_journal(root, task))
 
 
-def recover(out: str, tasks: Iterable[str] = (), current: str | None = None) -> list[str]:
+def recover(out: str, tasks: Iterable[str] = (), current: str | None = None,
+            temporary: bool = True) -> list[str]:
     """Undo or finish what crashed runs left over ``out``, as the next run's first step: the
     parts of runs that never committed are removed (nothing refers to them); runs that
-    committed are finished (``_complete``: what they replace removed, the TSVs rebuilt); the
-    temporary folders of runs other than ``current`` are removed. Returns what it did."""
+    committed are finished (``_complete``: what they replace removed, the TSVs rebuilt); with
+    ``temporary``, the temporary folders of runs other than ``current`` are removed (only
+    where no other job can be writing: a local run's first step, under the output's lock).
+    Returns what it did."""
     fs, root = fsspec.core.url_to_fs(out)
     if not fs.exists(root):
         return []
@@ -535,7 +538,7 @@ def recover(out: str, tasks: Iterable[str] = (), current: str | None = None) -> 
         if run != current and "committed" in st and "tsv" not in st:
             _complete(fs, root, run, all_tasks, None)
             done.append(f"finished the commit of run {run}")
-    for path in fs.glob(posixpath.join(root, ".tmp-*")):
+    for path in fs.glob(posixpath.join(root, ".tmp-*")) if temporary else ():
         if posixpath.basename(path) != f".tmp-{current}":
             fs.rm(path, recursive=True)
             done.append(f"removed {posixpath.basename(path)}")
@@ -546,7 +549,8 @@ def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, ru
              dups: Sequence[Duplicate], redone: Sequence[Shard]) -> int:
     """Commit this run (see the module docstring); safe to retry. Returns its part count."""
     fs, root = fsspec.core.url_to_fs(out)
-    for line in recover(out, tasks, current=run_id):
+    # a Dataflow job holds no lock: another job's temporary folder may be in use
+    for line in recover(out, tasks, current=run_id, temporary=False):
         LOG.info("output: %s (an earlier run crashed)", line)
     states = run_states(fs, root)
     existing = set(_final_parts(fs, root))
