@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 
 import fsspec
 
+from transforms.storage import atomic_output
+
 LOCK = "_lock"
 LEASE_S = 120.0  # a lock not renewed for this long was left by a job that died
 
@@ -80,6 +82,9 @@ class OutputLock:
                     f.write(self._record())
             except FileExistsError:
                 held = self._held()
+                if not held:  # being created this instant (an exclusive create, then bytes)?
+                    time.sleep(0.5)
+                    held = self._held()
                 if not self._stale(held):
                     expires = datetime.fromtimestamp(held["expires"], timezone.utc)
                     raise OutputBusy(
@@ -100,7 +105,7 @@ class OutputLock:
         while not self._stop.wait(self.lease_s / 4):
             if self._held().get("run_id") != self.run_id:
                 return  # taken over (this process was stalled past its lease): keep out
-            with fs.open(path, "wb") as f:
+            with atomic_output(fs, path) as f:  # readers never see it empty
                 f.write(self._record())
 
     def release(self) -> None:

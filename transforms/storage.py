@@ -36,14 +36,21 @@ def move(fs, src: str, dst: str) -> None:
         fs.rm(src)
 
 
+def in_progress(path: str) -> str:
+    """Where ``path`` is written before it is moved into place: a hidden name beside it, which
+    Parquet and CSV readers of the folder skip (pyarrow ignores names starting with '.'), so a
+    write cut off by a kill is never read as data."""
+    return posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.inprogress")
+
+
 @contextmanager
 def atomic_output(fs, path: str) -> Iterator:
     """A file to write ``path`` through: written aside, moved into place when the block ends
     without error, so readers never see a partial file."""
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path + ".inprogress", "wb") as f:
+    with fs.open(in_progress(path), "wb") as f:
         yield f
-    move(fs, path + ".inprogress", path)
+    move(fs, in_progress(path), path)
 
 
 def read_table(fs, path: str):

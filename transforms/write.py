@@ -364,7 +364,7 @@ def _commit_record(fs, root: str, run_id: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[str]) -> None:
+def _drop_sources(fs, root: str, part: str, redone: pa.Array) -> None:
     """Remove the rows of ``redone`` input shards from one committed part, its TSV rows and
     exports too; safe to repeat after a crash anywhere in it (the TSV rows are rewritten from
     the spans kept, whether or not this try removed any)."""
@@ -384,10 +384,8 @@ def _drop_sources(fs, root: str, part: str, redone: pa.Array, tasks: Iterable[st
         else:
             fs.rm(path)
     exports.drop_sources(fs, root, part, redone)
-    for task in tasks:
-        path = tsv_part_file(root, task, part)
-        if not fs.exists(path):
-            continue
+    for path in fs.glob(tsv_part_file(root, "*", part)):  # every task's, this job's or not
+        task = posixpath.basename(posixpath.dirname(path))
         lines = tsv_lines(spans, task) if spans is not None else b""
         if lines:
             _put(fs, path, lines)
@@ -501,15 +499,23 @@ def _complete(fs, root: str, run_id: str, tasks: Sequence[str], mine: Sequence[s
     record = _commit_record(fs, root, run_id)
     if "dropped" not in states:
         for name, sources in record.get("replaced", {}).items():
-            _drop_sources(fs, root, name, pa.array(sources, pa.string()), tasks)
+            _drop_sources(fs, root, name, pa.array(sources, pa.string()))
         _record_state(fs, root, run_id, "dropped")
     if "tsv" not in states:
         rebuild = mine is None or "replaced" not in record or bool(record["replaced"])
+        if rebuild:  # rows went from parts: every task's TSV, this job's or an earlier one's
+            tasks = output_tasks(fs, root, tasks)
         _assemble_tsv(fs, root, tasks, run_id, mine or (), rebuild)
         _record_state(fs, root, run_id, "tsv")
     for task in tasks:
         if fs.exists(_journal(root, task)):
             fs.rm(_journal(root, task))
+
+
+def output_tasks(fs, root: str, tasks: Iterable[str]) -> list[str]:
+    """``tasks`` and every task whose TSV rows the output holds (an earlier task file's too)."""
+    return sorted({*tasks, *(posixpath.basename(p) for p in
+                             fs.glob(posixpath.join(root, TSV_PARTS, "*")) if fs.isdir(p))})
 
 
 def recover(out: str, tasks: Iterable[str] = (), current: str | None = None,
@@ -531,13 +537,13 @@ def recover(out: str, tasks: Iterable[str] = (), current: str | None = None,
             for path in paths:
                 fs.rm(path)
             done.append(f"removed the uncommitted part {name}")
-    all_tasks = sorted({*tasks, *(posixpath.basename(p) for p in
-                                  fs.glob(posixpath.join(root, TSV_PARTS, "*"))
-                                  if fs.isdir(p))})
     for run, st in sorted(states.items()):
         if run != current and "committed" in st and "tsv" not in st:
-            _complete(fs, root, run, all_tasks, None)
+            _complete(fs, root, run, output_tasks(fs, root, tasks), None)
             done.append(f"finished the commit of run {run}")
+    for folder in (*SCHEMAS, f"{TSV_PARTS}/*", TSV_PARTS, RUNS, ""):
+        for path in fs.glob(posixpath.join(root, folder, ".*.inprogress")):
+            fs.rm(path)  # a write cut off by a kill (hidden: no reader took it for data)
     for path in fs.glob(posixpath.join(root, ".tmp-*")) if temporary else ():
         if posixpath.basename(path) != f".tmp-{current}":
             fs.rm(path, recursive=True)

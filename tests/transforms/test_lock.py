@@ -97,3 +97,14 @@ def test_gcs_creates_the_lock_with_a_generation_precondition(gcs_emulator, monke
         assert created == ["out/_lock"]
         with pytest.raises(OutputBusy, match="run r1"):
             OutputLock("gs://lockbkt/out", "r2").acquire()
+
+
+def test_a_lock_being_written_this_instant_is_not_taken_for_a_dead_one(tmp_path):
+    import threading
+
+    path = tmp_path / "out" / LOCK
+    path.parent.mkdir(parents=True)
+    path.write_text("")  # created, its bytes not written yet
+    threading.Timer(0.1, write_lock, (path,), {"run_id": "live"}).start()
+    with pytest.raises(OutputBusy, match="run live"):
+        OutputLock(str(tmp_path / "out"), "new").acquire()

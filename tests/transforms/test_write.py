@@ -354,3 +354,38 @@ def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch
         if finished:
             break
     assert k > (30 if kinds else 15)  # each change of the outputs is a place to be killed
+
+
+def test_a_write_cut_off_by_a_kill_is_never_read_as_data_and_the_next_run_removes_it(tmp_path):
+    from transforms.storage import atomic_output
+    from transforms.write import part_file, recover
+
+    out = tmp_path / "out"
+    parts, _, _ = write_run(out, "r1", [document("a", "in/a.txt", [0])])
+    clean = rows(out)
+    fs, root = __import__("fsspec").core.url_to_fs(str(out))
+    for kind in ("spans", "documents"):  # the process dies while writing a part's file
+        with pytest.raises(Crash):
+            with atomic_output(fs, part_file(root, kind, "r2-x")) as f:
+                f.write(b"PAR1 half a file")
+                raise Crash
+    assert rows(out) == clean  # pandas and pyarrow skip the hidden half-written files
+    assert recover(str(out), ["t"]) == [] and not list(out.rglob("*.inprogress"))
+
+
+def test_a_rerun_without_a_task_takes_its_rows_out_of_that_task_s_tsv_too(tmp_path):
+    out = tmp_path / "out"
+    resume = Resume(str(out), {"c": 1})
+    shard = Shard("in/a.txt", 1, "v1")
+    both = document("a", shard.url, [0, 5])
+    u_spans = tuple(Row({**s, "task": "u"}) for s in both.spans)
+    parts, _, _ = write_run(out, "r1", [replace(both, spans=both.spans + u_spans)],
+                            commit=False)
+    finalize(parts, str(out), ["t", "u"], f"{out}/.tmp-r1", "r1", [], [])  # tasks t and u
+    write_marker(shard, {}, [p.name for p in parts], resume, "r1", "now")
+    assert len(pd.read_csv(out / "u.tsv", sep="\t")) == 2
+    resume = Resume(str(out), {"c": 2})  # a task file without u: every shard redone
+    (changed,) = pending([shard], resume)
+    write_run(out, "r2", [document("a", shard.url, [7])], redone=[changed])
+    assert rows(out)[2] == [("a", 7)]
+    assert len(pd.read_csv(out / "u.tsv", sep="\t")) == 0  # no rows the spans no longer hold
