@@ -231,7 +231,7 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
 
     from pipeline.bench import Counted, as_works, bench_spec, infer_groups, loaded, \
         model_path_figures
-    from transforms.batch import GPU_BATCH
+    from transforms.spec import GPU_BATCH
     from transforms.handlers import InferenceConfig, TaskInference
 
     started = time.perf_counter()

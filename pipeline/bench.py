@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from transforms.batch import CPU_BATCH, GPU_BATCH, padded_length
+from transforms.batch import padded_length
+from transforms.spec import CPU_BATCH, GPU_BATCH
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", REPO.parent / "shared"))  # the data

@@ -1,48 +1,27 @@
-"""Command-line options of the annotation job, and a strict parser for them.
+"""The annotation job's options as Beam ``PipelineOptions``, so that they travel to workers.
 
-``AnnotateOptions`` is a Beam ``PipelineOptions`` subclass (so the options travel to workers);
-``parse_options`` checks a command line against every option that this job and Beam's runners
-know, lists them all, grouped, with their defaults under ``--help``, and refuses an unknown or
-mistyped option with the nearest valid one, before anything runs.
+``AnnotateOptions`` reads the options ``pipeline.cli`` declares; ``parse_options`` checks a
+command line there (before Beam loads) and parses it; ``parser`` lists every option, the job's
+first, then Beam's runners' (``--help_all``); ``template_metadata`` is the Flex Template's.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import os
 import sys
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.align import OUTPUTS
-from transforms.batch import CPU_BATCH, GPU_BATCH
-from transforms.segment import REFERENCE_WINDOW
-from transforms.shards import FORMATS
-from transforms.spec import BACKENDS, PRECISIONS
+from pipeline.cli import (PROG, REQUIRED, add_job_options, boolean, check_command_line,
+                          job_parser, usage_error)
+from transforms.records import OUTPUTS
+from transforms.spec import CPU_BATCH, GPU_BATCH
+from transforms.windows import REFERENCE_WINDOW
 
 if TYPE_CHECKING:
     from transforms.handlers import InferenceConfig
     from transforms.spec import TaskSpec
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def boolean(value: str | bool) -> bool:
-    """``--flag``, ``--flag=true`` or ``--flag false``: Flex Templates pass explicit values."""
-    if isinstance(value, bool):
-        return value
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def _flag(group, name: str, help: str, default: bool | None = False) -> None:
-    group.add_argument(name, type=boolean, nargs="?", const=True, default=default,
-                       metavar="BOOL", help=help)
 
 
 class AnnotateOptions(PipelineOptions):
@@ -50,94 +29,7 @@ class AnnotateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        io = parser.add_argument_group("input and output")
-        io.add_argument("--input", help="Input: a folder (searched recursively), a glob or a "
-                        "file of .txt, .jsonl[.gz|.zst], .parquet or .json (DT4H CDM) "
-                        "documents; local or any fsspec URL (gs://, s3://). Required.")
-        io.add_argument("--output", help="Output folder (local path or fsspec URL). Required.")
-        io.add_argument("--input_format", default=None, choices=FORMATS,
-                        help="Input format when file names do not say it (cdm: DT4H CDM "
-                             "documents, one per .json file or JSON Lines of them).")
-        io.add_argument("--id_field", default="id", help="Record field of the document id.")
-        io.add_argument("--text_field", default="text", help="Record field of the text.")
-        io.add_argument("--lang_field", default="lang",
-                        help="Record field of the language (`language` is also read).")
-        io.add_argument("--write", default="", metavar="OUTPUTS",
-                        help="Outputs beside the defaults (TSV, span, document and error "
-                             "Parquet), comma separated: cdm (a DT4H CDM NlpResponse per "
-                             "document, JSON Lines under OUT/cdm/), note_nlp (OMOP CDM NOTE_NLP "
-                             "rows, Parquet and CSV under OUT/note_nlp/).")
-        io.add_argument("--note_id_field", default=None,
-                        help="NOTE_NLP note_id: the input metadata field holding the integer "
-                             "OMOP note id (default: the document id).")
-        io.add_argument("--snippet_chars", type=int, default=100,
-                        help="NOTE_NLP snippet: characters of text around each mention "
-                             "(at most 250, the column's width).")
-        io.add_argument("--split_bytes", type=int, default=64 << 20,
-                        help="Uncompressed JSONL files larger than this are read in pieces of "
-                             "this many bytes, in parallel.")
-        _flag(io, "--force", "Redo every input shard, even those an earlier run over the same "
-                             "--output completed (and marked in OUT/_shards/).")
-
-        models = parser.add_argument_group("tasks and languages")
-        models.add_argument("--tasks", help="Task file (YAML) naming each task and its model. "
-                            "Required.")
-        models.add_argument("--language", default=None,
-                            help="Language (ISO 639-1) of documents whose record and file name "
-                                 "give none; without it, their language is detected.")
-        _flag(models, "--detect_language", "Detect every document's language, even where its "
-              "record, its file name or --language gives one.")
-        models.add_argument("--min_lang_confidence", type=float, default=0.2,
-                            help="Detected languages below this confidence become 'und'.")
-        _flag(models, "--reference_compat",
-              "Reproduce the DT4H reference inference scripts exactly (raw text, 512-token "
-              "windows with stride 128, fp32, their decoding).")
-
-        infer = parser.add_argument_group("inference")
-        infer.add_argument("--max_tokens", type=int, default=512,
-                           help="Sub-words per model window, special tokens included (whole "
-                                "sentences are packed).")
-        infer.add_argument("--overlap", type=int, default=None,
-                           help="Sub-words shared by consecutive windows of a long sentence "
-                                "(default: a quarter of --max_tokens).")
-        infer.add_argument("--precision", default="auto", choices=PRECISIONS,
-                           help="auto: bf16 on CUDA GPUs (fp16 where bf16 is missing); on a "
-                                "CPU int8 weights with OpenVINO, else the fastest of "
-                                "fp32/bf16/fp16 timed on the model's shapes (fp32 with "
-                                "--reference_compat). int8 needs --backend openvino.")
-        infer.add_argument("--backend", default="auto", choices=BACKENDS,
-                           help="Where the encoder runs on a CPU: auto (OpenVINO where "
-                                "installed, else torch), torch or openvino (converted once per "
-                                "worker and cached; a failed conversion keeps torch). GPUs "
-                                "always run torch.")
-        infer.add_argument("--batch_tokens", type=int, default=None,
-                           help="Token budget of one inference batch (padded size, windows "
-                                f"sorted by length; default: {GPU_BATCH.tokens} with a GPU, "
-                                f"{CPU_BATCH.tokens} on a CPU).")
-        infer.add_argument("--max_batch_windows", type=int, default=None,
-                           help="Most windows in one inference batch (default: "
-                                f"{GPU_BATCH.windows} with a GPU, {CPU_BATCH.windows} on a "
-                                "CPU).")
-        infer.add_argument("--group_tokens", type=int, default=None,
-                           help="Tokens of the documents grouped for one inference call "
-                                "(their windows are sorted together; default: 8 x "
-                                "--batch_tokens).")
-        _flag(infer, "--compile", "torch.compile the encoder (a one-off compilation per "
-                                  "worker; worth it for long runs).")
-        infer.add_argument("--torch_threads", type=int, default=None,
-                           help="Threads of each process that runs a model (default: the "
-                                "cores divided among the local worker processes).")
-        infer.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                           help="Where models run; cuda fails at model load if no GPU is "
-                                "usable (implied by --inference_accelerator).")
-        infer.add_argument("--inference_accelerator", default=None,
-                           help="Dataflow accelerator for the inference steps only, e.g. "
-                                "'type:nvidia-l4;count:1;install-nvidia-driver' (a resource "
-                                "hint: the CPU stages run on CPU workers).")
-        _flag(infer, "--large_model", "Share one model copy among a worker's processes "
-                                      "(default: true with a GPU, where each process's own "
-                                      "copy would hold GPU memory and a CUDA context; false "
-                                      "on a CPU).", default=None)
+        add_job_options(parser)
 
     def apply_device_defaults(self, gpu: bool) -> None:
         """Fill the options whose default depends on whether the models run on a GPU: the
@@ -152,30 +44,23 @@ class AnnotateOptions(PipelineOptions):
             self.large_model = gpu
 
     def validate_required(self) -> None:
-        """Fail with a usage message when a required option is missing or out of range (after
-        ``apply_device_defaults``)."""
-        missing = [f"--{n}" for n in ("input", "output", "tasks") if not getattr(self, n)]
-        if missing:
-            raise SystemExit(f"pipeline.run: missing required option(s) {', '.join(missing)} "
-                             "(see --help)")
+        """Stop with a usage message (exit status 2) when options contradict each other or are
+        out of range (after ``apply_device_defaults``)."""
         if self.overlap is None:
             self.overlap = self.max_tokens // 4
         if self.max_tokens < 8 or not 0 <= 2 * self.overlap <= self.max_tokens - 2:
-            raise SystemExit("pipeline.run: need --max_tokens >= 8 and 0 <= 2*--overlap <= "
-                             "--max_tokens - 2")
+            usage_error("need --max_tokens >= 8 and 0 <= 2*--overlap <= --max_tokens - 2")
         if self.batch_tokens is not None and self.batch_tokens < self.max_tokens:
-            raise SystemExit("pipeline.run: --batch_tokens must be at least --max_tokens")
+            usage_error("--batch_tokens must be at least --max_tokens")
         if self.detect_language and self.language:
-            raise SystemExit("pipeline.run: --detect_language and --language contradict each "
-                             "other: give one")
+            usage_error("--detect_language and --language contradict each other: give one")
         if self.precision == "int8" and self.backend != "openvino":
-            raise SystemExit("pipeline.run: --precision int8 needs --backend openvino")
+            usage_error("--precision int8 needs --backend openvino")
         unknown = sorted(set(self.outputs) - set(OUTPUTS))
         if unknown:
-            raise SystemExit(f"pipeline.run: --write {','.join(unknown)}: unknown output; use "
-                             f"{', '.join(OUTPUTS)}")
+            usage_error(f"--write {','.join(unknown)}: unknown output; use {', '.join(OUTPUTS)}")
         if not 1 <= self.snippet_chars <= 250:
-            raise SystemExit("pipeline.run: --snippet_chars must be 1 to 250")
+            usage_error("--snippet_chars must be 1 to 250")
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -286,34 +171,29 @@ def _option_classes() -> list[type[PipelineOptions]]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """Every option of the job and of Beam's runners, grouped, with defaults in the help."""
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.run",
-        usage="python -m pipeline.run --input IN --output OUT --tasks TASKS.yaml [options]",
-        description="Annotate clinical documents with the NER models of a task file: read, "
-                    "route by language, infer per task, align, write TSV and Parquet.",
-        formatter_class=_Defaults, allow_abbrev=False,
-        epilog="Runner options follow Beam's (https://beam.apache.org/documentation/runners/"
-               "): e.g. --runner DataflowRunner --project P --region R --temp_location gs://...")
-    for cls in _option_classes():
-        if cls is AnnotateOptions:
-            cls._add_argparse_args(p)
-            continue
+    """Every option of the job and of Beam's runners, grouped, with defaults (``--help_all``)."""
+    p = job_parser()
+    for cls in _option_classes()[1:]:
         group = p.add_argument_group(f"Beam: {cls.__name__}")
         try:
             cls._add_argparse_args(_Grouped(group))
         except argparse.ArgumentError:  # an option two Beam classes declare
             continue
+    for action in p._actions:
+        if "--direct_num_workers" in action.option_strings:  # the job decides it when not given
+            action.help = ("Local worker processes (default: one per core, up to one per read "
+                           "task, when models run on a GPU; else 1, the model using every core).")
     return p
 
 
-class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default in its help, unless it has none or the help says it."""
-
-    def _get_help_string(self, action) -> str:
-        if action.default is None or "default:" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
+def beam_flags() -> tuple[list[str], list[str]]:
+    """Beam's runners' option names: those that take no value, and those that take one."""
+    mine = {s for a in job_parser()._actions for s in a.option_strings}
+    switches, valued = set(), set()
+    for action in parser()._actions:
+        names = set(action.option_strings) - mine
+        (switches if action.nargs == 0 else valued).update(names)
+    return sorted(switches), sorted(valued)
 
 
 class _Grouped:
@@ -337,36 +217,31 @@ class _Grouped:
 
 
 def main() -> None:
-    """``python -m pipeline.options --template_metadata``: print the Flex Template metadata."""
+    """``python -m pipeline.options --template_metadata``: the Flex Template metadata;
+    ``--beam_flags``: the module ``pipeline.beam_flags`` for the installed Beam."""
     import json
 
+    if sys.argv[1:] == ["--beam_flags"]:
+        switches, valued = beam_flags()
+        print('"""Beam\'s runners\' option names, for checking a command line before Beam loads:\n'
+              'generated by ``python -m pipeline.options --beam_flags`` (a test keeps it equal to\n'
+              'the installed Beam\'s)."""\n')
+        for name, flags in (("BEAM_SWITCHES", switches), ("BEAM_VALUED", valued)):
+            print(f"{name} = (")
+            print("\n".join(f"    {f!r}," for f in flags) + "\n)")
+        return
     if sys.argv[1:] != ["--template_metadata"]:
-        raise SystemExit("usage: python -m pipeline.options --template_metadata")
+        raise SystemExit("usage: python -m pipeline.options --template_metadata|--beam_flags")
     print(json.dumps(template_metadata(), indent=2))
 
 
-def parse_options(argv: Sequence[str] | None) -> PipelineOptions:
-    """Beam ``PipelineOptions`` from a command line that names only known options; ``--help``
-    prints them all and exits."""
+def parse_options(argv: Sequence[str] | None, prog: str = PROG,
+                  required: Sequence[str] = REQUIRED) -> PipelineOptions:
+    """Beam ``PipelineOptions`` from a command line that ``pipeline.cli`` found right (else it
+    answered ``--help`` or stopped, exit status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = parser()
-    if "-h" in argv or "--help" in argv:
-        p.print_help()
-        raise SystemExit(0)
-    _, unknown = p.parse_known_args(argv)
-    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
-    paths = [a for a in unknown if not a.startswith("-") and os.path.exists(a)]
-    if paths and not flags:  # `--input dir/*.txt` unquoted: the shell expanded it
-        p.error(f"unexpected argument {paths[0]}: quote a pattern so that the shell passes it "
-                f"whole, e.g. --input 'dir/*.jsonl.gz' (it gave {len(paths) + 1} paths)")
-    if flags or unknown:
-        known = [s for action in p._actions for s in action.option_strings]
-        wrong = (flags or unknown)[0]
-        near = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0]}?" if near else " (see --help)"
-        p.error(f"unknown option {wrong}{hint}")
+    check_command_line(argv, prog, required)
     return PipelineOptions(argv)
-
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ from transforms.handlers import TokenClassifierHandler
 
 def prepare(argv: Sequence[str]) -> list[tuple[str, str, float]]:
     """Load (and convert, on a CPU) every task's model; ``(task, how it runs, seconds)``."""
-    options = parse_options(list(argv))
+    options = parse_options(list(argv), "python -m pipeline.prepare", ("tasks",))
     opts = options.view_as(AnnotateOptions)
-    if not opts.tasks:
-        raise SystemExit("pipeline.prepare: --tasks is required")
     opts.apply_device_defaults(uses_gpu(options, local=True))
     done = []
     for name, spec in pin_revisions(load_tasks(opts.tasks)).items():

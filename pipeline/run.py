@@ -10,28 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions, SetupOptions,
-                                                  StandardOptions, TestOptions)
+from pipeline.cli import check_command_line
 
-from pipeline.options import (AnnotateOptions, cpu_precisions, inference_config, parse_options,
-                              uses_gpu, wants_gpu)
-from pipeline.summary import (finish_run_record, job_config, metric_totals, metrics_table, now,
-                              record_check, run_info, write_run_record)
-from pipeline.tasks import TaskFileError, has_random_weights, load_tasks, pin_revisions
-from transforms.align import AlignDoFn
-from transforms.batch import GroupDocuments
-from transforms.handlers import TokenClassifierHandler
-from transforms.read import Fields, ReadDocuments, plan_reads
-from transforms.route import RouteDoFn
-from transforms.segment import REFERENCE_WINDOW, SegmentDoFn
-from transforms.shards import (InputError, Resume, check_output_outside, expand_pattern,
-                              list_files, pending)
-from transforms.spec import TaskSpec, is_lang_code, normalize_lang
-from transforms.lock import OutputBusy, OutputLock
-from transforms.write import WriteOutputs, recover
+if TYPE_CHECKING:  # Beam and the stages load when the job is built: --help needs neither
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import AnnotateOptions
+    from transforms.shards import Resume
+    from transforms.spec import TaskSpec
 
 LOG = logging.getLogger("pipeline")
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner",
@@ -41,6 +30,16 @@ LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
           resume: Resume, run_id: str, record: Mapping, gpu: bool = False) -> None:
     """The whole job: read (the shards not yet done), route, infer per task, align, write."""
+    import apache_beam as beam
+
+    from pipeline.summary import run_info, write_run_record
+    from transforms.align import AlignDoFn
+    from transforms.batch import GroupDocuments
+    from transforms.read import Fields, ReadDocuments
+    from transforms.route import RouteDoFn
+    from transforms.segment import SegmentDoFn
+    from transforms.write import WriteOutputs
+
     info = run_info(opts, record["config"], record["started"])
     docs, shards = p | "ReadDocuments" >> ReadDocuments(
         opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
@@ -65,6 +64,9 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
 def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
     """RunInference of one task over groups of documents (the GPU step, if any)."""
     from apache_beam.ml.inference.base import RunInference
+
+    from pipeline.options import inference_config
+    from transforms.handlers import TokenClassifierHandler
 
     config = inference_config(opts, require_cuda)
     step = RunInference(TokenClassifierHandler(spec, config, opts.large_model))
@@ -93,6 +95,11 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     """For a local run: count the shards listed and to do, and use every core by default: with
     a GPU one worker process per core (up to one per read task), torch's threads divided among
     them; without one, one process whose model has every core."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from transforms.read import plan_reads
+    from transforms.shards import InputError, list_files, pending
+
     listed = list(list_files(opts.input, opts.input_format))
     if not listed:
         raise InputError(f"no input files match {opts.input!r}")
@@ -127,6 +134,18 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     Local runners wait for the job and print its metrics; other runners (Dataflow, a Flex
     Template launcher) submit it and return: the job writes its own run record when it ends.
     """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, TestOptions
+
+    from pipeline.options import (AnnotateOptions, cpu_precisions, parse_options, uses_gpu,
+                                  wants_gpu)
+    from pipeline.summary import finish_run_record, job_config, metric_totals, metrics_table, now
+    from pipeline.summary import record_check
+    from pipeline.tasks import has_random_weights, load_tasks, pin_revisions
+    from transforms.lock import OutputLock
+    from transforms.shards import InputError, Resume, check_output_outside, expand_pattern
+    from transforms.write import recover
+
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -189,6 +208,9 @@ def submit(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec
 def check_language(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
     """``--language`` must be a language code (aliases mapped) that some task takes: else every
     document without a language of its own would be skipped. A set-up error, in one line."""
+    from pipeline.tasks import TaskFileError
+    from transforms.spec import is_lang_code, normalize_lang
+
     if not opts.language:
         return
     lang, taken = normalize_lang(opts.language), sorted({la for s in specs.values()
@@ -205,6 +227,9 @@ def check_language(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None
 
 def check_windows(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
     """Windows must fit every model's positions: a set-up error, before anything runs."""
+    from pipeline.tasks import TaskFileError
+    from transforms.windows import REFERENCE_WINDOW
+
     need = REFERENCE_WINDOW if opts.reference_compat else opts.max_tokens
     for spec in specs.values():
         if spec.max_positions and need > spec.max_positions:
@@ -214,8 +239,12 @@ def check_windows(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: the command line checked before anything loads, then the job."""
+    check_command_line(sys.argv[1:])
     from pipeline.logs import configure_logging
+    from pipeline.tasks import TaskFileError
+    from transforms.lock import OutputBusy
+    from transforms.shards import InputError
 
     configure_logging()
     try:

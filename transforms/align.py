@@ -17,7 +17,8 @@ from apache_beam.metrics import Metrics
 from transforms.cdm import RunInfo, response
 from transforms.omop import NoteIdError, note_nlp_rows
 from transforms.qualify import flag_columns, scopes_by_flag
-from transforms.records import ANNOTATED, FAILED, Document, DocumentRows, Failure, Row, Work
+from transforms.records import (ANNOTATED, CDM, FAILED, NOTE_NLP, Document, DocumentRows, Failure,
+                                Row, Work)
 from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
 from transforms.spec import TaskSpec
 
@@ -56,10 +57,6 @@ def error_row(doc: Document, failure: Failure) -> Row:
     """A dead letter: enough to find and reproduce the failure, never the text."""
     return Row(doc_id=doc.doc_id, key=doc.key, source=doc.source, task=failure.task,
                stage=failure.stage, error=failure.error)
-
-
-CDM, NOTE_NLP = "cdm", "note_nlp"
-OUTPUTS = (CDM, NOTE_NLP)  # the outputs a run may opt into (``--write``)
 
 
 class Aligner:

@@ -9,7 +9,7 @@ budget, so padding is only to the batch's longest window.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, NamedTuple, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
@@ -19,20 +19,6 @@ from transforms.records import Work
 T = TypeVar("T")
 PAD_MULTIPLE = 32  # batches are padded to a multiple of this: few distinct shapes, so kernel and
 # allocator caches stay small (with every length its own shape, memory grew with the corpus)
-
-
-class BatchBudget(NamedTuple):
-    """Padded sub-words and windows of one inference batch."""
-
-    tokens: int
-    windows: int
-
-
-# The defaults per device: a GPU needs large batches to keep its cores busy (a base-size XLM-R
-# batch of 32k tokens holds a few hundred MB of activations in bf16); a CPU runs as fast on
-# smaller ones, whose activations stay in its caches.
-CPU_BATCH = BatchBudget(tokens=8192, windows=256)
-GPU_BATCH = BatchBudget(tokens=32768, windows=1024)
 
 
 def padded_length(n: int) -> int:

@@ -23,10 +23,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from transforms.omop import NOTE_NLP_SCHEMA
+from transforms.records import CDM, NOTE_NLP
 from transforms.storage import (ParquetSink, atomic_output, move, open_output, read_table,
                                 write_table)
 
-CDM, NOTE_NLP, INDEX = "cdm", "note_nlp", "index"
+INDEX = "index"
 # what each export's part is made of: (folder under the output, file suffix) per file
 LAYOUT = {CDM: (("cdm", ".jsonl"),),
           NOTE_NLP: (("note_nlp/parquet", ".parquet"), ("note_nlp/csv", ".csv")),

@@ -24,10 +24,10 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from transforms.batch import CPU_BATCH, padded_length, token_batches
+from transforms.batch import padded_length, token_batches
 from transforms.faults import is_machine_fault, is_out_of_memory
 from transforms.records import Failure, Predictions, Work
-from transforms.spec import TaskSpec
+from transforms.spec import CPU_BATCH, TaskSpec
 
 LOG = logging.getLogger("pipeline")
 Group = tuple[Work, ...]

@@ -14,6 +14,8 @@ from typing import Mapping
 import numpy as np
 
 ANNOTATED, SKIPPED, FAILED = "annotated", "skipped", "failed"
+CDM, NOTE_NLP = "cdm", "note_nlp"
+OUTPUTS = (CDM, NOTE_NLP)  # the outputs a run may opt into (``--write``)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,9 @@ from transforms.faults import is_machine_fault
 from transforms.records import Document, Failure, Windows, Work
 from transforms.spec import TaskSpec
 from transforms.storage import localize
-from transforms.windows import plan_windows
+from transforms.windows import REFERENCE_STRIDE, REFERENCE_WINDOW, plan_windows
 from transforms.words import sentence_starts, split_words
 
-REFERENCE_WINDOW, REFERENCE_STRIDE = 512, 128
 _EMPTY_I32 = np.zeros(0, np.int32)
 _EMPTY_I64 = np.zeros(0, np.int64)
 

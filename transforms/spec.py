@@ -7,13 +7,27 @@ the stages in ``transforms/`` read them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from transforms.spans import LabelScheme, bio_scheme
 
 KINDS = ("hf", "mtl")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "openvino")
+
+
+class BatchBudget(NamedTuple):
+    """Padded sub-words and windows of one inference batch."""
+
+    tokens: int
+    windows: int
+
+
+# The defaults per device: a GPU needs large batches to keep its cores busy (a base-size XLM-R
+# batch of 32k tokens holds a few hundred MB of activations in bf16); a CPU runs as fast on
+# smaller ones, whose activations stay in its caches.
+CPU_BATCH = BatchBudget(tokens=8192, windows=256)
+GPU_BATCH = BatchBudget(tokens=32768, windows=1024)
 _LANG_ALIASES = {"cz": "cs"}  # the country's code for the language's, as the DT4H service writes
 
 

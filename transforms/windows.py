@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+REFERENCE_WINDOW, REFERENCE_STRIDE = 512, 128  # the DT4H reference scripts' windows
+
 
 class WindowPlan(NamedTuple):
     """Words ``[first, last)`` go into the window; words ``[own_first, own_last)`` are its own."""
