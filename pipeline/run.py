@@ -63,13 +63,11 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
 
 def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
     """RunInference of one task over groups of documents (the GPU step, if any)."""
-    from apache_beam.ml.inference.base import RunInference
-
     from pipeline.options import inference_config
-    from transforms.handlers import TokenClassifierHandler
+    from transforms.handlers import InferTask, TokenClassifierHandler
 
     config = inference_config(opts, require_cuda)
-    step = RunInference(TokenClassifierHandler(spec, config, opts.large_model))
+    step = InferTask(TokenClassifierHandler(spec, config, opts.large_model))
     if opts.inference_accelerator:
         step = step.with_resource_hints(accelerator=opts.inference_accelerator)
     return step

@@ -1,7 +1,10 @@
 """The Beam ``ModelHandler`` of a task, used through ``RunInference``.
 
 Each element is a group of documents in flight (``tuple[Work, ...]``, built upstream by
-``GroupDocuments``), so RunInference's own batching is skipped. The handler sorts the windows
+``GroupDocuments``), so RunInference's own batching is skipped; ``InferTask`` hands it to
+RunInference as a ``TaskBatch``, whose length is the documents this task's model runs (what
+Beam's ``num_inferences`` then counts: a group also carries documents of other tasks and
+languages, and those that failed already). The handler sorts the windows
 of the group's documents by length, cuts them into token-budget batches padded to their
 longest window, runs every head of the task on one encoder pass per batch, and returns the
 group with each document's predictions attached: predictions never leave their document.
@@ -20,9 +23,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
+import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from transforms.batch import padded_length, token_batches
 from transforms.faults import is_machine_fault, is_out_of_memory
@@ -31,6 +35,22 @@ from transforms.spec import CPU_BATCH, TaskSpec
 
 LOG = logging.getLogger("pipeline")
 Group = tuple[Work, ...]
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A group as one task's model sees it: ``len`` is the documents the model runs; the
+    whole group travels on."""
+
+    group: Group
+    task: str
+
+    def mine(self) -> list[Work]:
+        """The documents routed to the task that have not failed it."""
+        return [w for w in self.group if self.task in w.doc.tasks and not w.failed(self.task)]
+
+    def __len__(self) -> int:
+        return len(self.mine())
 
 
 class ModelFault(RuntimeError):
@@ -159,7 +179,7 @@ class TaskInference:
         return results
 
 
-class TokenClassifierHandler(ModelHandler[Group, Group, Any]):
+class TokenClassifierHandler(ModelHandler[TaskBatch, Group, Any]):
     """Runs one task's model (``hf`` or ``mtl``) on groups of documents."""
 
     def __init__(self, spec: TaskSpec, config: InferenceConfig = InferenceConfig(),
@@ -189,18 +209,36 @@ class TokenClassifierHandler(ModelHandler[Group, Group, Any]):
                  torch.get_num_threads())
         return model
 
-    def run_inference(self, batch: Group, model: Any,
+    @property
+    def task(self) -> str:
+        return self._spec.name
+
+    def run_inference(self, batch: TaskBatch, model: Any,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Group]:
         """``batch`` is one group of documents; returns it with this task's predictions."""
         if self._inference is None:
             self._inference = TaskInference(self._spec, self._config)
-        return [self._inference(batch, model)]
+        return [self._inference(batch.group, model)]
 
-    def get_num_bytes(self, batch: Group) -> int:
-        return sum(w.ids.nbytes for work in batch for w in work.windows.values())
+    def get_num_bytes(self, batch: TaskBatch) -> int:
+        key = self._spec.windows_key
+        return sum(work.windows[key].ids.nbytes for work in batch.mine())
 
     def get_metrics_namespace(self) -> str:
         return f"RunInference_{self._spec.name}"
 
     def should_skip_batching(self) -> bool:
         return True
+
+
+class InferTask(beam.PTransform):
+    """Groups -> groups with one task's predictions: its ``RunInference``, fed ``TaskBatch``es."""
+
+    def __init__(self, handler: TokenClassifierHandler) -> None:
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, groups):
+        return (groups
+                | "ForTask" >> beam.Map(TaskBatch, self._handler.task)
+                | "RunInference" >> RunInference(self._handler))

@@ -171,3 +171,28 @@ def test_token_counters_count_each_window_once():
     with BeamCounters() as metrics:
         run((doc_work("d", [10, 6]),), Model(), batch_tokens=1000)
     assert metrics.counters == {"tokens/real_t": 16, "tokens/padding_t": 2 * 32 - 16}
+
+
+def test_num_inferences_counts_the_documents_the_model_ran():
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from transforms.handlers import InferTask, TokenClassifierHandler
+
+    class Handler(TokenClassifierHandler):
+        def load_model(self):
+            return Model()
+
+    failed = doc_work("failed", [6]).with_(failures=(Failure("failed", "t", "segment", "x"),))
+    group = (doc_work("a", [6, 5]), doc_work("b", [4]), doc_work("other", [6], tasks=("u",)),
+             failed)
+    p = beam.Pipeline(runner=FnApiRunner())
+    p | beam.Create([group]) | InferTask(Handler(SPEC, InferenceConfig()))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {r.key.metric.name: r.committed for r in result.metrics().query()["counters"]}
+    assert counters["num_inferences"] == 2  # not the other task's, not the failed one
+    byte_sizes = result.metrics().query()["distributions"]
+    sizes = [r.committed for r in byte_sizes if r.key.metric.name.endswith("byte_size")
+             and "request" in r.key.metric.name]
+    assert sizes and sizes[0].sum == (6 + 5 + 4) * 4  # int32 ids of its two documents' windows
