@@ -127,9 +127,10 @@ def add_job_options(parser) -> None:
                        help="Where models run; cuda fails at model load if no GPU is "
                             "usable (implied by --inference_accelerator).")
     infer.add_argument("--inference_accelerator", default=None,
-                       help="Dataflow accelerator for the inference steps only, e.g. "
-                            "'type:nvidia-l4;count:1;install-nvidia-driver' (a resource "
-                            "hint: the CPU stages run on CPU workers).")
+                       help="Dataflow accelerator for the inference steps only, with its "
+                            "machine type, e.g. 'type:nvidia-l4;count:1;machine_type:"
+                            "g2-standard-8;install-nvidia-driver:5xx' (a right-fitting "
+                            "resource hint: the CPU stages run on CPU workers).")
     _flag(infer, "--large_model", "Share one model copy among a worker's processes "
                                   "(default: true with a GPU, where each process's own "
                                   "copy would hold GPU memory and a CUDA context; false "

@@ -12,7 +12,8 @@ dates given), and launches a date only when
 It submits and exits (seconds): it runs as a Cloud Run job that Cloud Scheduler starts every
 night (``launch/scheduler.md``), and a retry or a second call launches nothing twice. A night
 that failed or never ran is caught up by the next call, oldest first, at most ``--max_launches``
-per call. ``--dry_run`` prints the launch requests instead of sending them.
+per call. ``--dry_run`` prints the launch requests instead of sending them, and has the
+Dataflow API validate them (``validateOnly``) when Google Cloud credentials are there.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ import fsspec
 
 LOG = logging.getLogger("pipeline.nightly")
 API = "https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{region}"
+# The driver Google's own Dataflow GPU samples ask for; launch/cuda_drivers.json says what the
+# image's torch build needs from it (a test holds the two together).
+DRIVER = "install-nvidia-driver:5xx"
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,13 @@ class Settings:
 
 
 class Dataflow(Protocol):
-    """The two Dataflow calls the launcher makes."""
+    """The Dataflow calls the launcher makes."""
 
     def active_jobs(self) -> set[str]: ...
 
     def launch(self, body: dict) -> str: ...
+
+    def validate(self, body: dict) -> None: ...
 
 
 class DataflowApi:
@@ -102,6 +108,13 @@ class DataflowApi:
         reply.raise_for_status()
         return reply.json().get("job", {}).get("id", "")
 
+    def validate(self, body: dict) -> None:
+        """Have Dataflow check a launch request without running it (``validateOnly``)."""
+        reply = self.session.post(f"{self.base}/flexTemplates:launch",
+                                  json={**body, "validateOnly": True}, timeout=120)
+        if not reply.ok:
+            raise RuntimeError(f"{reply.status_code}: {reply.text[:500]}")
+
 
 class AlreadyRunning(Exception):
     """Dataflow refused a launch: a job of the same name is active."""
@@ -109,16 +122,18 @@ class AlreadyRunning(Exception):
 
 def launch_body(settings: Settings, day: date, force: bool) -> dict:
     """The Flex Template launch request of one date: the job's options as template
-    parameters, the workers (GPU, threads, disk, image) as its environment."""
+    parameters, the workers (GPU, threads, disk, image) as its environment. The GPU goes as a
+    ``worker_accelerator`` experiment, as Google's Flex Template GPU samples pass it, and the
+    job is told to need it (``device=cuda``: no GPU fails at model load, never runs the models
+    on the CPUs)."""
     parameters = {"input": settings.export(day), "output": settings.annotations(day),
                   "tasks": settings.tasks, **settings.parameters}
-    pipeline_options = [f"number_of_worker_harness_threads={settings.harness_threads}"]
+    experiments = ["use_runner_v2"]
     if settings.gpu:
         parameters.setdefault("large_model", "true")
         parameters.setdefault("batch_tokens", str(settings.batch_tokens))
-        pipeline_options.append(
-            f"dataflow_service_options=worker_accelerator=type:{settings.gpu};count:1;"
-            "install-nvidia-driver:latest")
+        parameters.setdefault("device", "cuda")
+        experiments.append(f"worker_accelerator=type:{settings.gpu};count:1;{DRIVER}")
     if force:
         parameters["force"] = "true"
     environment = {
@@ -126,8 +141,9 @@ def launch_body(settings: Settings, day: date, force: bool) -> dict:
         "diskSizeGb": settings.disk_size_gb, "sdkContainerImage": settings.image,
         "tempLocation": f"{settings.bucket.rstrip('/')}/tmp",
         "stagingLocation": f"{settings.bucket.rstrip('/')}/staging",
-        "additionalExperiments": ["use_runner_v2"],
-        "additionalPipelineOptions": pipeline_options,
+        "additionalExperiments": experiments,
+        "additionalPipelineOptions": [
+            f"number_of_worker_harness_threads={settings.harness_threads}"],
     }
     if settings.service_account:
         environment["serviceAccountEmail"] = settings.service_account
@@ -201,7 +217,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="jobs launched per call at most, oldest first (default %(default)s)")
     p.add_argument("--force", action="store_true", help="redo the dates even if done")
     p.add_argument("--dry_run", action="store_true",
-                   help="print the launch requests, send nothing (no Dataflow call)")
+                   help="print the launch requests, launch nothing; with Google Cloud "
+                        "credentials the Dataflow API validates them (validateOnly)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a further template parameter for every job (e.g. precision=bf16)")
     p.add_argument("--project", default=env("PROJECT"))
@@ -248,15 +265,19 @@ def main(argv: Sequence[str] | None = None, dataflow: Dataflow | None = None,
     settings = settings_from(args)
     days = args.dates or recent_days(today or datetime.now(timezone.utc).date(),
                                      args.catch_up_days)
-    if dataflow is None and not args.dry_run:
+    if dataflow is None:
         import google.auth.exceptions
 
         try:
             dataflow = DataflowApi(settings.project, settings.region)
         except google.auth.exceptions.DefaultCredentialsError:
-            raise SystemExit("launch/nightly.sh: no Google Cloud credentials: run it as a "
-                             "service account (the Cloud Run job's) or after `gcloud auth "
-                             "application-default login`; --dry_run needs none") from None
+            if not args.dry_run:
+                raise SystemExit("launch/nightly.sh: no Google Cloud credentials: run it as a "
+                                 "service account (the Cloud Run job's) or after `gcloud auth "
+                                 "application-default login`; --dry_run needs none") from None
+            LOG.warning("no Google Cloud credentials: the requests below are NOT validated "
+                        "against the Dataflow API (`gcloud auth application-default login` "
+                        "to have them validated)")
     active = dataflow.active_jobs() if dataflow is not None else set()
     launch, left = plan(settings, days, active, args.force, args.max_launches)
     for day, why in sorted(left.items()):
@@ -266,6 +287,7 @@ def main(argv: Sequence[str] | None = None, dataflow: Dataflow | None = None,
         body = launch_body(settings, day, args.force)
         if args.dry_run:
             print(json.dumps(body, sort_keys=True))
+            failed += dataflow is not None and not _validated(dataflow, day, body)
             continue
         try:
             job = dataflow.launch(body)
@@ -278,6 +300,17 @@ def main(argv: Sequence[str] | None = None, dataflow: Dataflow | None = None,
             continue
         LOG.info("%s: launched %s (job %s)", day, settings.job_name(day), job)
     return 1 if failed else 0
+
+
+def _validated(dataflow: Dataflow, day: date, body: dict) -> bool:
+    """Whether the Dataflow API accepts one launch request (``validateOnly``); logs the answer."""
+    try:
+        dataflow.validate(body)
+    except Exception as e:  # noqa: BLE001 - the API's refusal, reported per date
+        LOG.error("%s: the Dataflow API refused the request: %s: %s", day, type(e).__name__, e)
+        return False
+    LOG.info("%s: the Dataflow API validated the request (validateOnly)", day)
+    return True
 
 
 if __name__ == "__main__":

@@ -100,15 +100,61 @@ def cpu_precisions(opts: AnnotateOptions, specs: Mapping[str, TaskSpec], gpu: bo
             for name, spec in specs.items()}
 
 
+def worker_accelerators(options: PipelineOptions) -> list[str]:
+    """Dataflow ``worker_accelerator`` values, as a service option or an experiment."""
+    from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
+
+    given = [*(options.view_as(GoogleCloudOptions).dataflow_service_options or []),
+             *(options.view_as(DebugOptions).experiments or [])]
+    return [str(o).split("=", 1)[1] for o in given if str(o).startswith("worker_accelerator=")]
+
+
 def wants_gpu(options: PipelineOptions) -> bool:
     """Whether the job asked for a GPU: ``--device cuda``, ``--inference_accelerator``, or a
-    Dataflow ``worker_accelerator`` service option (then no CUDA at model load is an error)."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
-
+    Dataflow ``worker_accelerator`` (then no CUDA at model load is an error)."""
     opts = options.view_as(AnnotateOptions)
-    service = options.view_as(GoogleCloudOptions).dataflow_service_options or []
     return (opts.device == "cuda" or bool(opts.inference_accelerator)
-            or any(str(o).startswith("worker_accelerator") for o in service))
+            or bool(worker_accelerators(options)))
+
+
+IMAGE_PYTHON = (3, 11)  # the Python of launch/Dockerfile's image (a test holds them equal)
+
+
+def check_launch_python(options: PipelineOptions, here: tuple[int, int] | None = None) -> None:
+    """A Dataflow launch with this project's image must run the image's Python: the job
+    pickles its code by value, which another Python version's workers cannot load. A set-up
+    error, in one line."""
+    from apache_beam.options.pipeline_options import StandardOptions, WorkerOptions
+
+    here = here or sys.version_info[:2]
+    if (options.view_as(StandardOptions).runner == "DataflowRunner"
+            and options.view_as(WorkerOptions).sdk_container_image and here != IMAGE_PYTHON):
+        image = ".".join(map(str, IMAGE_PYTHON))
+        raise SystemExit(f"pipeline.run: the image's workers run Python {image}, this launch "
+                         f"runs Python {'.'.join(map(str, here))}: launch from the image "
+                         f"(README, Run on Dataflow) or with Python {image}")
+
+
+def check_accelerators(options: PipelineOptions) -> None:
+    """Dataflow's GPU options, checked before anything runs (usage errors): the right-fitting
+    hint ``--inference_accelerator`` names its machine type and is not combined with a
+    ``worker_accelerator``; an L4 runs only on a G2 machine type."""
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    hint = options.view_as(AnnotateOptions).inference_accelerator
+    workers = worker_accelerators(options)
+    if hint and workers:
+        usage_error("--inference_accelerator (a right-fitting hint) and a worker_accelerator "
+                    "contradict each other: Dataflow's right fitting asks for one only")
+    if hint and "machine_type:" not in hint:
+        usage_error("--inference_accelerator needs its machine type, e.g. 'type:nvidia-l4;"
+                    "count:1;machine_type:g2-standard-8;install-nvidia-driver:5xx'")
+    machine = options.view_as(WorkerOptions).machine_type or ""
+    for accelerator in ([hint] if hint else workers):
+        fields = dict(f.split(":", 1) for f in accelerator.split(";") if ":" in f)
+        kind = fields.get("machine_type", machine)
+        if fields.get("type") == "nvidia-l4" and kind and not kind.startswith("g2-"):
+            usage_error(f"an nvidia-l4 GPU runs only on G2 machine types, not {kind}")
 
 
 def uses_gpu(options: PipelineOptions, local: bool) -> bool:

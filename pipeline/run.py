@@ -23,8 +23,7 @@ if TYPE_CHECKING:  # Beam and the stages load when the job is built: --help need
     from transforms.spec import TaskSpec
 
 LOG = logging.getLogger("pipeline")
-LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner",
-                 "PortableRunner")
+LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
 
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
@@ -71,6 +70,23 @@ def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> 
     if opts.inference_accelerator:
         step = step.with_resource_hints(accelerator=opts.inference_accelerator)
     return step
+
+
+def runs_here(options: PipelineOptions) -> bool:
+    """Whether the job runs on this machine, to be waited for: Beam's local runners, and the
+    portable runners when their job server and cluster are started here (``PortableRunner
+    --job_endpoint embed``, ``FlinkRunner`` with its default ``--flink_master [auto]`` or
+    ``[local]``, ``SparkRunner`` with a ``local[N]`` master). Elsewhere (Dataflow, a Flink or
+    Spark cluster, a job server on another machine) the job is submitted and this returns."""
+    given = options.get_all_options()
+    runner = given.get("runner")
+    if runner == "PortableRunner":
+        return given.get("job_endpoint") == "embed"
+    if runner == "FlinkRunner":
+        return given.get("flink_master") in ("[auto]", "[local]")
+    if runner == "SparkRunner":
+        return str(given.get("spark_master_url")).startswith("local")
+    return runner in LOCAL_RUNNERS
 
 
 def local_runner(runner: str | None):
@@ -135,8 +151,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     import apache_beam as beam
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, TestOptions
 
-    from pipeline.options import (AnnotateOptions, cpu_precisions, parse_options, uses_gpu,
-                                  wants_gpu)
+    from pipeline.options import (AnnotateOptions, check_accelerators, check_launch_python,
+                                  cpu_precisions, parse_options, uses_gpu, wants_gpu)
     from pipeline.summary import finish_run_record, job_config, metric_totals, metrics_table, now
     from pipeline.summary import record_check
     from pipeline.tasks import has_random_weights, load_tasks, pin_revisions
@@ -149,8 +165,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     opts = options.view_as(AnnotateOptions)
     opts.validate_required()
+    check_accelerators(options)
+    check_launch_python(options)
     runner = options.view_as(StandardOptions).runner
-    local = runner in LOCAL_RUNNERS and test_pipeline is None
+    local = runs_here(options) and test_pipeline is None
     gpu = uses_gpu(options, local)
     opts.apply_device_defaults(gpu)
     specs = pin_revisions(load_tasks(opts.tasks))

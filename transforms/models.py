@@ -136,8 +136,8 @@ def pick_device(want: str = "auto") -> torch.device:
             f"a GPU was asked for (--inference_accelerator / worker_accelerator / --device cuda) "
             f"but torch {torch.__version__} (CUDA build {torch.version.cuda}) finds no usable "
             f"CUDA device; NVIDIA driver: {nvidia_driver() or 'none loaded'}. A CUDA 13 build "
-            "needs driver 580 or newer, a CUDA 12 build 525 or newer (Dataflow: "
-            "install-nvidia-driver:latest, launch/Dockerfile)")
+            "needs driver 580 or newer, a CUDA 12 build 525 or newer (see launch/README.md, "
+            "The GPU driver and the torch build)")
     return torch.device("cpu")
 
 

@@ -73,9 +73,10 @@ def test_the_launch_request_sets_the_gpu_the_disk_and_only_template_parameters(t
     assert params["output"] == "gs://b/annotations/2026-11-21/"
     assert params["force"] == "true" and params["large_model"] == "true"
     assert env["diskSizeGb"] == 100 and env["machineType"] == "g2-standard-8"
-    assert "dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;" \
-           "install-nvidia-driver:latest" in env["additionalPipelineOptions"]
-    assert "number_of_worker_harness_threads=2" in env["additionalPipelineOptions"]
+    assert env["additionalExperiments"] == [
+        "use_runner_v2", "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:5xx"]
+    assert params["device"] == "cuda"  # no GPU fails at model load, never runs on the CPUs
+    assert env["additionalPipelineOptions"] == ["number_of_worker_harness_threads=2"]
     # Every parameter is one the template declares, in a form its regex accepts.
     declared = {p["name"]: p["regexes"][0] for p in json.loads(
         (REPO / "launch" / "flex_template_metadata.json").read_text())["parameters"]}
@@ -87,6 +88,13 @@ def test_the_launch_request_sets_the_gpu_the_disk_and_only_template_parameters(t
 class FakeDataflow:
     def __init__(self, active=(), refuse=()):
         self.active, self.refuse, self.launched = set(active), dict(refuse), []
+        self.validated = []
+
+    def validate(self, body):
+        name = body["launchParameter"]["jobName"]
+        if name in self.refuse:
+            raise self.refuse[name]
+        self.validated.append(name)
 
     def active_jobs(self):
         return self.active
@@ -115,11 +123,28 @@ def test_main_launches_each_date_once_and_a_refused_launch_fails_the_call(tmp_pa
     assert main(argv(tmp_path, "2026-11-20"), flow) == 0   # raced with itself: not a failure
 
 
-def test_dry_run_prints_the_requests_and_calls_nothing(tmp_path, capsys):
+def test_dry_run_without_credentials_prints_the_requests_and_says_they_are_unchecked(
+        tmp_path, capsys, caplog, monkeypatch):
+    import google.auth
+
+    def no_credentials(**kwargs):
+        raise google.auth.exceptions.DefaultCredentialsError("none")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
     export(tmp_path, "2026-11-21")
     assert main(argv(tmp_path, "--dry_run", "2026-11-21")) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["launchParameter"]["jobName"] == "clinical-ner-20261121"
+    assert "NOT validated against the Dataflow API" in caplog.text
+
+
+def test_dry_run_with_credentials_has_the_api_validate_and_launches_nothing(tmp_path, capsys):
+    for day in ("2026-11-20", "2026-11-21"):
+        export(tmp_path, day)
+    flow = FakeDataflow(refuse={"clinical-ner-20261120": RuntimeError("400: bad parameter")})
+    assert main(argv(tmp_path, "--dry_run", "2026-11-20", "2026-11-21"), flow) == 1
+    assert flow.validated == ["clinical-ner-20261121"] and flow.launched == []
+    assert len(capsys.readouterr().out.splitlines()) == 2  # both requests printed
 
 
 @pytest.mark.parametrize("args, message", [

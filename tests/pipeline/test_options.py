@@ -255,3 +255,63 @@ def test_an_unquoted_glob_is_named_as_one(tmp_path):
     assert proc.returncode == 2
     assert f"unexpected argument {expanded[1]}: quote a pattern" in proc.stderr
     assert "--input 'dir/*.jsonl.gz' (it gave 3 paths)" in proc.stderr
+
+
+@pytest.mark.parametrize("args, here", [
+    ([], True), (["--runner", "PrismRunner"], True),
+    (["--runner", "PortableRunner", "--job_endpoint", "embed"], True),
+    (["--runner", "PortableRunner", "--job_endpoint", "flink-jobserver:8099"], False),
+    (["--runner", "FlinkRunner"], True), (["--runner", "FlinkRunner", "--flink_master", "[local]"],
+                                          True),
+    (["--runner", "FlinkRunner", "--flink_master", "flink:8081"], False),
+    (["--runner", "SparkRunner"], True),
+    (["--runner", "SparkRunner", "--spark_master_url", "spark://spark:7077"], False),
+    (["--runner", "DataflowRunner"], False),
+])
+def test_cluster_runners_are_submitted_to_and_local_ones_waited_for(args, here):
+    from pipeline.run import runs_here
+
+    assert runs_here(parse_options([*BASE, *args])) is here
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--inference_accelerator", "type:nvidia-l4;count:1;install-nvidia-driver:5xx"],
+     "needs its machine type"),
+    (["--inference_accelerator", "type:nvidia-l4;count:1;machine_type:n2-standard-8"],
+     "only on G2 machine types, not n2-standard-8"),
+    (["--machine_type", "n1-standard-8", "--dataflow_service_options",
+      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:5xx"], "not n1-standard-8"),
+    (["--inference_accelerator", "type:nvidia-l4;count:1;machine_type:g2-standard-8",
+      "--experiments", "worker_accelerator=type:nvidia-l4;count:1"], "contradict"),
+])
+def test_dataflow_gpu_options_that_cannot_work_are_refused_before_anything_runs(args, message,
+                                                                                capsys):
+    from pipeline.options import check_accelerators
+
+    with pytest.raises(SystemExit) as stop:
+        check_accelerators(parse_options([*BASE, *args]))
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gpu_options_that_work_pass_and_an_experiment_asks_for_a_gpu_too():
+    from pipeline.options import check_accelerators, wants_gpu
+
+    for args in (["--inference_accelerator",
+                  "type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver:5xx"],
+                 ["--machine_type", "g2-standard-8", "--experiments",
+                  "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:5xx"]):
+        options = parse_options([*BASE, *args])
+        check_accelerators(options)
+        assert wants_gpu(options)
+
+
+def test_a_dataflow_launch_with_the_image_needs_the_images_python():
+    from pipeline.options import IMAGE_PYTHON, check_launch_python
+
+    launch = parse_options([*BASE, "--runner", "DataflowRunner", "--sdk_container_image", "i"])
+    check_launch_python(launch, IMAGE_PYTHON)
+    with pytest.raises(SystemExit, match="launch from the image"):
+        check_launch_python(launch, (3, IMAGE_PYTHON[1] + 1))
+    check_launch_python(parse_options([*BASE, "--runner", "DataflowRunner"]), (3, 99))
+    docker = (REPO / "launch" / "Dockerfile").read_text()
+    assert f"beam_python{IMAGE_PYTHON[0]}.{IMAGE_PYTHON[1]}_sdk" in docker

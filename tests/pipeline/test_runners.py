@@ -39,10 +39,11 @@ def test_same_outputs_as_the_direct_runner(docs, smoke_tasks, tmp_path, runner_a
 def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
     result = run(["--runner", "DataflowRunner", "--project", "ehr-ner-test",
                   "--region", "europe-west4", "--temp_location", "gs://bkt/tmp",
-                  "--dry_run", "True", "--sdk_container_image", "europe-docker.pkg.dev/x/ner:1",
+                  "--dry_run", "True",
                   "--experiments", "use_runner_v2", "--input", str(docs),
                   "--output", "gs://bkt/out", "--tasks", str(smoke_tasks), "--language", "es",
-                  "--inference_accelerator", "type:nvidia-l4;count:1;install-nvidia-driver"],
+                  "--inference_accelerator",
+                  "type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver:5xx"],
                  save_main_session=False)
     transforms = result.job.proto_pipeline.components.transforms.values()
     names = {t.unique_name: t for t in transforms}
@@ -104,7 +105,7 @@ def test_a_local_run_that_finds_cuda_shares_one_model_copy_and_batches_for_a_gpu
 
     def build(p, opts, specs, *args):
         built.update(workers=p._options.view_as(DirectOptions).direct_num_workers,
-                     handler=job.infer(specs["procedure"], opts).__dict__["_model_handler"],
+                     handler=job.infer(specs["procedure"], opts)._handler,
                      opts=opts)
         raise KeyboardInterrupt  # built: stop before anything runs
 
@@ -124,3 +125,23 @@ def test_a_local_run_that_finds_cuda_shares_one_model_copy_and_batches_for_a_gpu
     assert handler._config.batch_tokens == (32768 if cuda else 8192)
     assert handler._config.max_batch_windows == (1024 if cuda else 256)
     assert built["workers"] == (4 if cuda else 1)  # with a GPU the CPU stages get the cores
+
+
+@pytest.mark.parametrize("runner_args", [
+    ["--runner", "FlinkRunner", "--flink_master", "flink:8081", "--environment_type", "DOCKER"],
+    ["--runner", "SparkRunner", "--spark_master_url", "spark://spark:7077"],
+    ["--runner", "PortableRunner", "--job_endpoint", "jobserver:8099"],
+], ids=["flink", "spark", "portable"])
+def test_a_cluster_job_is_submitted_and_returns_like_dataflow(docs, smoke_tasks, tmp_path,
+                                                              monkeypatch, runner_args):
+    made, real = [], beam.Pipeline
+
+    def pipeline(runner=None, options=None):
+        made.append(runner)
+        return real(runner=_SubmitOnly(), options=options)
+
+    monkeypatch.setattr(beam, "Pipeline", pipeline)
+    result = run(["--input", str(docs), "--output", str(tmp_path / "out"), "--tasks",
+                  str(smoke_tasks), "--language", "es", *runner_args], save_main_session=False)
+    assert isinstance(result, _Submitted) and made == [runner_args[1]]
+    assert not (tmp_path / "out" / "_lock").exists()  # no local lock, no local planning
