@@ -29,6 +29,8 @@ from typing import Iterable, Protocol, Sequence
 
 import fsspec
 
+from transforms.storage import modified_time
+
 LOG = logging.getLogger("pipeline.nightly")
 API = "https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{region}"
 # The driver Google's own Dataflow GPU samples ask for; launch/cuda_drivers.json says what the
@@ -164,20 +166,8 @@ def state(settings: Settings, day: date) -> str:
         return "to_do"
     with rfs.open(rpath, "rt", encoding="utf-8") as f:
         started = datetime.fromisoformat(json.load(f)["started"])
-    changed = [_modified(info) for info in fs.find(root, detail=True).values()]
+    changed = [modified_time(info) for info in fs.find(root, detail=True).values()]
     return "late" if any(c is not None and c > started for c in changed) else "done"
-
-
-def _modified(info: dict) -> datetime | None:
-    """A listed file's last change, UTC (local files: mtime; GCS: updated; S3: LastModified)."""
-    value = info.get("mtime") or info.get("updated") or info.get("LastModified")
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, timezone.utc)
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def plan(settings: Settings, days: Iterable[date], active: set[str], force: bool,

@@ -56,7 +56,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu)
     rows = groups | "Documents" >> beam.FlatMap(lambda group: group) | "Align" >> beam.ParDo(
         AlignDoFn(specs, opts.reference_compat, opts.outputs, info))
-    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs)
+    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs,
+                                                      record["started"])
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
@@ -189,6 +190,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     if not local:
         if not expand_pattern(opts.input):
             raise InputError(f"no input files match {opts.input!r}")
+        OutputLock(opts.output, run_id).check_free()  # a local run is writing there now
         return submit(test_pipeline or beam.Pipeline(runner=runner, options=options), opts, specs,
                       resume, run_id, record, wants_gpu(options))
     with OutputLock(opts.output, run_id):  # one job at a time writes an output

@@ -6,10 +6,23 @@ import hashlib
 import os
 import posixpath
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import fsspec
+
+
+def modified_time(info: dict) -> datetime | None:
+    """A listed file's last change, UTC (local files: mtime; GCS: updated; S3: LastModified)."""
+    value = info.get("mtime") or info.get("updated") or info.get("LastModified")
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def is_local(fs) -> bool:

@@ -48,7 +48,7 @@ import posixpath
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
@@ -63,15 +63,18 @@ from transforms.exports import ExportWriter
 from transforms.progress import PROGRESS
 from transforms.qualify import FLAGS
 from transforms.records import SKIPPED, DocumentRows, Shard
+from transforms.lock import OutputLock
 from transforms.shards import Resume, write_marker
-from transforms.storage import (ParquetSink, atomic_output, is_local, move, open_output,
-                                read_table, write_table)
+from transforms.storage import (ParquetSink, atomic_output, is_local, modified_time, move,
+                                open_output, read_table, write_table)
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)
 _NEEDS_QUOTES = frozenset('\t"\n\r')
 DOCUMENTS_PER_PART = 10_000
 RUNS, TSV_PARTS = "_runs", "_tsv"
+COMMIT_WAIT_S = 3600.0  # how long a commit waits for another job's hold on the output
+CLOCK_SKEW = timedelta(minutes=10)  # between the launching machine and the store
 LOG = logging.getLogger("pipeline")
 
 SPAN_SCHEMA = pa.schema([
@@ -354,6 +357,22 @@ def _record_state(fs, root: str, run_id: str, state: str, record: Mapping | None
         {"at": datetime.now(timezone.utc).isoformat(), **(record or {})}).encode())
 
 
+def _marked_since(fs, root: str, since: datetime | None) -> set[str]:
+    """Runs that wrote their shard markers at or after ``since`` (less the clock skew): a run
+    that began reading its input at ``since`` could not see them, so it may have written the
+    same shards."""
+    folder = posixpath.join(root, RUNS)
+    if since is None or not fs.exists(folder):
+        return set()
+    found = set()
+    for info in fs.ls(folder, detail=True):
+        run, _, state = posixpath.basename(info["name"]).rpartition(".")
+        at = modified_time(info)
+        if state == "marked" and (at is None or at >= since - CLOCK_SKEW):
+            found.add(run)
+    return found
+
+
 def _commit_record(fs, root: str, run_id: str) -> dict:
     """A committed run's record: its parts' shards (``parts``) and the rows it replaces
     (``replaced``: ``{part: shards}``); ``{}`` for a run committed before records held them."""
@@ -469,18 +488,18 @@ def _replacements(existing: Iterable[str], states: Mapping[str, set[str]], parts
                   ) -> dict[str, list[str]]:
     """The rows this run replaces in committed parts of other runs, as ``{part: sources}``:
     those of the shards it redid, in the earlier parts their index names; and those of every
-    shard it wrote, in the parts of runs that committed but did not mark their shards (so
-    they are redone now), as those runs' commit ``records`` list their parts' shards (a run
-    recorded before records held them: all of its parts)."""
+    shard it wrote, in the parts of the runs in ``records``: runs that committed but did not
+    mark their shards (so they are redone now), and runs that marked theirs after this run
+    began reading (another job on the same output did the same shards), as their commit
+    records list their parts' shards (a run recorded before records held them: all of its
+    parts)."""
     replaced: dict[str, set[str]] = {}
     for shard in redone:
         for name in shard.earlier:
             if run_of(name) != run_id:
                 replaced.setdefault(name, set()).add(shard.url)
     mine = {src for part in parts for src in part.sources}
-    for run, st in states.items():
-        if run == run_id or "committed" not in st or "marked" in st:
-            continue
+    for run in records:
         held = records[run].get("parts")
         if held is None:
             held = {n: mine for n in existing if run_of(n) == run}
@@ -552,10 +571,21 @@ def recover(out: str, tasks: Iterable[str] = (), current: str | None = None,
 
 
 def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, run_id: str,
-             dups: Sequence[Duplicate], redone: Sequence[Shard]) -> int:
-    """Commit this run (see the module docstring); safe to retry. Returns its part count."""
+             dups: Sequence[Duplicate], redone: Sequence[Shard], started: datetime | None = None,
+             lock_wait_s: float = COMMIT_WAIT_S) -> int:
+    """Commit this run (see the module docstring) under the output's lock (re-entered by a
+    local run, which holds it; taken by a cluster job, waiting up to ``lock_wait_s`` for
+    another job's commit); safe to retry. ``started``: when the run began reading (the rows
+    of runs that marked the same shards since are replaced too). Returns its part count."""
+    with OutputLock(out, run_id, wait_s=lock_wait_s):
+        return _finalize(parts, out, tasks, tmp, run_id, dups, redone, started)
+
+
+def _finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, run_id: str,
+              dups: Sequence[Duplicate], redone: Sequence[Shard], started: datetime | None
+              ) -> int:
     fs, root = fsspec.core.url_to_fs(out)
-    # a Dataflow job holds no lock: another job's temporary folder may be in use
+    # other jobs' temporary folders may be in use (a cluster job does not hold the output)
     for line in recover(out, tasks, current=run_id, temporary=False):
         LOG.info("output: %s (an earlier run crashed)", line)
     states = run_states(fs, root)
@@ -566,8 +596,10 @@ def finalize(parts: Sequence[Part], out: str, tasks: Sequence[str], tmp: str, ru
     for part in parts:
         _commit_part(fs, root, part, by_part.get(part.name, ()))
     if "committed" not in states.get(run_id, ()):
+        recent = _marked_since(fs, root, started)
         records = {run: _commit_record(fs, root, run) for run, st in states.items()
-                   if "committed" in st and "marked" not in st}
+                   if run != run_id and "committed" in st
+                   and ("marked" not in st or run in recent)}
         _record_state(fs, root, run_id, "committed", {
             "parts": {p.name: list(p.sources) for p in parts},
             "replaced": _replacements(existing, states, parts, redone, run_id, records)})
@@ -611,9 +643,9 @@ class WriteOutputs(beam.PTransform):
     every shard is marked."""
 
     def __init__(self, tasks: Iterable[str], resume: Resume, run_id: str,
-                 exports: tuple[str, ...] = ()) -> None:
+                 exports: tuple[str, ...] = (), started: datetime | None = None) -> None:
         super().__init__()
-        self._exports = exports
+        self._exports, self._started = exports, started
         self._out = resume.output.rstrip("/")
         self._tasks = sorted(tasks)
         self._resume, self._run_id = resume, run_id
@@ -642,7 +674,8 @@ class WriteOutputs(beam.PTransform):
             written[PARTS]
             | "PartList" >> beam.combiners.ToList()
             | "Finalize" >> beam.Map(finalize, self._out, self._tasks, self._tmp, self._run_id,
-                                     beam.pvalue.AsList(dups), beam.pvalue.AsList(redone))
+                                     beam.pvalue.AsList(dups), beam.pvalue.AsList(redone),
+                                     self._started)
         )
         parts_of = written[PARTS] | "PartSources" >> beam.FlatMap(
             lambda p: [(s, p.name) for s in p.sources])

@@ -108,3 +108,29 @@ def test_a_lock_being_written_this_instant_is_not_taken_for_a_dead_one(tmp_path)
     threading.Timer(0.1, write_lock, (path,), {"run_id": "live"}).start()
     with pytest.raises(OutputBusy, match="run live"):
         OutputLock(str(tmp_path / "out"), "new").acquire()
+
+
+def test_the_same_run_re_enters_its_lock_and_only_its_first_holder_releases_it(tmp_path):
+    out = str(tmp_path / "out")
+    with OutputLock(out, "r1"):
+        with OutputLock(out, "r1"):  # the run's commit, in a worker of the same run
+            pass
+        assert json.loads((tmp_path / "out" / "_lock").read_text())["run_id"] == "r1"
+        with pytest.raises(OutputBusy):
+            OutputLock(out, "r2").check_free()
+    assert not (tmp_path / "out" / "_lock").exists()
+    OutputLock(out, "r2").check_free()
+
+
+def test_a_holder_whose_lock_was_taken_over_knows_it(tmp_path):
+    import time
+
+    out = str(tmp_path / "out")
+    lock = OutputLock(out, "r1", lease_s=0.4)
+    lock.acquire()
+    write_lock(tmp_path / "out" / "_lock", run_id="r2", host="elsewhere", pid=1,
+               expires=time.time() + 60)
+    time.sleep(0.3)
+    lock.release()
+    assert lock.lost
+    assert json.loads((tmp_path / "out" / "_lock").read_text())["run_id"] == "r2"
