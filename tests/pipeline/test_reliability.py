@@ -281,3 +281,35 @@ def test_an_output_inside_the_input_is_refused_before_anything_is_read(smoke_tas
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("pipeline.run: --output ")
     assert "is inside --input" in proc.stderr and not (src / "ner").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"),
+                    reason="needs root and capsh to run the job without DAC override")
+def test_real_permission_errors_a_file_is_a_dead_letter_a_folder_a_set_up_error(smoke_tasks,
+                                                                                 tmp_path):
+    src = tmp_path / "in"
+    (src / "ward").mkdir(parents=True)
+    for f, where in zip(spaccc_files(3), (src, src, src / "ward")):
+        shutil.copy(f, where)
+    locked = sorted(src.glob("*.txt"))[0]
+    locked.chmod(0)
+
+    def job(out):  # as root without the capabilities that ignore file permissions
+        cmd = " ".join([sys.executable, "-m", "pipeline.run", "--input", str(src), "--output",
+                        str(out), "--tasks", str(smoke_tasks), "--language", "es"])
+        return subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--",
+                               "-c", cmd], cwd=REPO, env={**os.environ, **HERMETIC_ENV},
+                              capture_output=True, text=True, timeout=600)
+
+    ran = job(tmp_path / "out")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    docs = pd.read_parquet(tmp_path / "out" / "documents")
+    failed = docs[docs.status == "failed"]
+    assert failed.doc_id.tolist() == [locked.stem] and len(docs) == 3
+    assert failed.reason.tolist() == ["read: not readable (PermissionError)"]
+    (src / "ward").chmod(0)
+    stopped = job(tmp_path / "out2")
+    assert stopped.returncode == 1
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline.run: ") and "cannot list" in last and "ward" in last
+    (src / "ward").chmod(0o755)
