@@ -197,7 +197,7 @@ def recent_days(today: date, catch_up_days: int) -> list[date]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="launch/nightly.sh", description=__doc__,
+    p = argparse.ArgumentParser(prog="launch/nightly.sh", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dates", nargs="*", type=date.fromisoformat, metavar="YYYY-MM-DD",
                    help="dates to launch (default: the last --catch_up_days days)")

@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     languages and heads (``--open_models`` also opens every model, config and checkpoint)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.tasks", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m pipeline.tasks",
+                                 description=main.__doc__.replace("``", ""))
     ap.add_argument("files", nargs="+")
     ap.add_argument("--open_models", action="store_true",
                     help="also open the models (hub or files): labels and heads checked")

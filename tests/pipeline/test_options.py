@@ -315,3 +315,15 @@ def test_a_dataflow_launch_with_the_image_needs_the_images_python():
     check_launch_python(parse_options([*BASE, "--runner", "DataflowRunner"]), (3, 99))
     docker = (REPO / "launch" / "Dockerfile").read_text()
     assert f"beam_python{IMAGE_PYTHON[0]}.{IMAGE_PYTHON[1]}_sdk" in docker
+
+
+@pytest.mark.parametrize("module, prog", [
+    ("pipeline.run", "python -m pipeline.run"), ("pipeline.prepare", "python -m pipeline.prepare"),
+    ("pipeline.evaluate", "python -m pipeline.evaluate"),
+    ("pipeline.report", "python -m pipeline.report"), ("pipeline.tasks", "python -m pipeline.tasks"),
+    ("pipeline.nightly", "launch/nightly.sh")])
+def test_every_command_s_help_names_it_and_shows_no_markup(module, prog):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith(f"usage: {prog}")
+    assert "`" not in out.stdout
