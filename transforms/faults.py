@@ -47,7 +47,7 @@ def is_machine_fault(e: BaseException) -> bool:
         return True
     if isinstance(e, RuntimeError) and any(m in str(e) for m in _MACHINE_MESSAGES):
         return True
-    if isinstance(e, OSError) and not isinstance(e, gzip.BadGzipFile):
+    if isinstance(e, OSError):
         return True
     return any(module.split(".")[0] in _NETWORK_MODULES for module, _ in classes)
 

@@ -45,9 +45,10 @@ def test_the_note_id_is_an_integer_from_the_chosen_field():
 
 def test_ids_are_stable_and_distinct():
     assert note_nlp_id(1, "symptom", "SYMPTOM", 3, 9) == note_nlp_id(1, "symptom", "SYMPTOM", 3, 9)
-    ids = {note_nlp_id(n, t, "X", s, s + 4) for n in range(50) for t in ("a", "b")
-           for s in range(100)}
-    assert len(ids) == 50 * 2 * 100 and all(0 < i < 1 << 63 for i in ids)
+    ids = {note_nlp_id(n, t, label, s, s + 4) for n in range(50) for t in ("a", "b")
+           for label in ("DISEASE", "SYMPTOM") for s in range(100)}
+    # two heads' mentions at the same offsets (a multi-label task) are two rows
+    assert len(ids) == 50 * 2 * 2 * 100 and all(0 < i < 1 << 63 for i in ids)
 
 
 @pytest.mark.parametrize("start, end", [(0, 5), (40, 48), (len(TEXT) - 6, len(TEXT))])

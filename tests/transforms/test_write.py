@@ -143,6 +143,10 @@ def test_duplicates_rule_by_position():
             DocRef("x", "a.jsonl", 20, "a@20", "p", 2, (0, 0), (0, 0), "annotated", False)]
     assert [(d.ref.key, d.kept) for d in duplicates("x", refs)] == [("a@500", "a@20"),
                                                                    ("b@0", "a@20")]
+    # the numeric position decides, not the key's text ("a@100" sorts before "a@90")
+    refs = [DocRef("y", "a.jsonl", 100, "a@100", "p", 0, (0, 0), (0, 0), "annotated", False),
+            DocRef("y", "a.jsonl", 90, "a@90", "p", 1, (0, 0), (0, 0), "annotated", False)]
+    assert [(d.ref.key, d.kept) for d in duplicates("y", refs)] == [("a@100", "a@90")]
 
 
 def test_a_redone_shard_replaces_its_rows_in_earlier_parts_only(tmp_path):
