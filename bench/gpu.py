@@ -70,7 +70,7 @@ ACCELERATOR_ERRORS = ("AcceleratorError", "device-side assert", "CUDA error")
 class Plan:
     """The sizes of one run of the kit."""
 
-    size: str  # the model body (pipeline.bench.SIZES)
+    size: str  # the model body (bench.backends.SIZES)
     device: str  # where the models run: cuda, or cpu in a dry run
     matmul: int  # the n of the n^3 ceiling product
     layer_tokens: int  # tokens of the encoder-layer ceiling products
@@ -182,7 +182,7 @@ def ceiling(plan: Plan) -> dict:
     """bf16 matrix products: ``n^3`` and one encoder layer's shapes, TFLOP/s."""
     import torch
 
-    from pipeline.bench import layer_shapes
+    from bench.backends import layer_shapes
     from transforms.backends import matmul_rate
 
     n = plan.matmul
@@ -229,7 +229,7 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
     twice, the faster kept."""
     import torch
 
-    from pipeline.bench import Counted, as_works, bench_spec, infer_groups, loaded, \
+    from bench.backends import Counted, as_works, bench_spec, infer_groups, loaded, \
         model_path_figures
     from transforms.spec import GPU_BATCH
     from transforms.handlers import InferenceConfig, TaskInference
@@ -334,7 +334,7 @@ def save_models(work: Path, plan: Plan, shared: Path, tasks: int, vocab: int | N
     the task file naming them (``vocab``: a smaller vocabulary than the tokenizer's)."""
     from transformers.utils import logging as hf_logging
 
-    from pipeline.bench import base_model
+    from bench.backends import base_model
 
     hf_logging.disable_progress_bar()
     tokenizer = shared / "tokenizers" / "xlm-roberta-base"
@@ -416,7 +416,7 @@ def oom_halving(plan: Plan) -> dict:
     import numpy as np
     import torch
 
-    from pipeline.bench import bench_spec, loaded
+    from bench.backends import bench_spec, loaded
     from transforms.handlers import InferenceConfig, TaskInference
     from transforms.records import Document, Windows, Work
 

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from pipeline.bench import (LABELS, TOKENIZER, agreement, base_model, documents, isolated,
+from bench.backends import (LABELS, TOKENIZER, agreement, base_model, documents, isolated,
                             matmul_ceiling, pipeline_path)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench import (LABELS, TOKENIZER, base_model, documents, heldout_ids, isolated,
+from bench.backends import (LABELS, TOKENIZER, base_model, documents, heldout_ids, isolated,
                             job)
 
 

@@ -1,8 +1,8 @@
-"""The benchmarks' shared path (``pipeline.bench``) runs what it is asked to."""
+"""The benchmarks' shared path (``bench.backends``) runs what it is asked to."""
 
 import pytest
 
-from pipeline.bench import documents, pipeline_path
+from bench.backends import documents, pipeline_path
 from transforms.handlers import InferenceConfig
 
 

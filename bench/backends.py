@@ -1,4 +1,4 @@
-"""Backends side by side: ``python -m pipeline.bench [--docs 100]``.
+"""Backends side by side: ``python -m bench.backends [--docs 100]``.
 
 On the same windows of real SPACCC cases (the probe's 100 held-out ones), with an
 ``xlm-roberta-base``-sized token classifier (random weights, the real XLM-R tokenizer), each
@@ -289,7 +289,7 @@ def probe_f1(texts_dir: Path, ids: list[str], work: Path, backend: str, precisio
 
 def main(argv: list[str] | None = None) -> None:
     """Print the comparison as JSON."""
-    ap = argparse.ArgumentParser(prog="python -m pipeline.bench",
+    ap = argparse.ArgumentParser(prog="python -m bench.backends",
                                  description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("--docs", type=int, default=100, help="held-out cases (at most 100)")
     ap.add_argument("--runs", default=None, help="backend:precision, comma-separated (default: "
