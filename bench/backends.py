@@ -138,7 +138,8 @@ def bench_spec():
     """The task the benchmarks run: one head over the LABELS, on Spanish documents."""
     from transforms.spec import TaskSpec
 
-    return TaskSpec("t", "hf", "bench", ("es",), str(TOKENIZER), heads={"es": (None,)},
+    return TaskSpec(name="t", kind="hf", model="bench", languages=("es",), tokenizer=str(TOKENIZER),
+                    heads={"es": (None,)},
                     labels={None: tuple(LABELS[i] for i in range(len(LABELS)))},
                     tokenizer_key="tok")
 
@@ -274,7 +275,7 @@ def job(texts_dir: Path, tasks: Path, out: Path, *extra: str) -> float:
 def probe_f1(texts_dir: Path, ids: list[str], work: Path, backend: str, precision: str
              ) -> dict[str, float]:
     """The probe's strict F1 per task on the held-out cases, through the real job."""
-    from pipeline.evaluate import load_tsv, score
+    from pipeline.scoring import load_tsv, score
 
     out = work / f"probe-{backend}-{precision}"
     job(texts_dir, REPO / "tasks" / "probe-es.yaml", out, "--backend", backend,

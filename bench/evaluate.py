@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.evaluate import load_tsv, score
+from pipeline.scoring import load_tsv, score
 from tests.fixtures.scoring import all_pairs_score, as_lists, perturb, synthetic
 
 SPACCC = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "spaccc-es"

@@ -38,7 +38,7 @@ API = "https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{region
 DRIVER = "install-nvidia-driver:5xx"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Where the nightly jobs read, write and run."""
 

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.evaluate import breakdown, document_languages, load_tsv, score
+from pipeline.scoring import breakdown, document_languages, load_tsv, score
 from transforms.qualify import FLAGS
 from transforms.storage import iter_parquet_dir, read_parquet_dir, write_atomically
 

@@ -40,9 +40,9 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     from transforms.write import WriteOutputs
 
     info = run_info(opts, record["config"], record["started"])
-    docs, shards = p | "ReadDocuments" >> ReadDocuments(
-        opts.input, resume, Fields(opts.id_field, opts.text_field, opts.lang_field),
-        opts.input_format, opts.split_bytes)
+    fields = Fields(id=opts.id_field, text=opts.text_field, lang=opts.lang_field)
+    docs, shards = p | "ReadDocuments" >> ReadDocuments(opts.input, resume, fields,
+                                                        opts.input_format, opts.split_bytes)
     groups = (
         docs
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},

@@ -202,7 +202,7 @@ def _yes_no(flag: bool | None) -> str | None:
     return None if flag is None else ("yes" if flag else "no")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunInfo:
     """What the outputs say of the run: the pipeline's name and version, when it started (UTC),
     each task's model version (pinned revision or fingerprint) and location, the metadata field

@@ -46,7 +46,7 @@ TXT_BATCH = 64  # .txt files per read task
 TXT_CONCURRENCY = 4  # requests in flight per task (gcp-storage-emulator stalls above ~4)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Fields:
     """Which record fields hold the id, the text and the language."""
 

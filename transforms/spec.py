@@ -43,7 +43,7 @@ def normalize_lang(code: str) -> str:
     return _LANG_ALIASES.get(code, code)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One NER task: its model, its languages, and the heads (and their labels) per language.
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pipeline.evaluate import load_tsv, score
+from pipeline.scoring import load_tsv, score
 from tests.conftest import REPO, SHARED, SPACCC, run_pipeline
 
 pytestmark = pytest.mark.e2e

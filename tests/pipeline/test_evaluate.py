@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.fixtures.scoring import all_pairs_score, as_lists, perturb, synthetic
-from pipeline.evaluate import EvaluationInputError, breakdown, load_tsv, score
+from pipeline.scoring import EvaluationInputError, breakdown, load_tsv, score
 from tests.conftest import REPO, SPACCC
 from transforms.write import TSV_HEADER, tsv_line
 

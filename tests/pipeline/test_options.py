@@ -210,7 +210,8 @@ def test_auto_precision_on_a_cpu_torch_path_is_decided_once_and_recorded(monkeyp
     # timed fp32, bf16, fp16: first bf16 is fastest, then fp32 (a close call, timed again)
     rates = iter([1.0, 2.0, 1.0] + [3.0, 1.0, 1.0] * 3)
     monkeypatch.setattr(backends, "matmul_rate", lambda *a, **k: next(rates))
-    spec = TaskSpec("t", "hf", "m", ("es",), "tok", shapes=(768, 3072))
+    spec = TaskSpec(name="t", kind="hf", model="m", languages=("es",), tokenizer="tok",
+                    shapes=(768, 3072))
     o = opts("--backend", "torch")
     decided = cpu_precisions(o, {"t": spec}, gpu=False)
     assert decided == {"t": "bf16"}
@@ -320,8 +321,8 @@ def test_a_dataflow_launch_with_the_image_needs_the_images_python():
 @pytest.mark.parametrize("module, prog", [
     ("pipeline.run", "python -m pipeline.run"), ("pipeline.prepare", "python -m pipeline.prepare"),
     ("pipeline.evaluate", "python -m pipeline.evaluate"),
-    ("pipeline.report", "python -m pipeline.report"), ("pipeline.tasks", "python -m pipeline.tasks"),
-    ("pipeline.nightly", "launch/nightly.sh")])
+    ("pipeline.report", "python -m pipeline.report"),
+    ("pipeline.tasks", "python -m pipeline.tasks"), ("pipeline.nightly", "launch/nightly.sh")])
 def test_every_command_s_help_names_it_and_shows_no_markup(module, prog):
     out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=120)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate import load_tsv
+from pipeline.scoring import load_tsv
 from pipeline.report import write_report
 from tests.conftest import SPACCC
 

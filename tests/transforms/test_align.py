@@ -11,9 +11,10 @@ from transforms.spec import TaskSpec
 TEXT = "dolor abdominal y fiebre"
 WORDS = [(0, 5), (6, 15), (16, 17), (18, 24)]
 SPECS = {
-    "symptom": TaskSpec("symptom", "mtl", "m", ("es",), "tok", heads={"es": ("s_es",)},
+    "symptom": TaskSpec(name="symptom", kind="mtl", model="m", languages=("es",), tokenizer="tok",
+                        heads={"es": ("s_es",)},
                         labels={"s_es": ("B-SYMPTOM", "I-SYMPTOM", "O")}, tokenizer_key="tok"),
-    "multi": TaskSpec("multi", "mtl", "m", ("es",), "tok",
+    "multi": TaskSpec(name="multi", kind="mtl", model="m", languages=("es",), tokenizer="tok",
                       heads={"es": ("proc", "sym")}, tokenizer_key="tok",
                       labels={"proc": ("O", "B-PROCEDURE", "I-PROCEDURE"),
                               "sym": ("B-SYMPTOM", "I-SYMPTOM", "O")}),
@@ -93,7 +94,8 @@ def test_the_dofn_yields_one_element_per_document():
     assert len(out) == 1 and out[0].document["n_spans"] == 0
 
 
-NEGATION = TaskSpec("negation", "hf", "n", ("es",), "tok", heads={"es": (None,)},
+NEGATION = TaskSpec(name="negation", kind="hf", model="n", languages=("es",), tokenizer="tok",
+                    heads={"es": (None,)},
                     tokenizer_key="tok", qualifies={"NSCO": "negated", "USCO": "uncertain"},
                     labels={None: ("O", "B-NEG", "I-NEG", "B-NSCO", "I-NSCO", "B-UNC", "I-UNC",
                                    "B-USCO", "I-USCO")})

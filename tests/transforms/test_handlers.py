@@ -11,7 +11,7 @@ from transforms.records import Document, Failure, Work
 from transforms.segment import pack
 from transforms.spec import TaskSpec
 
-SPEC = TaskSpec("t", "mtl", "m.pt", ("es", "it"), "tok",
+SPEC = TaskSpec(name="t", kind="mtl", model="m.pt", languages=("es", "it"), tokenizer="tok",
                 heads={"es": ("t_es",), "it": ("t_it", "u_it")},
                 labels={"t_es": ("B-T", "I-T", "O"), "t_it": ("B-T", "I-T", "O"),
                         "u_it": ("B-U", "I-U", "O")}, tokenizer_key="tok")

@@ -81,7 +81,8 @@ def test_tasks_sharing_a_tokenizer_share_one_segmentation(tokenizer, monkeypatch
     from tests.conftest import TOKENIZER
 
     def spec(name, key):
-        return TaskSpec(name, "hf", "m", ("es",), str(TOKENIZER), heads={"es": (None,)},
+        return TaskSpec(name=name, kind="hf", model="m", languages=("es",),
+                        tokenizer=str(TOKENIZER), heads={"es": (None,)},
                         labels={None: ("O", "B-X", "I-X")}, tokenizer_key=key)
 
     fn = SegmentDoFn({"a": spec("a", "k1"), "b": spec("b", "k1"), "c": spec("c", "k2")},
