@@ -162,18 +162,16 @@ def usage_error(message: str) -> NoReturn:
 
 def check_command_line(argv: Sequence[str], prog: str = PROG,
                        required: Sequence[str] = REQUIRED) -> None:
-    """Answer ``--help``/``--help_all``, or refuse the command line's first mistake; both
-    without loading Beam (its option names come from ``pipeline.beam_flags``)."""
+    """Answer ``--help``, or refuse the command line's first mistake; both without loading Beam
+    (its option names come from ``pipeline.beam_flags``). ``--help_all`` is left to
+    ``pipeline.options.parse_options``, which has Beam's options."""
     from pipeline.beam_flags import BEAM_SWITCHES, BEAM_VALUED
 
     if "-h" in argv or "--help" in argv:
         job_parser(prog, required).print_help()
         raise SystemExit(0)
     if "--help_all" in argv:
-        from pipeline.options import parser
-
-        parser().print_help()
-        raise SystemExit(0)
+        return  # Beam's options too: pipeline.options.parse_options answers it
     p = job_parser(prog, required)
     for name in BEAM_SWITCHES:
         p.add_argument(name, action="store_true", help=argparse.SUPPRESS)

@@ -286,6 +286,9 @@ def parse_options(argv: Sequence[str] | None, prog: str = PROG,
     """Beam ``PipelineOptions`` from a command line that ``pipeline.cli`` found right (else it
     answered ``--help`` or stopped, exit status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help_all" in argv:
+        parser().print_help()
+        raise SystemExit(0)
     check_command_line(argv, prog, required)
     return PipelineOptions(argv)
 

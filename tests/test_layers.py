@@ -26,6 +26,37 @@ def test_transforms_never_import_pipeline_or_the_dev_tools(path):
     assert not imports(path) & {"pipeline", "bench", "tests"}
 
 
+def test_no_two_modules_of_a_package_import_each_other():
+    """Module-level or inside a function: an import cycle is one layer, not two."""
+    for package in ("transforms", "pipeline"):
+        graph = {}
+        for path in (REPO / package).glob("*.py"):
+            found = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                    found |= {n.split(".")[1] for n in names
+                              if n.startswith(f"{package}.") and n.count(".") >= 1}
+                elif isinstance(node, ast.Import):
+                    found |= {a.name.split(".")[1] for a in node.names
+                              if a.name.startswith(f"{package}.")}
+            graph[path.stem] = found - {path.stem}
+        seen, path_ = set(), []
+
+        def visit(node):
+            assert node not in path_, f"{package}: import cycle {' -> '.join(path_ + [node])}"
+            if node in seen:
+                return
+            path_.append(node)
+            for nxt in sorted(graph.get(node, ())):
+                visit(nxt)
+            path_.pop()
+            seen.add(node)
+
+        for node in sorted(graph):
+            visit(node)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "pipeline").glob("*.py")), ids=lambda p: p.name)
 def test_the_production_package_never_imports_the_dev_tools(path):
     assert not imports(path) & {"bench", "tests"}

@@ -27,12 +27,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from transforms.models import PRECISION_DTYPES
 from transforms.storage import cache_root, write_atomically
 
 LOG = logging.getLogger("pipeline")
 RECIPE = "ptq-3"  # the conversion recipe: a new one converts again
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def matmul_rate(dtype: torch.dtype, shapes: Sequence[tuple[int, int, int]],

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from transforms.backends import (PRECISION_DTYPES, fastest_cpu_dtype, openvino_available,
+                                 openvino_encoder)
 from transforms.batch import padded_length
 from transforms.storage import localize
 
@@ -116,9 +118,6 @@ def mtl_heads(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torc
     return heads
 
 
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 class AcceleratorMissing(RuntimeError):
     """A GPU was asked for and CUDA is not usable here."""
 
@@ -159,8 +158,6 @@ def resolve_dtype(precision: str, device: torch.device, shapes: tuple[int, int] 
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        from transforms.backends import fastest_cpu_dtype
-
         return PRECISION_DTYPES[fastest_cpu_dtype(*shapes)]
     if precision not in PRECISION_DTYPES:
         raise ValueError(f"precision {precision} needs --backend openvino; the torch backend "
@@ -211,8 +208,6 @@ class TokenClassifier:
         what it runs as, e.g. ``openvino int8``. On CUDA the encoder stays with torch; on a CPU
         ``auto`` is OpenVINO with 8-bit weights where OpenVINO is installed, else torch in the
         fastest dtype measured here; an OpenVINO conversion that fails keeps torch."""
-        from transforms.backends import openvino_available, openvino_encoder
-
         config = getattr(self.encoder, "config", None)
         shapes = (getattr(config, "hidden_size", 768), getattr(config, "intermediate_size", 3072))
         if self.device.type == "cpu" and backend in ("auto", "openvino"):

@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import TOKENIZER
 from tests.fixtures.models import build_hf
-from transforms import backends
+from transforms import backends, models
 from transforms.models import load_hf
 
 CPU = torch.device("cpu")
@@ -100,7 +100,7 @@ def test_torch_cannot_run_int8():
 
 def test_a_gpu_keeps_torch_whatever_the_backend(hf_dir, monkeypatch):
     called = []
-    monkeypatch.setattr(backends, "openvino_encoder", lambda *a: called.append(a))
+    monkeypatch.setattr(models, "openvino_encoder", lambda *a: called.append(a))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     model = load_hf(str(hf_dir), CPU)
     model.device = torch.device("cuda")   # as loaded on a GPU worker
