@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from transforms.batch import padded_length
-from transforms.spec import CPU_BATCH, GPU_BATCH
+from transforms.core.windows import padded_length
+from transforms.core.spec import CPU_BATCH, GPU_BATCH
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", REPO.parent / "shared"))  # the data
@@ -105,7 +105,7 @@ def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16,
                    device: str = "cpu") -> float:
     """GFLOP/s of the encoder's matrix products in ``dtype`` (one layer's shapes, all tokens)
     on ``device``."""
-    from transforms.backends import matmul_rate
+    from transforms.inference.backends import matmul_rate
 
     return matmul_rate(dtype, layer_shapes(tokens), seconds=1.0, device=device) / 1e9
 
@@ -136,7 +136,7 @@ class Counted:
 
 def bench_spec():
     """The task the benchmarks run: one head over the LABELS, on Spanish documents."""
-    from transforms.spec import TaskSpec
+    from transforms.core.spec import TaskSpec
 
     return TaskSpec(name="t", kind="hf", model="bench", languages=("es",), tokenizer=str(TOKENIZER),
                     heads={"es": (None,)},
@@ -148,7 +148,7 @@ def loaded(precision: str, backend: str = "torch", size: str = "base", stable: b
            device: str = "auto"):
     """A random-weight model (``base_model``) placed as the job places it: ``(model, its
     config, what it runs as, start-up seconds)``."""
-    from transforms.models import TokenClassifier, pick_device
+    from transforms.inference.models import TokenClassifier, pick_device
 
     model = base_model(stable=stable, size=size)
     t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def tokenizer():
 
 def as_works(texts: list[str], max_tokens: int) -> list:
     """``texts`` as the job's documents in flight, with their windows (``Work``)."""
-    from transforms.records import Document, Work
+    from transforms.core.records import Document, Work
     from transforms.segment import word_windows
 
     return [Work(Document(str(i), str(i), text, "bench", lang="es", tasks=("t",)),

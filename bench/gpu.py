@@ -141,7 +141,7 @@ def environment(plan: Plan) -> dict:
     import torch
     import transformers
 
-    from transforms.models import nvidia_driver
+    from transforms.inference.models import nvidia_driver
 
     out = {"python": platform.python_version(), "torch": torch.__version__,
            "cuda_build": torch.version.cuda, "transformers": transformers.__version__,
@@ -183,7 +183,7 @@ def ceiling(plan: Plan) -> dict:
     import torch
 
     from bench.backends import layer_shapes
-    from transforms.backends import matmul_rate
+    from transforms.inference.backends import matmul_rate
 
     n = plan.matmul
     cube = matmul_rate(torch.bfloat16, [(n, n, n)], seconds=1.0, device=plan.device)
@@ -231,7 +231,7 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
 
     from bench.backends import Counted, as_works, bench_spec, infer_groups, loaded, \
         model_path_figures
-    from transforms.spec import GPU_BATCH
+    from transforms.core.spec import GPU_BATCH
     from transforms.handlers import InferenceConfig, TaskInference
 
     started = time.perf_counter()
@@ -418,7 +418,7 @@ def oom_halving(plan: Plan) -> dict:
 
     from bench.backends import bench_spec, loaded
     from transforms.handlers import InferenceConfig, TaskInference
-    from transforms.records import Document, Windows, Work
+    from transforms.core.records import Document, Windows, Work
 
     # a model with clear margins: batches of other sizes may round differently on a GPU
     clf, _, _, _ = loaded("auto", "torch", plan.size, stable=True, device=plan.device)

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from transforms.language import LOOKALIKES, LanguageDetector
+from transforms.inference.language import LOOKALIKES, LanguageDetector
 
 E3C = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "e3c-layer3"
 LANGS = ("es", "en", "it")

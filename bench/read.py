@@ -26,7 +26,7 @@ import zstandard
 
 from bench.language import LANGS, load
 from transforms.read import Fields, plan_reads, read_task, split_task
-from transforms.shards import list_files
+from transforms.io.shards import list_files
 
 
 def write_formats(records: list[dict], root: Path) -> dict[str, str]:

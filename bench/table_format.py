@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.records import ANNOTATED, DocumentRows, Shard
+from transforms.core.records import ANNOTATED, DocumentRows, Shard
 from transforms.write import (SCHEMAS, PartWriter, _record_state, finalize)
 
 TASK = "symptom"

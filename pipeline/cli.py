@@ -15,8 +15,8 @@ import difflib
 import os
 from typing import NoReturn, Sequence
 
-from transforms.shards import FORMATS
-from transforms.spec import BACKENDS, CPU_BATCH, GPU_BATCH, PRECISIONS
+from transforms.io.shards import FORMATS
+from transforms.core.spec import BACKENDS, CPU_BATCH, GPU_BATCH, PRECISIONS
 
 PROG = "python -m pipeline.run"
 REQUIRED = ("input", "output", "tasks")

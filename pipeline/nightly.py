@@ -29,7 +29,7 @@ from typing import Iterable, Protocol, Sequence
 
 import fsspec
 
-from transforms.storage import modified_time
+from transforms.io.storage import modified_time
 
 LOG = logging.getLogger("pipeline.nightly")
 API = "https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{region}"

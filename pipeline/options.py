@@ -15,13 +15,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import (PROG, REQUIRED, add_job_options, boolean, check_command_line,
                           job_parser, usage_error)
-from transforms.records import OUTPUTS
-from transforms.spec import CPU_BATCH, GPU_BATCH
-from transforms.windows import REFERENCE_WINDOW
+from transforms.core.records import OUTPUTS
+from transforms.core.spec import CPU_BATCH, GPU_BATCH
+from transforms.core.windows import REFERENCE_WINDOW
 
 if TYPE_CHECKING:
     from transforms.handlers import InferenceConfig
-    from transforms.spec import TaskSpec
+    from transforms.core.spec import TaskSpec
 
 
 class AnnotateOptions(PipelineOptions):
@@ -92,7 +92,7 @@ def cpu_precisions(opts: AnnotateOptions, specs: Mapping[str, TaskSpec], gpu: bo
     the outputs of one configuration never mix precisions."""
     if gpu or opts.precision != "auto" or opts.reference_compat:
         return {}
-    from transforms.backends import fastest_cpu_dtype, openvino_available
+    from transforms.inference.backends import fastest_cpu_dtype, openvino_available
 
     if opts.backend == "openvino" or (opts.backend == "auto" and openvino_available()):
         return {}  # OpenVINO's auto is int8, decided by no timing

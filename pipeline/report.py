@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.scoring import breakdown, document_languages, load_tsv, score
-from transforms.qualify import FLAGS
-from transforms.storage import iter_parquet_dir, read_parquet_dir, write_atomically
+from transforms.core.qualify import FLAGS
+from transforms.io.storage import iter_parquet_dir, read_parquet_dir, write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)

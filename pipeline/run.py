@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # Beam and the stages load when the job is built: --help need
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.options import AnnotateOptions
-    from transforms.shards import Resume
-    from transforms.spec import TaskSpec
+    from transforms.io.shards import Resume
+    from transforms.core.spec import TaskSpec
 
 LOG = logging.getLogger("pipeline")
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
@@ -113,7 +113,7 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     from apache_beam.options.pipeline_options import DirectOptions
 
     from transforms.read import plan_reads
-    from transforms.shards import InputError, list_files, pending
+    from transforms.io.shards import InputError, list_files, pending
 
     listed = list(list_files(opts.input, opts.input_format))
     if not listed:
@@ -157,8 +157,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     from pipeline.summary import finish_run_record, job_config, metric_totals, metrics_table, now
     from pipeline.summary import record_check
     from pipeline.tasks import has_random_weights, load_tasks, pin_revisions
-    from transforms.lock import OutputLock
-    from transforms.shards import InputError, Resume, check_output_outside, expand_pattern
+    from transforms.io.lock import OutputLock
+    from transforms.io.shards import InputError, Resume, check_output_outside, expand_pattern
     from transforms.write import recover
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -227,7 +227,7 @@ def check_language(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None
     """``--language`` must be a language code (aliases mapped) that some task takes: else every
     document without a language of its own would be skipped. A set-up error, in one line."""
     from pipeline.tasks import TaskFileError
-    from transforms.spec import is_lang_code, normalize_lang
+    from transforms.core.spec import is_lang_code, normalize_lang
 
     if not opts.language:
         return
@@ -246,7 +246,7 @@ def check_language(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None
 def check_windows(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
     """Windows must fit every model's positions: a set-up error, before anything runs."""
     from pipeline.tasks import TaskFileError
-    from transforms.windows import REFERENCE_WINDOW
+    from transforms.core.windows import REFERENCE_WINDOW
 
     need = REFERENCE_WINDOW if opts.reference_compat else opts.max_tokens
     for spec in specs.values():
@@ -261,8 +261,8 @@ def main() -> None:
     check_command_line(sys.argv[1:])
     from pipeline.logs import configure_logging
     from pipeline.tasks import TaskFileError
-    from transforms.lock import OutputBusy
-    from transforms.shards import InputError
+    from transforms.io.lock import OutputBusy
+    from transforms.io.shards import InputError
 
     configure_logging()
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from transforms.language import lang_from_name
+from transforms.inference.language import lang_from_name
 
 REQUIRED_COLUMNS = ["filename", "label", "start_span", "end_span", "text"]
 

@@ -15,10 +15,10 @@ from typing import Any, Mapping
 
 import fsspec
 
-from transforms.cdm import RunInfo
-from transforms.spec import TaskSpec
-from transforms.shards import file_version
-from transforms.storage import file_digest, write_atomically
+from transforms.formats.cdm import RunInfo
+from transforms.core.spec import TaskSpec
+from transforms.io.shards import file_version
+from transforms.io.storage import file_digest, write_atomically
 
 
 @dataclass

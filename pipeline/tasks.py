@@ -34,10 +34,10 @@ from typing import Any, Mapping
 import fsspec
 import yaml
 
-from transforms.qualify import FLAGS
-from transforms.spans import bio_scheme
-from transforms.spec import KINDS, TaskSpec, normalize_lang
-from transforms.storage import localize
+from transforms.core.qualify import FLAGS
+from transforms.core.spans import bio_scheme
+from transforms.core.spec import KINDS, TaskSpec, normalize_lang
+from transforms.io.storage import localize
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEAD_ENTITY = re.compile(r"^([A-Za-z]+)(?:_[a-z]{2})?(?:_ner)?$")
@@ -213,7 +213,7 @@ def check_pickled_weights(location: str) -> None:
     folder = Path(location)
     if "://" in location or not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
-    from transforms.models import load_state_dict
+    from transforms.inference.models import load_state_dict
 
     for weights in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
         load_state_dict(str(weights))
@@ -313,7 +313,7 @@ def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str, open_mo
 
 def _checkpoint_heads(model: str, revision: str | None, wanted: list[str]) -> dict:
     """The checkpoint's heads (name -> weight, bias); every head in ``wanted`` must be one."""
-    from transforms.models import ModelLoadError, load_state_dict, mtl_heads
+    from transforms.inference.models import ModelLoadError, load_state_dict, mtl_heads
 
     check_location(model)
     try:
@@ -401,7 +401,7 @@ def hub_commit(location: str, revision: str | None) -> str | None:
 
     from huggingface_hub import constants
 
-    from transforms.models import hub_repo_file
+    from transforms.inference.models import hub_repo_file
 
     repo, rev = hub_repo_file(location)[0], revision or "main"
     if _COMMIT.match(rev):

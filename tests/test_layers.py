@@ -21,40 +21,67 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "transforms").glob("*.py")), ids=lambda p: p.name)
+TRANSFORMS = sorted((REPO / "transforms").rglob("*.py"))
+STAGES = {p.stem for p in (REPO / "transforms").glob("*.py")} - {"__init__"}
+# what each part of transforms/ may not import: pure logic no Beam, torch nor I/O; formats,
+# storage and models no Beam (the stages on top wrap them)
+FORBIDDEN = {"core": {"apache_beam", "torch", "fsspec", "pyarrow", "pandas", "gcsfs", "s3fs",
+                      "openvino", "transformers", "nncf"},
+             "formats": {"apache_beam", "torch"}, "io": {"apache_beam", "torch"},
+             "inference": {"apache_beam"}}
+
+
+def module_imports(path: Path) -> set[str]:
+    """The modules of this repository a module imports (anywhere in it), dotted."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts)
+               for root in ("transforms", "pipeline") for p in (REPO / root).rglob("*.py")}
+    return {m for m in found if m in modules and not m.endswith("__init__")}
+
+
+@pytest.mark.parametrize("path", TRANSFORMS, ids=lambda p: str(p.relative_to(REPO)))
 def test_transforms_never_import_pipeline_or_the_dev_tools(path):
     assert not imports(path) & {"pipeline", "bench", "tests"}
 
 
-def test_no_two_modules_of_a_package_import_each_other():
+@pytest.mark.parametrize("path", TRANSFORMS, ids=lambda p: str(p.relative_to(REPO)))
+def test_each_part_of_transforms_keeps_to_its_layer(path):
+    part = path.parent.name
+    if part == "transforms":
+        return  # the stages: Beam over the parts below
+    assert not imports(path) & FORBIDDEN[part]
+    stages = {m for m in module_imports(path) if m.count(".") == 1
+              and m.split(".")[1] in STAGES}
+    assert not stages, f"{path.name} imports the stages {stages}"
+    if part == "core":
+        assert all(m.startswith("transforms.core") for m in module_imports(path)
+                   if m.startswith("transforms."))
+
+
+def test_no_two_modules_import_each_other():
     """Module-level or inside a function: an import cycle is one layer, not two."""
-    for package in ("transforms", "pipeline"):
-        graph = {}
-        for path in (REPO / package).glob("*.py"):
-            found = set()
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                    found |= {n.split(".")[1] for n in names
-                              if n.startswith(f"{package}.") and n.count(".") >= 1}
-                elif isinstance(node, ast.Import):
-                    found |= {a.name.split(".")[1] for a in node.names
-                              if a.name.startswith(f"{package}.")}
-            graph[path.stem] = found - {path.stem}
-        seen, path_ = set(), []
+    graph = {".".join(p.relative_to(REPO).with_suffix("").parts): module_imports(p)
+             for root in ("transforms", "pipeline") for p in (REPO / root).rglob("*.py")}
+    seen, stack = set(), []
 
-        def visit(node):
-            assert node not in path_, f"{package}: import cycle {' -> '.join(path_ + [node])}"
-            if node in seen:
-                return
-            path_.append(node)
-            for nxt in sorted(graph.get(node, ())):
-                visit(nxt)
-            path_.pop()
-            seen.add(node)
+    def visit(node):
+        assert node not in stack, f"import cycle {' -> '.join(stack + [node])}"
+        if node in seen:
+            return
+        stack.append(node)
+        for nxt in sorted(graph.get(node, set()) - {node}):
+            visit(nxt)
+        stack.pop()
+        seen.add(node)
 
-        for node in sorted(graph):
-            visit(node)
+    for node in sorted(graph):
+        visit(node)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "pipeline").glob("*.py")), ids=lambda p: p.name)
@@ -64,8 +91,8 @@ def test_the_production_package_never_imports_the_dev_tools(path):
 
 @pytest.mark.parametrize("module", [
     "pipeline.options", "pipeline.tasks", "transforms.read", "transforms.route",
-    "transforms.write", "transforms.shards", "transforms.align", "transforms.spec",
-    "transforms.language",
+    "transforms.write", "transforms.io.shards", "transforms.align", "transforms.core.spec",
+    "transforms.inference.language",
 ])
 def test_light_stages_import_without_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -14,13 +14,13 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.cdm import RunInfo, response
-from transforms.omop import NoteIdError, note_nlp_rows
-from transforms.qualify import flag_columns, scopes_by_flag
-from transforms.records import (ANNOTATED, CDM, FAILED, NOTE_NLP, Document, DocumentRows, Failure,
+from transforms.formats.cdm import RunInfo, response
+from transforms.formats.omop import NoteIdError, note_nlp_rows
+from transforms.core.qualify import flag_columns, scopes_by_flag
+from transforms.core.records import (ANNOTATED, CDM, FAILED, NOTE_NLP, Document, DocumentRows, Failure,
                                 Row, Work)
-from transforms.spans import LabelScheme, Span, decode_bio, reference_decode
-from transforms.spec import TaskSpec
+from transforms.core.spans import LabelScheme, Span, decode_bio, reference_decode
+from transforms.core.spec import TaskSpec
 
 
 def decode_words(text: str, starts: np.ndarray, ends: np.ndarray, label_ids: np.ndarray,

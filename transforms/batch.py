@@ -14,18 +14,9 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.records import Work
+from transforms.core.records import Work
 
 T = TypeVar("T")
-PAD_MULTIPLE = 32  # batches are padded to a multiple of this: few distinct shapes, so kernel and
-# allocator caches stay small (with every length its own shape, memory grew with the corpus)
-
-
-def padded_length(n: int) -> int:
-    """The length a window of ``n`` sub-words is padded to in a batch where it is the longest."""
-    return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
-
-
 def token_batches(items: Sequence[T], length: Callable[[T], int], budget: int,
                   max_items: int) -> list[list[T]]:
     """Sort ``items`` by ``length`` and cut them into batches of padded size <= ``budget``

@@ -28,10 +28,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.batch import padded_length, token_batches
-from transforms.faults import is_machine_fault, is_out_of_memory
-from transforms.records import Failure, Predictions, Work
-from transforms.spec import CPU_BATCH, TaskSpec
+from transforms.batch import token_batches
+from transforms.core.windows import padded_length
+from transforms.core.faults import is_machine_fault, is_out_of_memory
+from transforms.core.records import Failure, Predictions, Work
+from transforms.core.spec import CPU_BATCH, TaskSpec
 
 LOG = logging.getLogger("pipeline")
 Group = tuple[Work, ...]
@@ -191,7 +192,7 @@ class TokenClassifierHandler(ModelHandler[TaskBatch, Group, Any]):
     def load_model(self):
         import torch
 
-        from transforms.models import load_hf, load_mtl, pick_device
+        from transforms.inference.models import load_hf, load_mtl, pick_device
 
         config, spec = self._config, self._spec
         if config.threads:

@@ -5,12 +5,12 @@ and DT4H CDM documents.
 - ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst``: one record a line.
 - ``.parquet``: one record a row, read by row group in small batches.
 - ``.json``: one DT4H CDM document per file (``--input_format cdm``: JSON Lines of them); see
-  ``transforms.cdm``. An invalid record is a ``failed`` document naming the field.
+  ``transforms.formats.cdm``. An invalid record is a ``failed`` document naming the field.
 
 Records carry an id, a text and optionally a language (``--id_field``, ``--text_field``,
 ``--lang_field``); other fields travel to ``out/documents/`` as JSON (``meta``). Files are
 listed on workers, skipping those an earlier run over the same output completed (see
-``transforms.shards``); large uncompressed JSONL files are split into byte ranges and Parquet
+``transforms.io.shards``); large uncompressed JSONL files are split into byte ranges and Parquet
 files into row groups, and these read tasks (not the documents) are spread over the workers, so
 neither a big shard nor a big folder stalls one worker and no document's text is shuffled.
 Text is decoded from bytes, never newline-translated, so offsets count characters exactly as
@@ -33,11 +33,11 @@ import fsspec.compression
 import fsspec.utils
 from apache_beam.metrics import Metrics
 
-from transforms.cdm import CdmError, record_fields
-from transforms.faults import is_damaged_data
-from transforms.progress import PROGRESS
-from transforms.records import FAILED, Document, Shard
-from transforms.shards import (Resume, expand_pattern, input_format, list_root, pending,
+from transforms.formats.cdm import CdmError, record_fields
+from transforms.core.faults import is_damaged_data
+from transforms.io.progress import PROGRESS
+from transforms.core.records import FAILED, Document, Shard
+from transforms.io.shards import (Resume, expand_pattern, input_format, list_root, pending,
                                text_file_of)
 
 TXT, JSONL, PARQUET, CDM = "txt", "jsonl", "parquet", "cdm"

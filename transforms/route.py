@@ -12,9 +12,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 
-from transforms.language import LOOKALIKES, Detected, LanguageDetector, lang_from_name
-from transforms.records import SKIPPED, Document
-from transforms.spec import is_lang_code, normalize_lang
+from transforms.inference.language import LOOKALIKES, Detected, LanguageDetector, lang_from_name
+from transforms.core.records import SKIPPED, Document
+from transforms.core.spec import is_lang_code, normalize_lang
 
 RECORD, FILENAME, OPTION, DETECTED = "record", "filename", "option", "detected"
 NOT_A_LANGUAGE = "the record's language is not a language code (ISO 639)"

@@ -19,12 +19,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.faults import is_machine_fault
-from transforms.records import Document, Failure, Windows, Work
-from transforms.spec import TaskSpec
-from transforms.storage import localize
-from transforms.windows import REFERENCE_STRIDE, REFERENCE_WINDOW, plan_windows
-from transforms.words import sentence_starts, split_words
+from transforms.core.faults import is_machine_fault
+from transforms.core.records import Document, Failure, Windows, Work
+from transforms.core.spec import TaskSpec
+from transforms.io.storage import localize
+from transforms.core.windows import REFERENCE_STRIDE, REFERENCE_WINDOW, plan_windows
+from transforms.core.words import sentence_starts, split_words
 
 _EMPTY_I32 = np.zeros(0, np.int32)
 _EMPTY_I64 = np.zeros(0, np.int64)

@@ -8,8 +8,8 @@
 - ``<out>/_tsv/<task>/<run>-<part>.tsv``: the TSV rows of each part (``<task>.tsv`` is their
   concatenation);
 - with ``--write``, the opt-in outputs and their index (``cdm/``, ``note_nlp/``, ``_index/``: see
-  ``transforms.exports``), kept in step with the rest at every step below;
-- ``<out>/_shards/``: a completion marker per input shard (see ``transforms.shards``);
+  ``transforms.io.exports``), kept in step with the rest at every step below;
+- ``<out>/_shards/``: a completion marker per input shard (see ``transforms.io.shards``);
 - ``<out>/_runs/``: which runs committed (``<run>.committed``, ``.tsv``, ``.marked``).
 
 Each worker writes the rows of the documents it annotated into parts of bounded size under
@@ -58,14 +58,14 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import exports
-from transforms.exports import ExportWriter
-from transforms.progress import PROGRESS
-from transforms.qualify import FLAGS
-from transforms.records import SKIPPED, DocumentRows, Shard
-from transforms.lock import OutputLock
-from transforms.shards import Resume, write_marker
-from transforms.storage import (ParquetSink, atomic_output, is_local, modified_time, move,
+from transforms.io import exports
+from transforms.io.exports import ExportWriter
+from transforms.io.progress import PROGRESS
+from transforms.core.qualify import FLAGS
+from transforms.core.records import SKIPPED, DocumentRows, Shard
+from transforms.io.lock import OutputLock
+from transforms.io.shards import Resume, write_marker
+from transforms.io.storage import (ParquetSink, atomic_output, is_local, modified_time, move,
                                 open_output, read_table, write_table)
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")

@@ -12,7 +12,7 @@ def record(text, level=logging.INFO):
 
 def test_worker_lines_of_this_pipeline_are_shown_plainly():
     r = record('Worker: severity: INFO timestamp {   seconds: 1 } message: "progress: 5 documents'
-               ' read, 4 done" log_location: "/app/transforms/progress.py:48" thread: "T"')
+               ' read, 4 done" log_location: "/app/transforms/io/progress.py:48" thread: "T"')
     assert WorkerLines().filter(r)
     assert r.getMessage() == "worker: progress: 5 documents read, 4 done" and r.name == "pipeline"
 

@@ -201,8 +201,8 @@ def test_the_models_use_a_gpu_when_asked_for_or_found_by_a_local_run(monkeypatch
 def test_auto_precision_on_a_cpu_torch_path_is_decided_once_and_recorded(monkeypatch, tmp_path):
     from pipeline.options import cpu_precisions
     from pipeline.summary import job_config
-    from transforms import backends
-    from transforms.spec import TaskSpec
+    from transforms.inference import backends
+    from transforms.core.spec import TaskSpec
 
     monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path))
     monkeypatch.setattr(backends, "openvino_available", lambda: False)

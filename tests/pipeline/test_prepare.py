@@ -4,7 +4,7 @@ import logging
 
 from tests.conftest import TOKENIZER
 from tests.fixtures.models import build_hf, build_mtl
-from transforms import backends
+from transforms.inference import backends
 
 
 def test_prepare_converts_every_task_once_and_the_job_reads_the_cache(

@@ -3,7 +3,7 @@
 import os
 
 from pipeline.summary import model_version
-from transforms import storage
+from transforms.io import storage
 
 
 def test_any_byte_of_a_model_changes_its_fingerprint_and_a_rerun_reads_none(tmp_path,

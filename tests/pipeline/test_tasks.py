@@ -183,7 +183,7 @@ def test_hub_models_are_pinned_to_a_commit_that_the_fingerprint_records(
 
     from pipeline.summary import OPT_IN_OPTIONS, OUTPUT_OPTIONS, job_config
     from pipeline.tasks import pin_revisions
-    from transforms.shards import config_fingerprint
+    from transforms.io.shards import config_fingerprint
 
     def run_config(revision: str) -> tuple[dict, str]:
         body = ("tasks:\n  procedure:\n    kind: hf\n    model: BSC-NLP4BIA/tiny-stl\n"

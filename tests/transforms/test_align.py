@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from transforms.align import Aligner, AlignDoFn
-from transforms.records import Document, Failure, Predictions, Work
+from transforms.core.records import Document, Failure, Predictions, Work
 from transforms.segment import pack
-from transforms.spec import TaskSpec
+from transforms.core.spec import TaskSpec
 
 TEXT = "dolor abdominal y fiebre"
 WORDS = [(0, 5), (6, 15), (16, 17), (18, 24)]

@@ -4,7 +4,7 @@ import numpy as np
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.batch import GroupDocuments, token_batches, work_tokens
-from transforms.records import Document, Work
+from transforms.core.records import Document, Work
 from transforms.segment import pack
 
 

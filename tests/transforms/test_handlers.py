@@ -7,9 +7,9 @@ import torch
 
 from tests.conftest import BeamCounters
 from transforms.handlers import InferenceConfig, ModelFault, TaskInference
-from transforms.records import Document, Failure, Work
+from transforms.core.records import Document, Failure, Work
 from transforms.segment import pack
-from transforms.spec import TaskSpec
+from transforms.core.spec import TaskSpec
 
 SPEC = TaskSpec(name="t", kind="mtl", model="m.pt", languages=("es", "it"), tokenizer="tok",
                 heads={"es": ("t_es",), "it": ("t_it", "u_it")},

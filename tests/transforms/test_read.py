@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import E3C, SPACCC, read_text
 from transforms.read import (Fields, ReadTask, plan_reads, read_jsonl, read_parquet, read_task,
                              read_txt, split_task)
-from transforms.shards import list_files
+from transforms.io.shards import list_files
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_an_empty_compressed_file_is_a_failed_record_not_a_quiet_nothing(tmp_pat
 def test_a_file_or_folder_that_cannot_be_read_is_never_skipped_quietly(tmp_path, monkeypatch):
     from fsspec.implementations.local import LocalFileSystem
 
-    from transforms.shards import InputError
+    from transforms.io.shards import InputError
 
     (tmp_path / "ward" / "locked").mkdir(parents=True)
     (tmp_path / "ward" / "a.txt").write_text("Fiebre.")

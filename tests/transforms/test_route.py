@@ -1,8 +1,8 @@
 """Each document's language (record, file name, option, detection, in that order) and the
 tasks that support it."""
 
-from transforms.language import Detected
-from transforms.records import Document
+from transforms.inference.language import Detected
+from transforms.core.records import Document
 from transforms.route import assign_language, route
 
 TASKS = {"symptom": ("es", "it"), "procedure": ("es", "en", "cs")}
@@ -17,7 +17,7 @@ def detect(text):
 
 
 def test_sources_in_order_with_the_real_detector():
-    from transforms.language import LOOKALIKES, LanguageDetector
+    from transforms.inference.language import LOOKALIKES, LanguageDetector
 
     detector = LanguageDetector(LOOKALIKES)
     it_text = "Il paziente presenta febbre alta e tosse da tre giorni."

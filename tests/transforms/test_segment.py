@@ -3,10 +3,10 @@
 import numpy as np
 
 from tests.conftest import SPACCC, read_text
-from transforms.records import Document
+from transforms.core.records import Document
 from transforms.segment import SegmentDoFn, reference_windows, word_windows
-from transforms.spec import TaskSpec
-from transforms.words import split_words
+from transforms.core.spec import TaskSpec
+from transforms.core.words import split_words
 
 
 def assert_windows_predict_each_word_once(text, tokenizer, windows, max_tokens=512):

@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.records import DocumentRows, Row, Shard
-from transforms.shards import Resume, pending, write_marker
+from transforms.core.records import DocumentRows, Row, Shard
+from transforms.io.shards import Resume, pending, write_marker
 from transforms.write import (TSV_HEADER, DocRef, PartWriter, duplicates, finalize, run_states,
                               tsv_line)
 
@@ -33,7 +33,7 @@ def test_tsv_round_trips_through_pandas_read_csv():
 
 def exported(rows, with_exports=True):
     """``rows`` with export rows: a CDM stand-in per document, a NOTE_NLP row per span."""
-    from transforms.omop import NOTE_NLP_SCHEMA
+    from transforms.formats.omop import NOTE_NLP_SCHEMA
 
     if not with_exports:
         return rows
@@ -284,7 +284,8 @@ def crashing_at(monkeypatch, k: int):
 
     from fsspec.implementations.local import LocalFileSystem
 
-    from transforms import exports, shards, write
+    from transforms.io import exports, shards
+    from transforms import write
 
     ctx = monkeypatch.context()
     patched = ctx.__enter__()
@@ -363,7 +364,7 @@ def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch
 
 
 def test_a_write_cut_off_by_a_kill_is_never_read_as_data_and_the_next_run_removes_it(tmp_path):
-    from transforms.storage import atomic_output
+    from transforms.io.storage import atomic_output
     from transforms.write import part_file, recover
 
     out = tmp_path / "out"
@@ -420,7 +421,7 @@ def test_a_commit_waits_for_another_jobs_hold_on_the_output(tmp_path):
     import threading
     import time
 
-    from transforms.lock import OutputBusy, OutputLock
+    from transforms.io.lock import OutputBusy, OutputLock
 
     out = tmp_path / "out"
     parts, _, _ = write_run(out, "r1", [document("a", "in/a.txt", [1])], commit=False)

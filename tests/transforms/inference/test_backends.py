@@ -1,0 +1,126 @@
+"""The CPU backends: the dtype auto picks by timing, OpenVINO's encoder, its cache, its
+fall back to torch."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TOKENIZER
+from tests.fixtures.models import build_hf
+from transforms.inference import backends, models
+from transforms.inference.models import load_hf
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return build_hf(tmp_path_factory.mktemp("hf"), TOKENIZER, hidden=64)
+
+
+def windows(n: int = 4):
+    rng = np.random.default_rng(3)
+    ids = [np.concatenate([[0], rng.integers(5, 250000, int(k)), [2]])
+           for k in rng.integers(5, 40, n)]
+    return ids, [np.arange(1, len(w) - 1) for w in ids]
+
+
+@pytest.mark.parametrize("rates, picked", [
+    ({"fp32": 271.0, "bf16": 161.0, "fp16": 285.0}, "fp16"),   # AVX-512 BF16 without AMX
+    ({"fp32": 300.0, "bf16": 810.0, "fp16": 120.0}, "bf16"),   # AMX
+    ({"fp32": 90.0, "bf16": 20.0, "fp16": 10.0}, "fp32"),      # no bf16/fp16 units
+])
+def test_auto_picks_the_dtype_that_measured_fastest_and_keeps_it_for_the_machine(
+        monkeypatch, cache, rates, picked):
+    backends.fastest_cpu_dtype.cache_clear()
+    monkeypatch.setattr(backends, "matmul_rate", lambda dtype, *a, **k: rates[
+        {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]])
+    assert backends.fastest_cpu_dtype(768, 3072) == picked
+    backends.fastest_cpu_dtype.cache_clear()  # a new process, a later night: not timed again
+    monkeypatch.setattr(backends, "matmul_rate", lambda *a, **k: pytest.fail("timed again"))
+    assert backends.fastest_cpu_dtype(768, 3072) == picked
+    backends.fastest_cpu_dtype.cache_clear()
+
+
+def test_the_matmul_timing_measures_real_products():
+    assert backends.matmul_rate(torch.float32, [(64, 64, 256)], seconds=0.01) > 1e6
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_gives_the_torch_labels_and_converts_once_per_machine(
+        hf_dir, cache, precision, monkeypatch):
+    want, _ = load_hf(str(hf_dir), CPU).predict(*windows(), [None])
+    model = load_hf(str(hf_dir), CPU)
+    assert model.use("openvino", precision) == f"openvino {precision}"
+    got, probs = model.predict(*windows(), [None])
+    agree = (got == want).mean()
+    assert agree == 1.0 if precision == "fp32" else agree > 0.9, agree
+    assert probs.dtype == np.float32
+    converted = []
+    real = backends._convert
+    monkeypatch.setattr(backends, "_convert", lambda *a: converted.append(a) or real(*a))
+    again = load_hf(str(hf_dir), CPU)
+    assert again.use("openvino", precision) == f"openvino {precision}"
+    assert converted == []                      # the second load read the cached conversion
+    assert len(list((cache / "openvino").glob("*/encoder.xml"))) == 1
+
+
+def test_a_failed_conversion_keeps_torch_with_one_warning(hf_dir, cache, monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(backends, "_convert", broken)
+    model = load_hf(str(hf_dir), CPU)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        runs_as = model.use("openvino", "int8")
+    assert runs_as.startswith("torch ")        # int8 has no torch path: the fastest float
+    assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == [
+        "openvino: could not convert the encoder (RuntimeError: unsupported operation); "
+        "running it with torch"]
+    labels, _ = model.predict(*windows(), [None])
+    assert len(labels) == sum(len(p) for p in windows()[1])
+
+
+def test_torch_cannot_run_int8():
+    from transforms.inference.models import resolve_dtype
+
+    with pytest.raises(ValueError, match="needs --backend openvino"):
+        resolve_dtype("int8", CPU)
+
+
+def test_a_gpu_keeps_torch_whatever_the_backend(hf_dir, monkeypatch):
+    called = []
+    monkeypatch.setattr(models, "openvino_encoder", lambda *a: called.append(a))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    model = load_hf(str(hf_dir), CPU)
+    model.device = torch.device("cuda")   # as loaded on a GPU worker
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no GPU here
+    assert model.use("auto", "auto") == "torch bfloat16"
+    assert model.use("openvino", "fp32") == "torch float32"
+    assert called == []
+
+
+def test_openvino_numbers_positions_as_a_bert_type_model_does(tmp_path, cache):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    labels = {0: "O", 1: "B-X", 2: "I-X"}
+    config = BertConfig(vocab_size=250002, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, pad_token_id=1,
+                        id2label=labels, label2id={v: k for k, v in labels.items()})
+    BertForTokenClassification(config).eval().save_pretrained(tmp_path / "bert")
+    want, _ = load_hf(str(tmp_path / "bert"), CPU).predict(*windows(), [None])
+    model = load_hf(str(tmp_path / "bert"), CPU)
+    assert model.use("openvino", "fp32") == "openvino fp32"
+    got, _ = model.predict(*windows(), [None])
+    assert (got == want).all()

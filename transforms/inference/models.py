@@ -1,0 +1,314 @@
+"""Loading the two DT4H model kinds and running them on padded batches (torch, no Beam).
+
+- ``hf``: a Hugging Face token-classification directory (labels from its ``config.json``).
+- ``mtl``: a PyTorch or safetensors state dict with a shared ``encoder.*`` (XLM-R) and one
+  linear head per task, keyed ``classifiers.<task>.{weight,bias}`` or, in older files,
+  ``<entity>_<lang>_classifier.{weight,bias}`` (task ``<entity>_<lang>_ner``), with an optional
+  ``model.`` prefix on every key. A pickle is never allowed to run code (``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from transforms.inference.backends import (PRECISION_DTYPES, fastest_cpu_dtype, openvino_available,
+                                 openvino_encoder)
+from transforms.core.windows import padded_length
+from transforms.io.storage import localize
+
+_LEGACY_HEAD = re.compile(r"^(.+)_classifier\.(weight|bias)$")
+_MODERN_HEAD = re.compile(r"^classifiers\.([^.]+)\.(weight|bias)$")
+
+
+class ModelLoadError(ValueError):
+    """A model file that cannot be used, with a message saying what to fix."""
+
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def hub_repo_file(location: str) -> tuple[str, str]:
+    """``org/name`` and the file path inside it ('' when none) of a hub location:
+    ``org/name`` or ``hf://org/name[/file]``."""
+    parts = location.removeprefix("hf://").split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def resolve_checkpoint(location: str, revision: str | None = None) -> str:
+    """A local path for a checkpoint given as a path, a hub repo id, or ``hf://repo/file``.
+
+    A hub repo id without a file name must hold exactly one checkpoint file.
+    """
+    location = localize(location)
+    hub = location.startswith("hf://") or (
+        not Path(location).exists() and not location.endswith(_CHECKPOINT_SUFFIXES)
+        and location.count("/") == 1 and "://" not in location)
+    if not hub:
+        return location
+    from huggingface_hub import HfApi, hf_hub_download
+
+    repo_id, filename = hub_repo_file(location)
+    try:
+        if not filename:
+            found = [f for f in HfApi().list_repo_files(repo_id, revision=revision)
+                     if f.endswith(_CHECKPOINT_SUFFIXES)]
+            if len(found) != 1:
+                raise ModelLoadError(f"hub repo {repo_id!r} has checkpoints {found}: name one "
+                                     f"as hf://{repo_id}/<file>")
+            filename = found[0]
+        return hf_hub_download(repo_id, filename, revision=revision)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot fetch checkpoint {location!r} from the hub ({type(e).__name__}): download "
+            "it where the hub is reachable and point `model:` at the local file") from e
+
+
+def load_state_dict(location: str, revision: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``torch.save`` state dict without running pickled code."""
+    path = resolve_checkpoint(location, revision)
+    if not Path(path).is_file():
+        raise ModelLoadError(f"checkpoint {path!r} does not exist")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # the message names the file and the cause; never document text
+        hint = (
+            " It holds pickled Python objects, which are refused because loading them can run"
+            " code: save `model.state_dict()` (or safetensors) instead."
+            if "weights_only" in str(e) or "Unsupported global" in str(e)
+            else " The file is corrupted or not a PyTorch/safetensors checkpoint."
+        )
+        raise ModelLoadError(f"cannot read checkpoint {path!r}: {type(e).__name__}.{hint}") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelLoadError(f"checkpoint {path!r} is not a state dict of tensors")
+    if sd and all(k.startswith("model.") for k in sd):
+        sd = {k[len("model."):]: v for k, v in sd.items()}
+    return sd
+
+
+def mtl_heads(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The classification heads of an MTL state dict: task name -> (weight, bias)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in sd.items():
+        if key.startswith("encoder."):
+            continue
+        m = _MODERN_HEAD.match(key)
+        if m:
+            parts.setdefault(m.group(1), {})[m.group(2)] = tensor
+            continue
+        m = _LEGACY_HEAD.match(key)
+        if m:
+            parts.setdefault(f"{m.group(1)}_ner", {})[m.group(2)] = tensor
+    heads = {}
+    for task, wb in parts.items():
+        if set(wb) != {"weight", "bias"} or wb["weight"].ndim != 2:
+            raise ModelLoadError(f"head {task!r} needs a 2-D weight and a bias, found {sorted(wb)}")
+        heads[task] = (wb["weight"], wb["bias"])
+    return heads
+
+
+class AcceleratorMissing(RuntimeError):
+    """A GPU was asked for and CUDA is not usable here."""
+
+
+def pick_device(want: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else the CPU; ``cpu``; ``cuda``: a clear error where CUDA is
+    not usable, instead of a silent fall back to the CPU (a driver/CUDA mismatch on a GPU
+    worker would otherwise run there)."""
+    if want == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if want == "cuda":
+        raise AcceleratorMissing(
+            f"a GPU was asked for (--inference_accelerator / worker_accelerator / --device cuda) "
+            f"but torch {torch.__version__} (CUDA build {torch.version.cuda}) finds no usable "
+            f"CUDA device; NVIDIA driver: {nvidia_driver() or 'none loaded'}. A CUDA 13 build "
+            "needs driver 580 or newer, a CUDA 12 build 525 or newer (see launch/README.md, "
+            "The GPU driver and the torch build)")
+    return torch.device("cpu")
+
+
+def nvidia_driver() -> str | None:
+    """The loaded NVIDIA kernel driver's version, or None."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8") as f:
+            found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9.]+)", f.read())
+    except OSError:
+        return None
+    return found.group(1) if found else None
+
+
+def resolve_dtype(precision: str, device: torch.device, shapes: tuple[int, int] = (768, 3072)
+                  ) -> torch.dtype:
+    """The compute dtype for ``--precision`` on ``device`` (``auto``: bf16 on CUDA where it is
+    supported, else fp16; on a CPU the fastest of fp32/bf16/fp16 on matrix products of
+    ``shapes`` (hidden, intermediate), timed once per process)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return PRECISION_DTYPES[fastest_cpu_dtype(*shapes)]
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision {precision} needs --backend openvino; the torch backend "
+                         f"takes auto or one of {sorted(PRECISION_DTYPES)}")
+    return PRECISION_DTYPES[precision]
+
+
+def pad(windows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """Stack windows into (ids, attention mask), padded to ``pad_to`` or else to the longest
+    rounded up to a multiple of ``PAD_MULTIPLE``."""
+    length = pad_to or padded_length(max(len(w) for w in windows))
+    ids = np.full((len(windows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(windows), length), dtype=np.int64)
+    for r, w in enumerate(windows):
+        ids[r, : len(w)] = w
+        mask[r, : len(w)] = 1
+    return ids, mask
+
+
+class TokenClassifier:
+    """A loaded model of either kind: windows in, label ids and probabilities per head out.
+
+    Only methods are called on it and only numpy arrays go in and out, so that one copy can
+    be shared by a worker's processes (Beam's ``large_model`` hands out a proxy).
+    """
+
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        heads: dict[str | None, torch.nn.Module],
+        device: torch.device,
+    ) -> None:
+        # Kept on the host in fp32 until ``use`` picks the backend and dtype: the weights are
+        # cast once there (cheaper than autocast, which converts them on every batch) and reach
+        # an accelerator already in their compute dtype. Heads and probabilities stay fp32.
+        self.encoder = encoder.float().eval()
+        self.heads = {k: h.to(device).eval() for k, h in heads.items()}
+        self.device = device
+        self.dtype = torch.float32
+        self.runs_as = "not placed: call use()"
+        config = getattr(encoder, "config", None)
+        pad = getattr(config, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else 0
+
+    def use(self, backend: str, precision: str, threads: int | None = None) -> str:
+        """Run the encoder with ``backend`` (auto, torch, openvino) in ``precision``; returns
+        what it runs as, e.g. ``openvino int8``. On CUDA the encoder stays with torch; on a CPU
+        ``auto`` is OpenVINO with 8-bit weights where OpenVINO is installed, else torch in the
+        fastest dtype measured here; an OpenVINO conversion that fails keeps torch."""
+        config = getattr(self.encoder, "config", None)
+        shapes = (getattr(config, "hidden_size", 768), getattr(config, "intermediate_size", 3072))
+        if self.device.type == "cpu" and backend in ("auto", "openvino"):
+            if backend == "openvino" or openvino_available():
+                chosen = "int8" if precision == "auto" else precision
+                encoder = openvino_encoder(self.encoder, chosen, threads)
+                if encoder is not None:
+                    self.encoder, self.dtype = encoder, torch.float32
+                    self.runs_as = f"openvino {chosen}"
+                    return self.runs_as
+                if precision == "int8":
+                    precision = "auto"
+        self.dtype = resolve_dtype(precision, self.device, shapes)
+        self.encoder = self.encoder.to(dtype=self.dtype).to(self.device)
+        self.runs_as = f"torch {str(self.dtype).removeprefix('torch.')}"
+        return self.runs_as
+
+    def release_memory(self) -> None:
+        """Give cached accelerator memory back (before retrying a batch that ran out of it)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def compile(self) -> None:
+        """``torch.compile`` the encoder (shapes vary per batch: compiled for dynamic shapes)."""
+        self.encoder = torch.compile(self.encoder, dynamic=True)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        windows: Sequence[np.ndarray],
+        positions: Sequence[np.ndarray],
+        heads: Sequence[str | None],
+        pad_to: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``windows`` (sub-word ids with special tokens) as one padded batch through the
+        encoder, once, and each of ``heads`` at every window's ``positions``.
+
+        Returns label ids (int16) and probabilities (float32), each ``[positions, heads]``
+        with the positions of all windows in order.
+        """
+        ids, mask = pad(windows, self.pad_id, pad_to)
+        rows = np.repeat(np.arange(len(positions)), [len(p) for p in positions])
+        gather = np.stack([rows, np.concatenate(positions)]).astype(np.int64)
+        inputs, gather_t = self._send(np.stack([ids, mask])), self._send(gather)
+        hidden = self.encoder(input_ids=inputs[0], attention_mask=inputs[1])[0]
+        picked = hidden[gather_t[0], gather_t[1]].float()
+        best = [torch.softmax(self.heads[head](picked), dim=-1).max(dim=-1) for head in heads]
+        # One copy back (probabilities, then label ids, exact in fp32), so one wait per batch.
+        out = torch.cat([torch.stack([b.values for b in best], 1),
+                         torch.stack([b.indices for b in best], 1).float()], 1).cpu().numpy()
+        return out[:, len(heads):].astype(np.int16), np.ascontiguousarray(out[:, :len(heads)])
+
+    def _send(self, array: np.ndarray) -> torch.Tensor:
+        """``array`` on the model's device; to a GPU from pinned memory, without waiting."""
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def load_hf(model_dir: str, device: torch.device, revision: str | None = None
+            ) -> TokenClassifier:
+    """A Hugging Face token classifier: its base model as encoder, its classifier as the head."""
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        localize(model_dir), dtype=torch.float32, revision=revision)
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Module):
+        raise ModelLoadError(f"{model_dir!r} has no token-classification head (`classifier`)")
+    return TokenClassifier(model.base_model, {None: head}, device)
+
+
+def load_mtl(
+    checkpoint: str, encoder_name: str, head_names: Sequence[str], device: torch.device,
+    revision: str | None = None,
+) -> TokenClassifier:
+    """A DT4H multi-task checkpoint: the encoder built from ``encoder_name``'s config."""
+    from transformers import AutoConfig, AutoModel
+
+    sd = load_state_dict(checkpoint, revision)
+    found = mtl_heads(sd)
+    missing = [h for h in head_names if h not in found]
+    if missing:
+        raise ModelLoadError(f"{checkpoint!r} lacks heads {missing}; it has {sorted(found)}")
+    config = AutoConfig.from_pretrained(localize(encoder_name))
+    encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    enc_sd = {k: v for k, v in enc_sd.items() if not k.startswith("pooler.")}
+    result = encoder.load_state_dict(enc_sd, strict=False)
+    missing_enc = [k for k in result.missing_keys if "position_ids" not in k]
+    if missing_enc or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{checkpoint!r} does not match the encoder config of {encoder_name!r}: "
+            f"{len(missing_enc)} missing and {len(result.unexpected_keys)} unexpected encoder "
+            f"weights (e.g. {(missing_enc + list(result.unexpected_keys))[:3]})"
+        )
+    heads: dict[str | None, torch.nn.Module] = {}
+    for name in head_names:
+        weight, bias = found[name]
+        lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        lin.load_state_dict({"weight": weight, "bias": bias})
+        heads[name] = lin
+    return TokenClassifier(encoder, heads, device)
