@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch_tokens", type=int, default=None,
                     help=f"default: {CPU_BATCH.tokens}, {GPU_BATCH.tokens} on a GPU")
     ap.add_argument("--no_f1", action="store_true", help="skip the probe's F1")
+    ap.add_argument("--size", default="base", choices=SIZES,
+                    help="model body (tiny: the same code in seconds, for its smoke test)")
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs = (args.runs or ",".join(GPU_RUNS if device == "cuda" else RUNS)).split(",")
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs:
             backend, precision = run.split(":")
             out, rss = isolated(pipeline_path, texts, precision, batch_tokens, 512, False,
-                                False, backend)
+                                False, backend, args.size)
             spans = out.pop("spans")
             reference_spans = reference_spans or spans
             out["mfu"] = round(out["model_gflops_per_s"] / best, 3)

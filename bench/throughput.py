@@ -25,18 +25,18 @@ import time
 
 import torch
 
-from bench.backends import (LABELS, TOKENIZER, agreement, base_model, documents, isolated,
-                            matmul_ceiling, pipeline_path)
+from bench.backends import (LABELS, SIZES, TOKENIZER, agreement, base_model, documents,
+                            isolated, matmul_ceiling, pipeline_path)
 
 
-def run_reference(texts: list[str]) -> dict:
+def run_reference(texts: list[str], size: str = "base") -> dict:
     """The reference loop on the same model and texts, timed after the model is loaded."""
     from transformers import AutoTokenizer
 
     from bench.reference import hf_logits_fn, reference_entities
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-    model = base_model()
+    model = base_model(size=size)
     t0 = time.perf_counter()
     n_windows = real = 0
     for text in texts:
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--batch_tokens", type=int, default=8192)
     ap.add_argument("--max_tokens", type=int, default=512)
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder first.")
+    ap.add_argument("--size", default="base", choices=SIZES,
+                    help="model body (tiny: the same code in seconds, for its smoke test)")
     args = ap.parse_args()
     texts = documents(args.docs)
     report: dict = {"docs": len(texts), "chars": sum(map(len, texts)),
@@ -69,21 +71,21 @@ def main() -> None:
     report["bf16_matmul_gflops_per_s"] = round(ceiling)
     report["fp32_matmul_gflops_per_s"] = round(isolated(matmul_ceiling, 8192, torch.float32,
                                                         device)[0])
-    ref, ref_rss = isolated(run_reference, texts)
+    ref, ref_rss = isolated(run_reference, texts, args.size)
     report["reference"] = {**ref, "peak_rss_mib": ref_rss}
     pipe, pipe_rss = isolated(pipeline_path, texts, args.precision, args.batch_tokens,
-                              args.max_tokens, False, args.compile)
+                              args.max_tokens, False, args.compile, "torch", args.size)
     spans = pipe.pop("spans")
     report["pipeline"] = {**pipe, "peak_rss_mib": pipe_rss}
     big, big_rss = isolated(pipeline_path, texts * 4, args.precision, args.batch_tokens,
-                            args.max_tokens, False, args.compile)
+                            args.max_tokens, False, args.compile, "torch", args.size)
     big.pop("spans")
     report["pipeline_4x_docs"] = {**big, "peak_rss_mib": big_rss}
     report["speedup_docs_per_s"] = round(pipe["docs_per_s"] / ref["docs_per_s"], 2)
     report["mfu_vs_matmul"] = round(pipe["model_gflops_per_s"] / ceiling, 3)
     for name, is_stable in (("stable_model", True), ("random_model", False)):
         runs = {p: isolated(pipeline_path, texts[:10], p, args.batch_tokens, args.max_tokens,
-                            is_stable)[0] for p in ("fp32", "bf16")}
+                            is_stable, False, "torch", args.size)[0] for p in ("fp32", "bf16")}
         report[f"bf16_vs_fp32_{name}"] = {
             "span_agreement": round(agreement(runs["fp32"]["spans"], runs["bf16"]["spans"]), 4),
             "mentions_fp32": sum(len(v) for v in runs["fp32"]["spans"].values())}
