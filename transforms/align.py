@@ -17,8 +17,8 @@ from apache_beam.metrics import Metrics
 from transforms.formats.cdm import RunInfo, response
 from transforms.formats.omop import NoteIdError, note_nlp_rows
 from transforms.core.qualify import flag_columns, scopes_by_flag
-from transforms.core.records import (ANNOTATED, CDM, FAILED, NOTE_NLP, Document, DocumentRows, Failure,
-                                Row, Work)
+from transforms.core.records import (ANNOTATED, CDM, FAILED, NOTE_NLP, Document, DocumentRows,
+                                     Failure, Row, Work)
 from transforms.core.spans import LabelScheme, Span, decode_bio, reference_decode
 from transforms.core.spec import TaskSpec
 

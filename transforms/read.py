@@ -38,7 +38,7 @@ from transforms.core.faults import is_damaged_data
 from transforms.io.progress import PROGRESS
 from transforms.core.records import FAILED, Document, Shard
 from transforms.io.shards import (Resume, expand_pattern, input_format, list_root, pending,
-                               text_file_of)
+                                  text_file_of)
 
 TXT, JSONL, PARQUET, CDM = "txt", "jsonl", "parquet", "cdm"
 SPLIT_BYTES = 64 << 20

@@ -66,7 +66,7 @@ from transforms.core.records import SKIPPED, DocumentRows, Shard
 from transforms.io.lock import OutputLock
 from transforms.io.shards import Resume, write_marker
 from transforms.io.storage import (ParquetSink, atomic_output, is_local, modified_time, move,
-                                open_output, read_table, write_table)
+                                   open_output, read_table, write_table)
 
 TSV_COLUMNS = ("filename", "label", "start_span", "end_span", "text")
 TSV_HEADER = "\t".join(TSV_COLUMNS)

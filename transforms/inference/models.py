@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from transforms.inference.backends import (PRECISION_DTYPES, fastest_cpu_dtype, openvino_available,
-                                 openvino_encoder)
+                                           openvino_encoder)
 from transforms.core.windows import padded_length
 from transforms.io.storage import localize
 

@@ -1,7 +1,8 @@
 """The outputs a run opts into (``--write``), written part by part beside the default outputs
 and committed with them (see ``transforms.write``):
 
-- ``<out>/cdm/cdm-<part>.jsonl``: one DT4H CDM ``NlpResponse`` per document (``transforms.formats.cdm``);
+- ``<out>/cdm/cdm-<part>.jsonl``: one DT4H CDM ``NlpResponse`` per document
+  (``transforms.formats.cdm``);
 - ``<out>/note_nlp/parquet/note_nlp-<part>.parquet``: OMOP ``NOTE_NLP`` rows, one per mention
   (``transforms.formats.omop``), and the same rows in ``<out>/note_nlp/csv/note_nlp-<part>.csv``
   (with a header) for database loaders;
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from transforms.formats.omop import NOTE_NLP_SCHEMA
 from transforms.core.records import CDM, NOTE_NLP
 from transforms.io.storage import (ParquetSink, atomic_output, move, open_output, read_table,
-                                write_table)
+                                   write_table)
 
 INDEX = "index"
 # what each export's part is made of: (folder under the output, file suffix) per file

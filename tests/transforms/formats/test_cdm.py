@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from tests.conftest import SPACCC, read_text
-from transforms.formats.cdm import (CdmError, RunInfo, concept_class, problems,
-                            record_fields, response)
+from transforms.formats.cdm import (CdmError, RunInfo, concept_class, problems, record_fields,
+                                    response)
 from transforms.read import Fields, ReadTask, read_task
 
 TEXT = read_text(sorted((SPACCC / "txt").glob("*.txt"))[0])

@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import SPACCC, read_text
 from transforms.formats.cdm import RunInfo
-from transforms.formats.omop import (NOTE_NLP_SCHEMA, NoteIdError, note_id, note_nlp_id, note_nlp_rows,
-                             snippet)
+from transforms.formats.omop import (NOTE_NLP_SCHEMA, NoteIdError, note_id, note_nlp_id,
+                                     note_nlp_rows, snippet)
 
 TEXT = read_text(sorted((SPACCC / "txt").glob("*.txt"))[1])
 # OMOP CDM v5.4 DDL, NOTE_NLP: column -> type (integers as its BigQuery DDL's INT64)

@@ -4,8 +4,8 @@ import torch
 
 from tests.conftest import TOKENIZER
 from tests.fixtures.models import build_hf, build_mtl
-from transforms.inference.models import (ModelLoadError, load_hf, load_mtl, load_state_dict, mtl_heads,
-                               pad, resolve_dtype)
+from transforms.inference.models import (ModelLoadError, load_hf, load_mtl, load_state_dict,
+                                         mtl_heads, pad, resolve_dtype)
 
 CPU = torch.device("cpu")
 HEADS = ["symptom_es_ner", "symptom_it_ner", "symptom_ro_ner"]

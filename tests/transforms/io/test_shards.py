@@ -7,7 +7,7 @@ import pytest
 
 from transforms.core.records import Shard
 from transforms.io.shards import (InputError, Resume, bucket_markers, file_version, list_files,
-                               pending, read_marker, write_marker)
+                                  pending, read_marker, write_marker)
 
 CONFIG = {"tasks": {"symptom": {"model": {"fingerprint": "abc"}}}, "options": {"max_tokens": 512}}
 
