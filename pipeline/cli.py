@@ -120,6 +120,11 @@ def add_job_options(parser) -> None:
                             "--batch_tokens).")
     _flag(infer, "--compile", "torch.compile the encoder (a one-off compilation per "
                               "worker; worth it for long runs).")
+    infer.add_argument("--model_cache", default=None,
+                       help="Shared location of model conversions (gs://, s3:// or a folder "
+                            "every machine mounts): each is made once, by one machine under "
+                            "a lock, and copied by the others (checked; a damaged one is made "
+                            "again). Default: each machine converts on its first run.")
     infer.add_argument("--torch_threads", type=int, default=None,
                        help="Threads of each process that runs a model (default: the "
                             "cores divided among the local worker processes).")

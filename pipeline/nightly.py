@@ -136,6 +136,8 @@ def launch_body(settings: Settings, day: date, force: bool) -> dict:
         parameters.setdefault("batch_tokens", str(settings.batch_tokens))
         parameters.setdefault("device", "cuda")
         experiments.append(f"worker_accelerator=type:{settings.gpu};count:1;{DRIVER}")
+    else:  # CPU workers convert the models: once for all of them, in the bucket
+        parameters.setdefault("model_cache", f"{settings.bucket.rstrip('/')}/model-cache")
     if force:
         parameters["force"] = "true"
     environment = {

@@ -82,7 +82,7 @@ def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> Infer
         max_batch_windows=opts.max_batch_windows,
         pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
         device="cuda" if require_cuda else opts.device,
-        threads=opts.torch_threads)
+        threads=opts.torch_threads, model_cache=opts.model_cache)
 
 
 def cpu_precisions(opts: AnnotateOptions, specs: Mapping[str, TaskSpec], gpu: bool

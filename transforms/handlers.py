@@ -71,6 +71,7 @@ class InferenceConfig:
     compile: bool = False
     device: str = "auto"  # auto (CUDA when present), cpu, or cuda (an error without it)
     threads: int | None = None  # torch threads of the process that runs the model
+    model_cache: str | None = None  # where conversions are shared among machines
 
 
 class Slot(NamedTuple):
@@ -203,7 +204,8 @@ class TokenClassifierHandler(ModelHandler[TaskBatch, Group, Any]):
         else:
             model = load_mtl(spec.model, spec.encoder, [h for h in spec.all_heads if h],
                              device, spec.revision)
-        runs_as = model.use(config.backend, config.precision, config.threads)
+        runs_as = model.use(config.backend, config.precision, config.threads,
+                            config.model_cache)
         if config.compile and runs_as.startswith("torch"):
             model.compile()
         LOG.info("task %s: model loaded (%s, %s, %d threads)", spec.name, device, runs_as,

@@ -77,6 +77,10 @@ def test_the_launch_request_sets_the_gpu_the_disk_and_only_template_parameters(t
         "use_runner_v2", "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:5xx"]
     assert params["device"] == "cuda"  # no GPU fails at model load, never runs on the CPUs
     assert env["additionalPipelineOptions"] == ["number_of_worker_harness_threads=2"]
+    assert "model_cache" not in params  # GPUs run torch: nothing to convert
+    cpu = launch_body(Settings(**{**settings("gs://b").__dict__, "gpu": ""}),
+                      date(2026, 11, 21), force=False)["launchParameter"]["parameters"]
+    assert cpu["model_cache"] == "gs://b/model-cache" and "device" not in cpu
     # Every parameter is one the template declares, in a form its regex accepts.
     declared = {p["name"]: p["regexes"][0] for p in json.loads(
         (REPO / "launch" / "flex_template_metadata.json").read_text())["parameters"]}

@@ -18,7 +18,6 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from transforms.io.shared_cache import ensure
 from transforms.io.storage import cache_root, write_atomically
 
 LOG = logging.getLogger("pipeline")
@@ -143,8 +143,8 @@ class _Encoder(torch.nn.Module):
                             position_ids=positions)[0]
 
 
-def _convert(encoder: torch.nn.Module, precision: str, path: Path) -> None:
-    """Convert (and for int8 compress) the encoder; write it to ``path`` atomically."""
+def _convert(encoder: torch.nn.Module, precision: str, folder: Path) -> None:
+    """Convert (and for int8 compress) the encoder into ``folder`` (``encoder.xml``/``.bin``)."""
     import openvino as ov
 
     hidden = encoder.get_input_embeddings().embedding_dim
@@ -156,13 +156,7 @@ def _convert(encoder: torch.nn.Module, precision: str, path: Path) -> None:
                ("attention_mask", [-1, -1], ov.Type.i64)])
     if precision == "int8":
         model = _quantize(model, encoder.get_input_embeddings())
-    partial = path.parent / f"partial-{os.getpid()}"
-    partial.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, partial / "encoder.xml", compress_to_fp16=False)
-    try:
-        partial.rename(path)
-    except OSError:  # another process of the worker finished first
-        shutil.rmtree(partial, ignore_errors=True)
+    ov.save_model(model, folder / "encoder.xml", compress_to_fp16=False)
 
 
 def _quantize(model, embeddings: torch.nn.Embedding):
@@ -200,22 +194,27 @@ def quiet():
         yield
 
 
-def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | None
-                     ) -> Callable | None:
+def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | None,
+                     shared: str | None = None) -> Callable | None:
     """``encoder`` run by OpenVINO on the CPU in ``precision`` (fp32, bf16, fp16, int8), or
-    None (with one warning) where OpenVINO is missing or the conversion fails."""
+    None (with one warning) where OpenVINO is missing or the conversion fails. The conversion
+    is cached on this machine and, with ``shared`` (``--model_cache``), made once for every
+    machine (``transforms.io.shared_cache``)."""
     try:
         import openvino as ov
         from filelock import FileLock
 
-        path = cache_root() / "openvino" / weights_key(encoder, precision)
+        key = weights_key(encoder, precision)
+        path = cache_root() / "openvino" / key
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        with FileLock(str(path) + ".lock"):
-            converted = not path.exists()
-            if converted:
-                with quiet():
-                    _convert(encoder, precision, path)
+
+        def convert(folder: Path) -> None:
+            with quiet():
+                _convert(encoder, precision, folder)
+
+        with FileLock(str(path) + ".lock"):  # this machine's processes
+            how = ensure(path, convert, shared and f"{shared.rstrip('/')}/openvino/{key}")
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision],
                   "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(path / "compiled")}
@@ -226,8 +225,8 @@ def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | No
         LOG.warning("openvino: could not convert the encoder (%s: %s); running it with torch",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return None
-    LOG.info("openvino: encoder %s in %s (%s, %.1f s)", "converted" if converted else "cached",
-             precision, path.name, time.perf_counter() - started)
+    LOG.info("openvino: encoder %s in %s (%s, %.1f s)", how, precision, path.name,
+             time.perf_counter() - started)
     return OpenVINOEncoder(compiled, encoder.get_input_embeddings().float())
 
 

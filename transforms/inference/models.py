@@ -203,7 +203,8 @@ class TokenClassifier:
         pad = getattr(config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
 
-    def use(self, backend: str, precision: str, threads: int | None = None) -> str:
+    def use(self, backend: str, precision: str, threads: int | None = None,
+            shared_cache: str | None = None) -> str:
         """Run the encoder with ``backend`` (auto, torch, openvino) in ``precision``; returns
         what it runs as, e.g. ``openvino int8``. On CUDA the encoder stays with torch; on a CPU
         ``auto`` is OpenVINO with 8-bit weights where OpenVINO is installed, else torch in the
@@ -213,7 +214,7 @@ class TokenClassifier:
         if self.device.type == "cpu" and backend in ("auto", "openvino"):
             if backend == "openvino" or openvino_available():
                 chosen = "int8" if precision == "auto" else precision
-                encoder = openvino_encoder(self.encoder, chosen, threads)
+                encoder = openvino_encoder(self.encoder, chosen, threads, shared_cache)
                 if encoder is not None:
                     self.encoder, self.dtype = encoder, torch.float32
                     self.runs_as = f"openvino {chosen}"

@@ -124,3 +124,19 @@ def test_openvino_numbers_positions_as_a_bert_type_model_does(tmp_path, cache):
     assert model.use("openvino", "fp32") == "openvino fp32"
     got, _ = model.predict(*windows(), [None])
     assert (got == want).all()
+
+
+def test_a_shared_model_cache_converts_once_for_every_machine(hf_dir, tmp_path, monkeypatch):
+    want, _ = load_hf(str(hf_dir), CPU).predict(*windows(), [None])
+    converted = []
+    real = backends._convert
+    monkeypatch.setattr(backends, "_convert", lambda *a: converted.append(a) or real(*a))
+    shared = str(tmp_path / "shared")  # a bucket or a mounted folder
+    for machine in ("a", "b", "c"):  # each a fresh machine: its own empty local cache
+        monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / machine))
+        model = load_hf(str(hf_dir), CPU)
+        assert model.use("openvino", "fp32", shared_cache=shared) == "openvino fp32"
+        got, _ = model.predict(*windows(), [None])
+        assert (got == want).all()
+    assert len(converted) == 1  # machine a converted; b and c copied its conversion
+    assert len(list((tmp_path / "shared" / "openvino").glob("*/MANIFEST.json"))) == 1

@@ -1,0 +1,101 @@
+"""A conversion made once for every machine: published whole, copied and checked, a damaged
+or partial entry never loaded; two machines racing build it once."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from transforms.io.shared_cache import MANIFEST, ensure, is_whole
+
+
+def builder(log: list):
+    def build(folder: Path) -> None:
+        log.append(folder)
+        (folder / "encoder.xml").write_text("<net/>")
+        (folder / "encoder.bin").write_bytes(os.urandom(4096))
+    return build
+
+
+def test_one_machine_converts_the_others_copy_and_a_damaged_entry_is_made_again(tmp_path):
+    shared, built = str(tmp_path / "shared" / "key"), []
+    assert ensure(tmp_path / "a" / "key", builder(built), shared) == "converted"
+    assert json.loads((tmp_path / "shared" / "key" / MANIFEST).read_text())
+    assert ensure(tmp_path / "b" / "key", builder(built), shared) == "downloaded"
+    assert len(built) == 1
+    same = [(tmp_path / m / "key" / "encoder.bin").read_bytes() for m in "ab"]
+    assert same[0] == same[1]
+    assert ensure(tmp_path / "b" / "key", builder(built), shared) == "cached"
+    # a flipped byte in the shared copy: detected, never loaded, made again and replaced
+    blob = tmp_path / "shared" / "key" / "encoder.bin"
+    data = bytearray(blob.read_bytes())
+    data[7] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert ensure(tmp_path / "c" / "key", builder(built), shared) == "converted"
+    assert len(built) == 2 and is_whole(tmp_path / "c" / "key", hashes=True)
+    assert ensure(tmp_path / "d" / "key", builder(built), shared) == "downloaded"
+    assert not (tmp_path / "shared" / "key" / "_lock").exists()
+
+
+def test_a_partial_entry_is_never_loaded(tmp_path):
+    built = []
+    shared = tmp_path / "shared" / "key"
+    shared.mkdir(parents=True)
+    (shared / "encoder.xml").write_text("<net/>")  # a publisher that died before its manifest
+    assert ensure(tmp_path / "a" / "key", builder(built), str(shared)) == "converted"
+    assert (shared / MANIFEST).exists() and len(built) == 1
+    local = tmp_path / "a" / "key"  # a local entry cut short: made again, not loaded
+    with open(local / "encoder.bin", "r+b") as f:
+        f.truncate(10)
+    assert not is_whole(local)
+    assert ensure(local, builder(built), str(shared)) == "downloaded"
+    assert is_whole(local, hashes=True)
+
+
+RACER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from transforms.io.shared_cache import ensure
+
+    def build(folder):
+        time.sleep(2)  # a conversion takes a while: the other machine must wait for it
+        (folder / "encoder.bin").write_bytes(str(os.getpid()).encode())
+
+    print(ensure(Path(sys.argv[1]), build, sys.argv[2]))
+""")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("store", ["s3", "local"])
+def test_two_machines_racing_convert_once(store, tmp_path, request):
+    if store == "s3":  # moto enforces S3's create-only write, as S3 does
+        import s3fs
+
+        request.getfixturevalue("s3_server")
+        s3fs.S3FileSystem().mkdir("cachebkt")
+        shared = f"s3://cachebkt/{tmp_path.name}/openvino/key"
+    else:
+        shared = str(tmp_path / "shared" / "openvino" / "key")
+    machines = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / m / "key"), shared],
+                                 cwd=REPO, stdout=subprocess.PIPE, text=True, env=os.environ)
+                for m in "ab"]
+    hows = sorted(p.communicate(timeout=120)[0].strip() for p in machines)
+    assert hows == ["converted", "downloaded"]
+    blobs = {(tmp_path / m / "key" / "encoder.bin").read_bytes() for m in "ab"}
+    assert len(blobs) == 1  # the same conversion on both machines
+
+
+@pytest.mark.e2e
+def test_the_cache_on_cloud_storage(gcs_emulator, tmp_path):
+    import gcsfs
+
+    gcsfs.GCSFileSystem().mkdir("cache-bkt")
+    shared, built = "gs://cache-bkt/openvino/key", []
+    assert ensure(tmp_path / "a" / "key", builder(built), shared) == "converted"
+    assert ensure(tmp_path / "b" / "key", builder(built), shared) == "downloaded"
+    assert len(built) == 1 and is_whole(tmp_path / "b" / "key", hashes=True)

@@ -1,0 +1,160 @@
+"""A cache entry made once for every machine of a job: a model conversion, found by its content
+key in a shared location (``gs://``, ``s3://`` or a folder every machine mounts).
+
+An entry is a folder of files and a ``MANIFEST.json`` (each file's size and SHA-256) written
+last: an entry without a manifest is partial, one whose files disagree with it is damaged;
+neither is ever loaded. ``ensure`` gives a machine the entry in its local cache: kept there if
+whole, else copied from the shared location and checked, else built here, by one machine
+only, under a create-only lock in the shared location (``transforms.io.lock``), and published
+for the others, who wait for it. A damaged shared entry is built again and replaces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import shutil
+import socket
+from pathlib import Path
+from typing import Callable
+
+import fsspec
+
+from transforms.io.lock import OutputLock
+
+MANIFEST = "MANIFEST.json"
+WAIT_S = 1800.0  # how long a machine waits for another one's build of the same entry
+LOG = logging.getLogger("pipeline")
+
+
+class Damaged(RuntimeError):
+    """A cache entry whose files disagree with its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, skip: tuple[str, ...] = ()) -> None:
+    """Record every file of ``folder`` (but those under ``skip``) with its size and SHA-256."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
+             and not str(p.relative_to(folder)).startswith(skip)}
+    (folder / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
+def is_whole(folder: Path, hashes: bool = False) -> bool:
+    """Whether a local entry has its manifest and every file in it at its size (and, with
+    ``hashes``, its SHA-256)."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != want["size"]:
+            return False
+        if hashes and _sha256(path) != want["sha256"]:
+            return False
+    return True
+
+
+def fetch(shared: str, local: Path) -> bool:
+    """Copy the shared entry ``shared`` into ``local`` (whole or not at all); False where it
+    has no manifest yet; ``Damaged`` where its files disagree with it."""
+    fs, root = fsspec.core.url_to_fs(shared)
+    try:
+        files = json.loads(fs.cat_file(posixpath.join(root, MANIFEST)))
+    except FileNotFoundError:
+        return False
+    except ValueError as e:
+        raise Damaged(f"{shared}: unreadable manifest") from e
+    partial = local.parent / f".{local.name}.fetch-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for name in files:
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fs.get_file(posixpath.join(root, name), str(partial / name))
+            except FileNotFoundError as e:
+                raise Damaged(f"{shared}: {name} is missing") from e
+        (partial / MANIFEST).write_text(json.dumps(files))
+        if not is_whole(partial, hashes=True):
+            raise Damaged(f"{shared}: a file disagrees with its manifest")
+        shutil.rmtree(local, ignore_errors=True)
+        partial.rename(local)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return True
+
+
+def publish(local: Path, shared: str) -> None:
+    """Upload a whole local entry, its manifest last (the entry is complete from then on)."""
+    fs, root = fsspec.core.url_to_fs(shared)
+    files = json.loads((local / MANIFEST).read_text())
+    for name in files:
+        fs.makedirs(posixpath.dirname(posixpath.join(root, name)), exist_ok=True)
+        fs.put_file(str(local / name), posixpath.join(root, name))
+    fs.pipe_file(posixpath.join(root, MANIFEST), json.dumps(files).encode())
+
+
+def _drop(shared: str) -> None:
+    fs, root = fsspec.core.url_to_fs(shared)
+    if fs.exists(posixpath.join(root, MANIFEST)):
+        fs.rm(posixpath.join(root, MANIFEST))  # first: no reader takes it for whole meanwhile
+    for path in fs.find(root):
+        if posixpath.basename(path) != "_lock":
+            fs.rm(path)
+
+
+def ensure(local: Path, build: Callable[[Path], None], shared: str | None = None,
+           wait_s: float = WAIT_S) -> str:
+    """Make ``local`` a whole entry; returns how: ``cached`` (it was), ``downloaded`` (from
+    ``shared``), ``converted`` (built here by ``build(folder)``, then published to
+    ``shared``). The caller holds a lock among this machine's processes."""
+    if is_whole(local):
+        return "cached"
+    shutil.rmtree(local, ignore_errors=True)  # partial or damaged: never loaded
+    if shared is None:
+        _build(local, build)
+        return "converted"
+    damaged = False
+    try:
+        if fetch(shared, local):
+            return "downloaded"
+    except Damaged as e:
+        LOG.warning("model cache: %s: built again", e)
+        damaged = True
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    with OutputLock(shared, owner, wait_s=wait_s):  # one machine builds, the others wait
+        if not damaged:
+            try:
+                if fetch(shared, local):  # built by another machine while this one waited
+                    return "downloaded"
+            except Damaged as e:
+                LOG.warning("model cache: %s: built again", e)
+        _drop(shared)
+        _build(local, build)
+        publish(local, shared)
+    return "converted"
+
+
+def _build(local: Path, build: Callable[[Path], None]) -> None:
+    """``build`` into a partial folder, its manifest written, then renamed into place."""
+    partial = local.parent / f".{local.name}.build-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        build(partial)
+        write_manifest(partial)
+        shutil.rmtree(local, ignore_errors=True)
+        partial.rename(local)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
