@@ -8,7 +8,9 @@ path's FLOP/s as a share of the matrix-product ceiling measured in the same run 
 of fp32/bf16/fp16), the start-up (loading, converting or reading the cached conversion), and
 the probe model's strict F1 on those cases through the real job (``python -m pipeline.run``).
 On a CUDA machine it runs torch in fp32/bf16/fp16 on the GPU (OpenVINO rows are CPU-only and
-skipped) against the GPU's own matrix-product ceiling.
+skipped) against the GPU's own matrix-product ceiling. The int8 run is also held against this
+CPU's int8 matrix-product rate (the same products through OpenVINO, NNCF-quantized), and where
+it reaches less than 0.6 of it, a profile says where its time goes.
 The whole process against the reference scripts is ``python -m bench.whole`` (a checkout).
 """
 
@@ -108,6 +110,75 @@ def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16,
     from transforms.inference.backends import matmul_rate
 
     return matmul_rate(dtype, layer_shapes(tokens), seconds=1.0, device=device) / 1e9
+
+
+def int8_ceiling(tokens: int = 8192, hidden: int = 768, intermediate: int = 3072) -> float:
+    """GOP/s of one encoder layer's matrix products in int8 as this CPU runs them through
+    OpenVINO: the six products (``layer_shapes``) as a chain of linear layers, weights and
+    activations quantized by NNCF as the int8 path quantizes the encoder."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    from transforms.inference.backends import quiet
+
+    sizes = [hidden] * 5 + [intermediate, hidden]
+    layers = torch.nn.Sequential(*(torch.nn.Linear(a, b, bias=False)
+                                   for a, b in zip(sizes, sizes[1:]))).eval()
+    with quiet():
+        model = ov.convert_model(layers, example_input=torch.zeros(tokens, hidden))
+        rng = np.random.default_rng(0)
+        samples = [rng.standard_normal((tokens, hidden), dtype=np.float32) for _ in range(2)]
+        model = nncf.quantize(model, nncf.Dataset(samples), subset_size=2)
+    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    request.infer({0: samples[0]})  # kernels chosen
+    ops = 2 * sum(m * k * n for m, k, n in layer_shapes(tokens, hidden, intermediate))
+    rounds, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        request.infer({0: samples[0]})
+        rounds += 1
+    return ops * rounds / (time.perf_counter() - t0) / 1e9
+
+
+PROFILE_PARTS = (("matrix products", ("FullyConnected", "MatMul", "Convolution")),
+                 ("attention softmax", ("Softmax",)), ("layer norm", ("MVN",)),
+                 ("quantize/dequantize", ("FakeQuantize", "Convert", "Reorder")))
+
+
+def int8_profile(texts: list[str], max_tokens: int = 512, size: str = "base") -> dict:
+    """Where the int8 path's time goes on real windows (a batch of 16): OpenVINO's per-layer
+    counters grouped (matrix products, attention softmax, layer norm, quantize/dequantize, the
+    rest) and the vocabulary lookup that runs in torch, as shares of the whole."""
+    import numpy as np
+    import openvino as ov
+
+    from transforms.inference.backends import openvino_encoder, weights_key
+    from transforms.io.storage import cache_root
+
+    encoder = base_model(size=size).base_model
+    runner = openvino_encoder(encoder, "int8", torch.get_num_threads())  # converted or cached
+    xml = cache_root() / "openvino" / weights_key(encoder, "int8") / "encoder.xml"
+    request = ov.Core().compile_model(str(xml), "CPU", {"PERF_COUNT": "YES"}
+                                      ).create_infer_request()
+    key = bench_spec().windows_key
+    windows = [w.windows[key].window_ids(k) for w in as_works(texts, max_tokens)
+               for k in range(len(w.windows[key].lengths))][:16]
+    ids = torch.ones((len(windows), max(map(len, windows))), dtype=torch.long)  # <pad> = 1
+    for i, w in enumerate(windows):
+        ids[i, :len(w)] = torch.from_numpy(w.astype(np.int64))
+    mask = (ids != 1).long()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        vectors = runner.embeddings(ids)
+    times = {"vocabulary lookup (torch)": time.perf_counter() - t0}
+    request.infer({"inputs_embeds": vectors.numpy(), "attention_mask": mask.numpy()})
+    for info in request.get_profiling_info():
+        part = next((name for name, kinds in PROFILE_PARTS
+                     if any(k in info.node_type for k in kinds)), "the rest")
+        times[part] = times.get(part, 0.0) + info.real_time.total_seconds()
+    total = sum(times.values())
+    return {part: round(t / total, 3) for part, t in sorted(times.items(), key=lambda kv: -kv[1])}
 
 
 class Counted:
@@ -311,9 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     texts = documents(len(ids), ids)
     rates = ceiling(device)
     best = max(rates.values())
+    int8 = (round(isolated(int8_ceiling)[0]) if any(r.endswith(":int8") for r in runs)
+            else None)
     report: dict = {"docs": len(texts), "device": device, "threads": torch.get_num_threads(),
                     "batch_tokens": batch_tokens, "matmul_gflops_per_s": rates,
-                    "ceiling_gflops_per_s": best, "runs": {}}
+                    "ceiling_gflops_per_s": best, "int8_matmul_gops_per_s": int8, "runs": {}}
     if device == "cuda" and skipped:
         report["skipped_cpu_only_runs"] = skipped
     with tempfile.TemporaryDirectory() as tmp:
@@ -331,6 +404,10 @@ def main(argv: list[str] | None = None) -> None:
             spans = out.pop("spans")
             reference_spans = reference_spans or spans
             out["mfu"] = round(out["model_gflops_per_s"] / best, 3)
+            if precision == "int8" and int8:  # against its own ceiling, and where time goes
+                out["share_of_int8_ceiling"] = round(out["model_gflops_per_s"] / int8, 3)
+                if out["share_of_int8_ceiling"] < 0.6:
+                    out["int8_profile"] = isolated(int8_profile, texts[:20], 512, args.size)[0]
             out["span_agreement_with_first"] = round(agreement(reference_spans, spans), 4)
             out["peak_rss_mib"] = rss
             if not args.no_f1:

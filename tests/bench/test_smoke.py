@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 BENCHES = {
     "backends": (["--docs", "3", "--size", "tiny", "--runs", "torch:fp32,openvino:int8",
-                  "--no_f1"], ("runs", "ceiling_gflops_per_s")),
+                  "--no_f1"], ("runs", "ceiling_gflops_per_s", "int8_matmul_gops_per_s")),
     "throughput": (["--docs", "2", "--size", "tiny", "--max_tokens", "128",
                     "--batch_tokens", "1024"], ("reference", "pipeline", "speedup_docs_per_s")),
     "whole": (["--docs", "3", "--size", "tiny"], ("pipeline_cold_s", "speedup_warm")),
