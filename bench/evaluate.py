@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 from pipeline.scoring import load_tsv, score
 from tests.fixtures.scoring import all_pairs_score, as_lists, perturb, synthetic
 
-SPACCC = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "spaccc-es"
+SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SPACCC = SHARED / "corpora" / "spaccc-es"
 
 
 def timed(fn, *args):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
 from transforms.inference.language import LOOKALIKES, LanguageDetector
 
-E3C = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "e3c-layer3"
+SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+E3C = SHARED / "corpora" / "e3c-layer3"
 LANGS = ("es", "en", "it")
 
 

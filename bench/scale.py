@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 E3C = SHARED / "corpora" / "e3c-layer3"
 REPO = Path(__file__).resolve().parents[1]
 
