@@ -166,8 +166,12 @@ def state(settings: Settings, day: date) -> str:
     rfs, rpath = fsspec.core.url_to_fs(record)
     if not rfs.exists(rpath):
         return "to_do"
-    with rfs.open(rpath, "rt", encoding="utf-8") as f:
-        started = datetime.fromisoformat(json.load(f)["started"])
+    try:
+        with rfs.open(rpath, "rt", encoding="utf-8") as f:
+            started = datetime.fromisoformat(json.load(f)["started"])
+    except (ValueError, KeyError, TypeError):  # a run record that says no start: redo it
+        LOG.warning("%s: no start time in it: the date is done again", record)
+        return "to_do"
     changed = [modified_time(info) for info in fs.find(root, detail=True).values()]
     return "late" if any(c is not None and c > started for c in changed) else "done"
 
@@ -270,7 +274,14 @@ def main(argv: Sequence[str] | None = None, dataflow: Dataflow | None = None,
             LOG.warning("no Google Cloud credentials: the requests below are NOT validated "
                         "against the Dataflow API (`gcloud auth application-default login` "
                         "to have them validated)")
-    active = dataflow.active_jobs() if dataflow is not None else set()
+    try:
+        active = dataflow.active_jobs() if dataflow is not None else set()
+    except Exception as e:  # noqa: BLE001 - credentials there but unusable (an old login)
+        if not args.dry_run:
+            raise
+        LOG.warning("the Dataflow API refused these credentials (%s): the requests below are "
+                    "NOT validated against it", type(e).__name__)
+        dataflow, active = None, set()
     launch, left = plan(settings, days, active, args.force, args.max_launches)
     for day, why in sorted(left.items()):
         LOG.info("%s: not launched: %s", day, why)

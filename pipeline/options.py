@@ -61,6 +61,12 @@ class AnnotateOptions(PipelineOptions):
             usage_error(f"--write {','.join(unknown)}: unknown output; use {', '.join(OUTPUTS)}")
         if not 1 <= self.snippet_chars <= 250:
             usage_error("--snippet_chars must be 1 to 250")
+        if self.split_bytes < 1:
+            usage_error("--split_bytes must be at least 1 (bytes per piece of a JSONL file)")
+        if self.torch_threads is not None and self.torch_threads < 0:
+            usage_error("--torch_threads must be 0 (torch's choice) or more")
+        if not 0 <= self.min_lang_confidence <= 1:
+            usage_error("--min_lang_confidence must be between 0 and 1")
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -133,6 +139,26 @@ def check_launch_python(options: PipelineOptions, here: tuple[int, int] | None =
         raise SystemExit(f"pipeline.run: the image's workers run Python {image}, this launch "
                          f"runs Python {'.'.join(map(str, here))}: launch from the image "
                          f"(README, Run on Dataflow) or with Python {image}")
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """The runner must exist and have what it needs (Dataflow: project, temp location...): a
+    mistake in the command line (exit status 2), before anything runs."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+    from apache_beam.runners.runner import create_runner
+
+    name = options.view_as(StandardOptions).runner
+    if name is None:
+        return
+    try:
+        create_runner(name)
+    except ValueError as e:
+        usage_error(str(e).split(". Valid")[0] + " (see --help_all)")
+    cloud = options.view_as(GoogleCloudOptions)
+    missing = [f"--{n}" for n in ("project", "region", "temp_location")
+               if not getattr(cloud, n)]
+    if name == "DataflowRunner" and missing:
+        usage_error(f"--runner DataflowRunner needs {', '.join(missing)}")
 
 
 def check_accelerators(options: PipelineOptions) -> None:

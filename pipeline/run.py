@@ -153,7 +153,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, TestOptions
 
     from pipeline.options import (AnnotateOptions, check_accelerators, check_launch_python,
-                                  cpu_precisions, parse_options, uses_gpu, wants_gpu)
+                                  check_runner, cpu_precisions, parse_options, uses_gpu,
+                                  wants_gpu)
     from pipeline.summary import finish_run_record, job_config, metric_totals, metrics_table, now
     from pipeline.summary import record_check
     from pipeline.tasks import has_random_weights, load_tasks, pin_revisions
@@ -166,6 +167,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     options.view_as(SetupOptions).save_main_session = save_main_session
     opts = options.view_as(AnnotateOptions)
     opts.validate_required()
+    check_runner(options)
     check_accelerators(options)
     check_launch_python(options)
     runner = options.view_as(StandardOptions).runner

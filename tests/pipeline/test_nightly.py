@@ -163,3 +163,23 @@ def test_bad_arguments_are_refused_with_a_reason(args, message, capsys, monkeypa
         main(args)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_dry_run_with_credentials_the_api_refuses_still_prints_the_requests(tmp_path, capsys,
+                                                                           caplog):
+    class Refusing(FakeDataflow):
+        def active_jobs(self):
+            raise RuntimeError("401: invalid_grant")
+
+    export(tmp_path, "2026-11-21")
+    assert main(argv(tmp_path, "--dry_run", "2026-11-21"), Refusing()) == 0
+    assert json.loads(capsys.readouterr().out)["launchParameter"]["jobName"]
+    assert "NOT validated" in caplog.text
+
+
+def test_a_run_record_without_a_start_is_done_again(tmp_path):
+    export(tmp_path, "2026-11-21")
+    out = tmp_path / "annotations" / "2026-11-21"
+    out.mkdir(parents=True)
+    (out / "run.json").write_text("{}")
+    assert state(settings(tmp_path), date(2026, 11, 21)) == "to_do"

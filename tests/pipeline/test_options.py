@@ -76,6 +76,11 @@ def test_the_beam_option_names_are_the_installed_beams():
     ([*BASE, "--max_tokens", "4"], "need --max_tokens >= 8"),
     ([*BASE, "--write", "csv"], "--write csv: unknown output"),
     ([*BASE, "--language", "es", "--detect_language"], "contradict each other"),
+    ([*BASE, "--split_bytes", "-100"], "--split_bytes must be at least 1"),
+    ([*BASE, "--torch_threads", "-2"], "--torch_threads must be 0"),
+    ([*BASE, "--min_lang_confidence", "5"], "between 0 and 1"),
+    ([*BASE, "--runner", "DataflowRunnr"], "Unexpected pipeline runner: DataflowRunnr"),
+    ([*BASE, "--runner", "DataflowRunner"], "needs --project, --region, --temp_location"),
 ])
 def test_every_mistake_in_the_command_line_exits_2_with_the_usage(args, message):
     out = cli(*args)

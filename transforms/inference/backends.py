@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from transforms.io.shared_cache import ensure
+from transforms.io.shared_cache import CacheUnavailable, ensure
 from transforms.io.storage import cache_root, write_atomically
 
 LOG = logging.getLogger("pipeline")
@@ -221,6 +221,8 @@ def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | No
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = core.compile_model(core.read_model(path / "encoder.xml"), "CPU", config)
+    except CacheUnavailable:
+        raise  # a fault of the storage: retried, never a silent switch of backend
     except Exception as e:  # noqa: BLE001 - any conversion failure falls back to torch
         LOG.warning("openvino: could not convert the encoder (%s: %s); running it with torch",
                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")

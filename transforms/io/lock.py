@@ -72,12 +72,20 @@ class OutputLock:
                            "pid": os.getpid(), "expires": time.time() + self.lease_s}).encode()
 
     def _held(self) -> dict:
-        """The lock's record (``{}`` if it is gone or unreadable: a write that did not end)."""
+        """The lock's record (``{}`` if it is gone, unreadable or not a lock's record: a write
+        that did not end, or anything else left there, is no live job's)."""
         fs, path = self._where
         try:
-            return json.loads(fs.cat_file(path))
+            held = json.loads(fs.cat_file(path))
         except (FileNotFoundError, ValueError):
             return {}
+        fields = {"run_id": str, "host": str, "pid": int, "expires": (int, float)}
+        if not isinstance(held, dict) or not all(isinstance(held.get(k), t)
+                                                 for k, t in fields.items()):
+            return {}
+        if not -1e12 < held["expires"] < 1e12:
+            return {}
+        return held
 
     def _stale(self, held: dict) -> bool:
         if not held or held.get("expires", 0) < time.time():
@@ -101,13 +109,16 @@ class OutputLock:
     def acquire(self) -> None:
         """Take the lock (waiting up to ``wait_s`` for another job's), or raise ``OutputBusy``
         saying who holds it."""
-        deadline = time.monotonic() + self.wait_s
+        deadline, told = time.monotonic() + self.wait_s, False
         while True:
             try:
                 return self._take()
-            except OutputBusy:
+            except OutputBusy as busy:
                 if time.monotonic() >= deadline:
                     raise
+                if not told:  # a wait is said once, naming who holds the lock
+                    LOG.info("waiting (up to %.0f s) for the lock: %s", self.wait_s, busy)
+                    told = True
                 time.sleep(min(5.0, self.lease_s / 8))
 
     def _take(self) -> None:
@@ -126,7 +137,7 @@ class OutputLock:
                     return  # this run holds it already (a local run's commit): re-entered
                 if not self._stale(held):
                     raise self._busy(held) from None
-                fs.rm(path)  # left by a job that died: taken over
+                self._remove_if_unchanged(fs, path)  # left by a job that died: taken over
                 continue
             if self._held().get("run_id") == self.run_id:  # no other taker came in between
                 self._owned = True
@@ -134,6 +145,17 @@ class OutputLock:
                 self._thread.start()
                 return
         raise OutputBusy(f"{self.output}: another job took the lock at the same moment")
+
+    def _remove_if_unchanged(self, fs, path: str) -> None:
+        """Remove a dead job's lock, unless another taker replaced it since it was read (the
+        bytes are read again just before: the window two takers share is that short)."""
+        try:
+            before = fs.cat_file(path)
+            time.sleep(0.05)
+            if fs.cat_file(path) == before:
+                fs.rm(path)
+        except FileNotFoundError:
+            pass
 
     def _renew(self) -> None:
         fs, path = self._where

@@ -34,6 +34,25 @@ class Damaged(RuntimeError):
     """A cache entry whose files disagree with its manifest."""
 
 
+class CacheUnavailable(RuntimeError):
+    """The shared location could not be read or written: a fault of the storage, raised so
+    that the runner retries (falling back to another backend would mix them in one output)."""
+
+
+def _checked(files: object, where: str) -> dict:
+    """A manifest's entries: relative names inside the entry, each with its size and hash."""
+    if not isinstance(files, dict) or not files:
+        raise Damaged(f"{where}: the manifest lists no files")
+    for name, want in files.items():
+        parts = Path(str(name)).parts
+        if (not isinstance(want, dict) or not isinstance(want.get("size"), int)
+                or not isinstance(want.get("sha256"), str) or not parts
+                or Path(str(name)).is_absolute() or ".." in parts):
+            raise Damaged(f"{where}: the manifest's entry {str(name)[:80]!r} is not a file "
+                          "of the entry")
+    return files
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -54,8 +73,8 @@ def is_whole(folder: Path, hashes: bool = False) -> bool:
     """Whether a local entry has its manifest and every file in it at its size (and, with
     ``hashes``, its SHA-256)."""
     try:
-        files = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        files = _checked(json.loads((folder / MANIFEST).read_text()), str(folder))
+    except (OSError, ValueError, Damaged):
         return False
     for name, want in files.items():
         path = folder / name
@@ -71,7 +90,7 @@ def fetch(shared: str, local: Path) -> bool:
     has no manifest yet; ``Damaged`` where its files disagree with it."""
     fs, root = fsspec.core.url_to_fs(shared)
     try:
-        files = json.loads(fs.cat_file(posixpath.join(root, MANIFEST)))
+        files = _checked(json.loads(fs.cat_file(posixpath.join(root, MANIFEST))), shared)
     except FileNotFoundError:
         return False
     except ValueError as e:
@@ -119,12 +138,21 @@ def ensure(local: Path, build: Callable[[Path], None], shared: str | None = None
     """Make ``local`` a whole entry; returns how: ``cached`` (it was), ``downloaded`` (from
     ``shared``), ``converted`` (built here by ``build(folder)``, then published to
     ``shared``). The caller holds a lock among this machine's processes."""
-    if is_whole(local):
+    if is_whole(local, hashes=True):  # a flipped byte of the same size too: never loaded
         return "cached"
     shutil.rmtree(local, ignore_errors=True)  # partial or damaged: never loaded
     if shared is None:
         _build(local, build)
         return "converted"
+    try:
+        return _shared(local, build, shared, wait_s)
+    except _BuildFailed as e:
+        raise e.__cause__ from None  # the conversion failed: the caller keeps torch
+    except Exception as e:  # noqa: BLE001 - reading, locking or writing the shared location
+        raise CacheUnavailable(f"model cache {shared}: {type(e).__name__}: {e}") from e
+
+
+def _shared(local: Path, build: Callable[[Path], None], shared: str, wait_s: float) -> str:
     damaged = False
     try:
         if fetch(shared, local):
@@ -141,9 +169,16 @@ def ensure(local: Path, build: Callable[[Path], None], shared: str | None = None
             except Damaged as e:
                 LOG.warning("model cache: %s: built again", e)
         _drop(shared)
-        _build(local, build)
+        try:
+            _build(local, build)
+        except Exception as e:  # noqa: BLE001 - the conversion's own failure, not the cache's
+            raise _BuildFailed(e) from e
         publish(local, shared)
     return "converted"
+
+
+class _BuildFailed(Exception):
+    """The build failed: re-raised as its own error by ``ensure``."""
 
 
 def _build(local: Path, build: Callable[[Path], None]) -> None:

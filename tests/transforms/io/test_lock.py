@@ -134,3 +134,13 @@ def test_a_holder_whose_lock_was_taken_over_knows_it(tmp_path):
     lock.release()
     assert lock.lost
     assert json.loads((tmp_path / "out" / "_lock").read_text())["run_id"] == "r2"
+
+
+@pytest.mark.parametrize("content", ['[]', '{"expires": 1e300}', '{"expires": "soon"}',
+                                     '{"run_id": "x", "host": "h", "pid": "abc", "expires": 1}'])
+def test_a_lock_file_that_is_no_lock_record_is_taken_over(tmp_path, content):
+    path = tmp_path / "out" / LOCK
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with OutputLock(str(tmp_path / "out"), "r1"):
+        assert json.loads(path.read_text())["run_id"] == "r1"

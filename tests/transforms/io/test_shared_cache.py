@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from transforms.io.shared_cache import MANIFEST, ensure, is_whole
+from transforms.io.shared_cache import MANIFEST, CacheUnavailable, ensure, is_whole
 
 
 def builder(log: list):
@@ -99,3 +99,39 @@ def test_the_cache_on_cloud_storage(gcs_emulator, tmp_path):
     assert ensure(tmp_path / "a" / "key", builder(built), shared) == "converted"
     assert ensure(tmp_path / "b" / "key", builder(built), shared) == "downloaded"
     assert len(built) == 1 and is_whole(tmp_path / "b" / "key", hashes=True)
+
+
+def test_a_local_entry_with_a_flipped_byte_of_the_same_size_is_made_again(tmp_path):
+    built = []
+    local = tmp_path / "a" / "key"
+    ensure(local, builder(built))
+    blob = local / "encoder.bin"
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert ensure(local, builder(built)) == "converted" and len(built) == 2
+
+
+def test_a_manifest_naming_files_outside_its_entry_is_refused(tmp_path):
+    import hashlib
+
+    shared, built = tmp_path / "bucket" / "cache" / "key", []
+    ensure(tmp_path / "a" / "key", builder(built), str(shared))
+    planted = tmp_path / "planted.py"  # what a writer of the bucket wants on every worker
+    planted.write_text("print('owned')")
+    files = json.loads((shared / MANIFEST).read_text())
+    files["../../../planted.py"] = {"size": planted.stat().st_size,
+                                    "sha256": hashlib.sha256(planted.read_bytes()).hexdigest()}
+    (shared / MANIFEST).write_text(json.dumps(files))
+    assert ensure(tmp_path / "b" / "key", builder(built), str(shared)) == "converted"
+    assert not (tmp_path.parent / "planted.py").exists()  # where it would have landed
+    for i, bad in enumerate(("{}", "[]")):  # valid JSON, no manifest: made again, not loaded
+        (shared / MANIFEST).write_text(bad)
+        assert ensure(tmp_path / f"c{i}" / "key", builder(built), str(shared)) == "converted"
+
+
+def test_a_shared_location_that_cannot_be_used_is_a_fault_of_the_storage(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CacheUnavailable, match="model cache"):
+        ensure(tmp_path / "a" / "key", builder([]), str(blocker / "sub"))
