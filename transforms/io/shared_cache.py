@@ -11,7 +11,6 @@ for the others, who wait for it. A damaged shared entry is built again and repla
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Callable
 import fsspec
 
 from transforms.io.lock import OutputLock
+from transforms.io.storage import file_digest
 
 MANIFEST = "MANIFEST.json"
 WAIT_S = 1800.0  # how long a machine waits for another one's build of the same entry
@@ -53,17 +53,9 @@ def _checked(files: object, where: str) -> dict:
     return files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, skip: tuple[str, ...] = ()) -> None:
     """Record every file of ``folder`` (but those under ``skip``) with its size and SHA-256."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": file_digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
              and not str(p.relative_to(folder)).startswith(skip)}
     (folder / MANIFEST).write_text(json.dumps(files, indent=1))
@@ -71,7 +63,8 @@ def write_manifest(folder: Path, skip: tuple[str, ...] = ()) -> None:
 
 def is_whole(folder: Path, hashes: bool = False) -> bool:
     """Whether a local entry has its manifest and every file in it at its size (and, with
-    ``hashes``, its SHA-256)."""
+    ``hashes``, its SHA-256: cached by file identity, so an unchanged entry is not read again,
+    while any write to a file changes its identity)."""
     try:
         files = _checked(json.loads((folder / MANIFEST).read_text()), str(folder))
     except (OSError, ValueError, Damaged):
@@ -80,7 +73,7 @@ def is_whole(folder: Path, hashes: bool = False) -> bool:
         path = folder / name
         if not path.is_file() or path.stat().st_size != want["size"]:
             return False
-        if hashes and _sha256(path) != want["sha256"]:
+        if hashes and file_digest(path) != want["sha256"]:
             return False
     return True
 
