@@ -21,8 +21,9 @@ FIXTURE = REPO / "tests" / "fixtures" / "outputs"
 HELDOUT = (SHARED / "models" / "probe-es" / "heldout.txt").read_text().split()
 COMMON = ("--tasks", str(REPO / "tasks" / "probe-es.yaml"), "--language", "es",
           "--backend", "torch", "--precision", "fp32")
-RUN_FIELDS = ("nlp_system", "nlp_date", "nlp_datetime", "processedAt", "version", "model",
-              "modelVersion", "started")  # what differs from run to run
+# what differs from run to run or clone to clone (the code's version, the model's path)
+RUN_FIELDS = ("nlp_processing_date", "nlp_processing_pipeline_version", "service_version",
+              "service_model")
 
 
 def quick_start_input(folder: Path) -> Path:
