@@ -3,7 +3,7 @@
 On the same windows of real SPACCC cases (the probe's 100 held-out ones), with an
 ``xlm-roberta-base``-sized token classifier (random weights, the real XLM-R tokenizer), each
 backend and precision (torch fp32/bf16, OpenVINO fp32/bf16/int8) runs in a fresh process, and
-it prints per run: real tokens/s through the pipeline's path (segment, infer, align), the model
+it prints per run: real tokens/s through the pipeline's path (segment, infer, decode), the model
 path's FLOP/s as a share of the matrix-product ceiling measured in the same run (the fastest
 of fp32/bf16/fp16), the start-up (loading, converting or reading the cached conversion), and
 the probe model's strict F1 on those cases through the real job (``python -m pipeline.run``).
@@ -272,9 +272,11 @@ def model_path_figures(counted: Counted) -> dict:
 def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_tokens: int,
                   stable: bool = False, compile_model: bool = False, backend: str = "torch",
                   size: str = "base") -> dict:
-    """The pipeline's own stages from texts to spans (segment, group, infer, align), outside
+    """The pipeline's own stages from texts to spans (segment, group, infer, decode), outside
     Beam, timed after the model is loaded (``startup_s``: building it for ``backend``)."""
-    from transforms.align import Aligner
+    from transforms.core.method import Method
+    from transforms.decode import Decoder
+    from transforms.qualify import Qualifier
     from transforms.handlers import InferenceConfig, TaskInference
 
     clf, config, runs_as, startup = loaded(precision, backend, size, stable)
@@ -292,9 +294,9 @@ def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_token
     works = as_works(texts, max_tokens)
     t_tok = time.perf_counter() - t0
     done = infer_groups(works, infer, counted, batch_tokens)
-    align = Aligner({"t": spec}, False)
-    spans = {w.doc.doc_id: [(s["label"], s["start"], s["end"]) for s in align(w).spans]
-             for w in done}
+    decode, qualify = Decoder({"t": spec}, Method()), Qualifier({"t": spec})
+    spans = {w.doc.doc_id: [(s["label"], s["start"], s["end"])
+                            for s in qualify(decode(w)).mentions] for w in done}
     seconds = time.perf_counter() - t0
     return {"runs_as": runs_as, "startup_s": round(startup, 1), "docs": len(texts),
             "seconds": round(seconds, 2), "tokenize_s": round(t_tok, 2),

@@ -2,7 +2,7 @@
 
 Builds the same history twice on a local folder, ``--runs`` nightly runs of ``--parts`` parts
 (one input shard each) of ``--docs`` documents with ``--spans`` mentions each: once through this
-project's commit (``transforms.write``: ``PartWriter`` then ``finalize``, as the ``Write`` step
+project's commit (``transforms.outputs``: ``PartWriter`` then ``finalize``, as the ``Write`` step
 runs them) and once as three Delta tables (spans, documents, errors) written by ``deltalake``,
 one append per table per run with an app transaction (the run's number). Then, on each, it
 times one more night, a forced redo of ``--redo`` shards scattered over the history (Delta:
@@ -28,7 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.core.records import ANNOTATED, DocumentRows, Shard
-from transforms.write import (SCHEMAS, PartWriter, _record_state, finalize)
+from transforms.outputs import enabled, output
+from transforms.outputs.commit import finalize, mark_run
+from transforms.outputs.parts import PartWriter
 
 TASK = "symptom"
 
@@ -53,10 +55,10 @@ def documents(source: str, docs: int, spans: int) -> list[DocumentRows]:
 def tables(docs: list[DocumentRows]) -> dict[str, pa.Table]:
     """The same rows as one Arrow table per kind (what a Delta writer appends)."""
     return {"spans": pa.Table.from_pylist([s for d in docs for s in d.spans],
-                                          SCHEMAS["spans"]),
+                                          output("spans").schema),
             "documents": pa.Table.from_pylist([d.document for d in docs],
-                                              SCHEMAS["documents"]),
-            "errors": SCHEMAS["errors"].empty_table()}
+                                              output("documents").schema),
+            "errors": output("errors").schema.empty_table()}
 
 
 class Home:
@@ -73,13 +75,13 @@ class Home:
         tmp = posixpath.join(self.out, f".tmp-{run_id}")
         parts = []
         for source, docs in batch.items():
-            writer = PartWriter(tmp, run_id)
+            writer = PartWriter(tmp, run_id, enabled())
             for d in docs:
                 writer.add(d)
             parts.append(writer.close())
         shards = [Shard(s, earlier=tuple(self.parts.get(s, ()))) for s in redone]
         finalize(parts, self.out, [TASK], tmp, run_id, [], shards)
-        _record_state(__import__("fsspec").filesystem("file"), self.out, run_id, "marked")
+        mark_run(self.out, run_id)
         took = time.perf_counter() - t0
         for part in parts:
             for source in part.sources:

@@ -15,9 +15,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.cli import (PROG, REQUIRED, add_job_options, boolean, check_command_line,
                           job_parser, usage_error)
-from transforms.core.records import OUTPUTS
+from transforms.core.method import Method
+from transforms.outputs import OPT_IN
 from transforms.core.spec import CPU_BATCH, GPU_BATCH
-from transforms.core.windows import REFERENCE_WINDOW
 
 if TYPE_CHECKING:
     from transforms.handlers import InferenceConfig
@@ -56,9 +56,9 @@ class AnnotateOptions(PipelineOptions):
             usage_error("--detect_language and --language contradict each other: give one")
         if self.precision == "int8" and self.backend != "openvino":
             usage_error("--precision int8 needs --backend openvino")
-        unknown = sorted(set(self.outputs) - set(OUTPUTS))
+        unknown = sorted(set(self.outputs) - set(OPT_IN))
         if unknown:
-            usage_error(f"--write {','.join(unknown)}: unknown output; use {', '.join(OUTPUTS)}")
+            usage_error(f"--write {','.join(unknown)}: unknown output; use {', '.join(OPT_IN)}")
         if not 1 <= self.snippet_chars <= 250:
             usage_error("--snippet_chars must be 1 to 250")
         if self.split_bytes < 1:
@@ -67,6 +67,13 @@ class AnnotateOptions(PipelineOptions):
             usage_error("--torch_threads must be 0 (torch's choice) or more")
         if not 0 <= self.min_lang_confidence <= 1:
             usage_error("--min_lang_confidence must be between 0 and 1")
+
+    @property
+    def method(self) -> Method:
+        """How windows are cut and spans decoded (``--reference_compat``, ``--max_tokens``,
+        ``--overlap``)."""
+        return Method(reference_compat=bool(self.reference_compat), max_tokens=self.max_tokens,
+                      overlap=self.overlap)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -80,13 +87,11 @@ def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> Infer
     ``require_cuda``: the job asked for a GPU, so a model load without one fails)."""
     from transforms.handlers import InferenceConfig  # Beam's ML module: not for a light import
 
-    compat = opts.reference_compat
+    method = opts.method
     return InferenceConfig(
-        precision="fp32" if compat and opts.precision == "auto" else opts.precision,
-        backend="torch" if compat and opts.backend == "auto" else opts.backend,
-        batch_tokens=max(opts.batch_tokens, REFERENCE_WINDOW) if compat else opts.batch_tokens,
-        max_batch_windows=opts.max_batch_windows,
-        pad_to=REFERENCE_WINDOW if compat else None, compile=opts.compile,
+        precision=method.precision(opts.precision), backend=method.backend(opts.backend),
+        batch_tokens=method.batch_tokens(opts.batch_tokens),
+        max_batch_windows=opts.max_batch_windows, pad_to=method.pad_to, compile=opts.compile,
         device="cuda" if require_cuda else opts.device,
         threads=opts.torch_threads, model_cache=opts.model_cache)
 

@@ -1,8 +1,9 @@
 """Annotate documents with every task of a task file: ``python -m pipeline.run --help``.
 
 read -> route by language -> segment (once per tokenizer) -> group -> infer, per task ->
-align -> write. A document travels with its windows and predictions; nothing joins them back.
-A rerun over the same output skips the input shards already done (``--force`` redoes them).
+decode -> qualify -> render -> write. A document travels with its windows and predictions;
+nothing joins them back. A rerun over the same output skips the input shards already done
+(``--force`` redoes them).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
           resume: Resume, run_id: str, record: Mapping, gpu: bool = False) -> None:
-    """The whole job: read (the shards not yet done), route, infer per task, align, write."""
+    """The whole job: read (the shards not yet done), route, segment, infer per task, decode,
+    qualify, render, write."""
     import apache_beam as beam
 
     from pipeline.summary import run_info, write_run_record
-    from transforms.align import AlignDoFn
     from transforms.batch import GroupDocuments
+    from transforms.decode import DecodeDoFn
+    from transforms.qualify import QualifyDoFn
     from transforms.read import Fields, ReadDocuments
+    from transforms.render import RenderDoFn
     from transforms.route import RouteDoFn
     from transforms.segment import SegmentDoFn
     from transforms.write import WriteOutputs
@@ -48,14 +52,18 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Route" >> beam.ParDo(RouteDoFn({n: s.languages for n, s in specs.items()},
                                           opts.language, opts.min_lang_confidence,
                                           opts.detect_language))
-        | "Segment" >> beam.ParDo(SegmentDoFn(specs, opts.max_tokens, opts.overlap,
-                                              opts.reference_compat))
+        | "Segment" >> beam.ParDo(SegmentDoFn(specs, opts.method))
         | "Group" >> beam.ParDo(GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens))
     )
     for name, spec in specs.items():
         groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu)
-    rows = groups | "Documents" >> beam.FlatMap(lambda group: group) | "Align" >> beam.ParDo(
-        AlignDoFn(specs, opts.reference_compat, opts.outputs, info))
+    rows = (
+        groups
+        | "Documents" >> beam.FlatMap(lambda group: group)
+        | "Decode" >> beam.ParDo(DecodeDoFn(specs, opts.method))
+        | "Qualify" >> beam.ParDo(QualifyDoFn(specs))
+        | "Render" >> beam.ParDo(RenderDoFn(specs, opts.outputs, info))
+    )
     totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs,
                                                       record["started"])
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
@@ -160,7 +168,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     from pipeline.tasks import has_random_weights, load_tasks, pin_revisions
     from transforms.io.lock import OutputLock
     from transforms.io.shards import InputError, Resume, check_output_outside, expand_pattern
-    from transforms.write import recover
+    from transforms.outputs.commit import check_layout, recover
 
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv)
@@ -183,6 +191,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             LOG.warning("task %s: SMOKE TEST model with RANDOM weights (%s): its spans are noise",
                         spec.name, spec.model)
     check_output_outside(opts.input, opts.output)
+    check_layout(opts.output)
     config = job_config(opts, specs, cpu_precisions(opts, specs, gpu) if local else None)
     started = now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
@@ -248,9 +257,8 @@ def check_language(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None
 def check_windows(specs: Mapping[str, TaskSpec], opts: AnnotateOptions) -> None:
     """Windows must fit every model's positions: a set-up error, before anything runs."""
     from pipeline.tasks import TaskFileError
-    from transforms.core.windows import REFERENCE_WINDOW
 
-    need = REFERENCE_WINDOW if opts.reference_compat else opts.max_tokens
+    need = opts.method.window
     for spec in specs.values():
         if spec.max_positions and need > spec.max_positions:
             raise TaskFileError(f"task {spec.name!r}: windows of {need} sub-words do not fit "
@@ -265,11 +273,12 @@ def main() -> None:
     from pipeline.tasks import TaskFileError
     from transforms.io.lock import OutputBusy
     from transforms.io.shards import InputError
+    from transforms.outputs.commit import LayoutError
 
     configure_logging()
     try:
         run(sys.argv[1:])
-    except (TaskFileError, InputError, OutputBusy) as e:
+    except (TaskFileError, InputError, OutputBusy, LayoutError) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
     except Exception as e:  # noqa: BLE001 - a fault that stopped the job: say what to do
         from pipeline.logs import stopped_message

@@ -28,7 +28,7 @@ STAGES = {p.stem for p in (REPO / "transforms").glob("*.py")} - {"__init__"}
 FORBIDDEN = {"core": {"apache_beam", "torch", "fsspec", "pyarrow", "pandas", "gcsfs", "s3fs",
                       "openvino", "transformers", "nncf"},
              "formats": {"apache_beam", "torch"}, "io": {"apache_beam", "torch"},
-             "inference": {"apache_beam"}}
+             "inference": {"apache_beam"}, "outputs": {"apache_beam", "torch"}}
 
 
 def module_imports(path: Path) -> set[str]:
@@ -91,7 +91,8 @@ def test_the_production_package_never_imports_the_dev_tools(path):
 
 @pytest.mark.parametrize("module", [
     "pipeline.options", "pipeline.tasks", "transforms.read", "transforms.route",
-    "transforms.write", "transforms.io.shards", "transforms.align", "transforms.core.spec",
+    "transforms.write", "transforms.io.shards", "transforms.decode", "transforms.qualify",
+    "transforms.render", "transforms.outputs.commit", "transforms.core.spec",
     "transforms.inference.language",
 ])
 def test_light_stages_import_without_torch(module):

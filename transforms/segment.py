@@ -20,6 +20,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.core.faults import is_machine_fault
+from transforms.core.method import Method
 from transforms.core.records import Document, Failure, Windows, Work
 from transforms.core.spec import TaskSpec
 from transforms.io.storage import localize
@@ -225,27 +226,26 @@ class SegmentDoFn(beam.DoFn):
     the tasks of that tokenizer (stage ``segment``); its other tasks go on.
     """
 
-    def __init__(self, specs: Mapping[str, TaskSpec], max_tokens: int, overlap: int,
-                 reference_compat: bool) -> None:
+    def __init__(self, specs: Mapping[str, TaskSpec], method: Method) -> None:
         self._key = {name: s.windows_key for name, s in specs.items()}
         self._location = {self._key[name]: s.tokenizer for name, s in specs.items()}
-        self._max_tokens, self._overlap, self._compat = max_tokens, overlap, reference_compat
+        self._method = method
         self._tokenizers: dict[str, object] = {}
         self._sub_words: dict[str, SubWords] = {}
         self._windows = {n: Metrics.counter("windows", n) for n in specs}
         self._tokens = {n: Metrics.distribution("windows", f"tokens_{n}") for n in specs}
 
     def setup(self) -> None:
-        self._tokenizers = {key: load_tokenizer(location, full=self._compat)
+        self._tokenizers = {key: load_tokenizer(location, full=self._method.reference_compat)
                             for key, location in self._location.items()}
         self._sub_words = {key: SubWords(t) for key, t in self._tokenizers.items()}
 
     def segment(self, text: str, key: str) -> Windows:
         """The windows of ``text`` for the tokenizer ``key``."""
         tokenizer = self._tokenizers[key]
-        if self._compat:
+        if self._method.reference_compat:
             return reference_windows(text, tokenizer)
-        return word_windows(text, tokenizer, self._max_tokens, self._overlap,
+        return word_windows(text, tokenizer, self._method.max_tokens, self._method.overlap,
                             self._sub_words[key])
 
     def process(self, doc: Document) -> Iterator[Work]:

@@ -48,8 +48,8 @@ def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
     transforms = result.job.proto_pipeline.components.transforms.values()
     names = {t.unique_name: t for t in transforms}
     for step in ("ReadDocuments/ListShards", "ReadDocuments/CheckMarkers", "ReadDocuments/Read",
-                 "Route", "Segment", "Group", "Infer_symptom", "Infer_procedure", "Align",
-                 "Write/WriteParts", "Write/Finalize", "Write/MarkComplete", "RunRecord"):
+                 "Route", "Segment", "Group", "Infer_symptom", "Infer_procedure", "Decode",
+                 "Qualify", "Render", "Write/WriteParts", "Write/Finalize", "Write/MarkComplete", "RunRecord"):
         assert step in names
     # no step groups or reshuffles documents: the only groupings are of file names, shard
     # references and counts, upstream of the read or downstream of the writer
@@ -63,8 +63,8 @@ def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
         b"nvidia-l4" in v for v in result.job.proto_pipeline.components.environments[
             t.environment_id].resource_hints.values())]
     assert any(n.startswith("Infer_procedure") for n in hinted)
-    assert not any(n.startswith(("ReadDocuments", "Route", "Segment", "Group", "Align", "Write"))
-                   for n in hinted)
+    assert not any(n.startswith(("ReadDocuments", "Route", "Segment", "Group", "Decode",
+                                 "Qualify", "Render", "Write")) for n in hinted)
 
 
 class _Submitted:

@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures.scoring import all_pairs_score, as_lists, perturb, synthetic
 from pipeline.scoring import EvaluationInputError, breakdown, load_tsv, score
 from tests.conftest import REPO, SPACCC
-from transforms.write import TSV_HEADER, tsv_line
+from transforms.outputs.tsv import HEADER as TSV_HEADER, tsv_line
 
 
 def tsv(rows) -> io.StringIO:

@@ -4,6 +4,7 @@ import numpy as np
 
 from tests.conftest import SPACCC, read_text
 from transforms.core.records import Document
+from transforms.core.method import Method
 from transforms.segment import SegmentDoFn, reference_windows, word_windows
 from transforms.core.spec import TaskSpec
 from transforms.core.words import split_words
@@ -86,7 +87,7 @@ def test_tasks_sharing_a_tokenizer_share_one_segmentation(tokenizer, monkeypatch
                         labels={None: ("O", "B-X", "I-X")}, tokenizer_key=key)
 
     fn = SegmentDoFn({"a": spec("a", "k1"), "b": spec("b", "k1"), "c": spec("c", "k2")},
-                     512, 128, False)
+                     Method())
     fn.setup()
     calls = []
     real = fn.segment

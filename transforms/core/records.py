@@ -13,9 +13,9 @@ from typing import Mapping
 
 import numpy as np
 
+from transforms.core.spans import Span
+
 ANNOTATED, SKIPPED, FAILED = "annotated", "skipped", "failed"
-CDM, NOTE_NLP = "cdm", "note_nlp"
-OUTPUTS = (CDM, NOTE_NLP)  # the outputs a run may opt into (``--write``)
 
 
 @dataclass(frozen=True)
@@ -133,12 +133,15 @@ class Failure:
 
 @dataclass(frozen=True)
 class Work:
-    """A document in flight with what was made from it so far."""
+    """A document in flight with what was made from it so far: its windows, its predictions,
+    its decoded spans (by task), then its mentions as span rows (qualified, then linked)."""
 
     doc: Document
     windows: Mapping[str, Windows] = field(default_factory=dict)  # by tokenizer key
     predictions: Mapping[str, Predictions] = field(default_factory=dict)  # by task
     failures: tuple[Failure, ...] = ()
+    spans: Mapping[str, tuple[Span, ...]] = field(default_factory=dict)  # by task
+    mentions: tuple[Row, ...] = ()
 
     def with_(self, **changes) -> "Work":
         """A copy with ``changes`` applied."""
@@ -153,7 +156,8 @@ class Work:
 class DocumentRows:
     """What one document adds to the outputs: its state row, its span rows and dead letters,
     what it adds to the run's counts, and the rows of the outputs a run opts into (``extra``:
-    by output, e.g. its CDM document, its NOTE_NLP rows)."""
+    by output, e.g. its CDM document, its NOTE_NLP rows); each output picks its own
+    (``transforms.outputs``)."""
 
     document: Row
     spans: tuple[Row, ...] = ()

@@ -6,9 +6,10 @@ jobs starting on the same output one gets it and the other is refused in one lin
 renews the lease while it runs; a lock whose lease ran out, or whose process is gone from this
 machine, was left by a job that died, and the next job takes it over.
 
-Every commit runs under the lock (``transforms.write.finalize``): a local run already holds it
-(its run id: the commit re-enters it); a job on a cluster (Dataflow, Flink, Spark) takes it for
-its commit, waiting while another job holds it, so two jobs' commits never interleave.
+Every commit runs under the lock (``transforms.outputs.commit.finalize``): a local run already
+holds it (its run id: the commit re-enters it); a job on a cluster (Dataflow, Flink, Spark)
+takes it for its commit, waiting while another job holds it, so two jobs' commits never
+interleave.
 """
 
 from __future__ import annotations

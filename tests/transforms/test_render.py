@@ -1,10 +1,14 @@
-"""A document's own predictions -> its spans, state row and dead letters (no join)."""
+"""A document's own predictions -> its spans (decode) -> its flagged mentions (qualify) -> its
+rows in every output and its counts (render); no join."""
 
 import numpy as np
 import pytest
 
-from transforms.align import Aligner, AlignDoFn
+from transforms.core.method import Method
 from transforms.core.records import Document, Failure, Predictions, Work
+from transforms.decode import Decoder
+from transforms.qualify import Qualifier
+from transforms.render import RenderDoFn, Renderer
 from transforms.segment import pack
 from transforms.core.spec import TaskSpec
 
@@ -19,6 +23,13 @@ SPECS = {
                       labels={"proc": ("O", "B-PROCEDURE", "I-PROCEDURE"),
                               "sym": ("B-SYMPTOM", "I-SYMPTOM", "O")}),
 }
+
+
+def Aligner(specs, compat, outputs=()):
+    """The three stages from predictions to rows, as the job chains them."""
+    decode = Decoder(specs, Method(reference_compat=compat))
+    qualify, render = Qualifier(specs), Renderer(specs, outputs)
+    return lambda work: render(qualify(decode(work)))
 
 
 def windows():
@@ -88,9 +99,11 @@ def test_reprs_hide_text():
 
 
 def test_the_dofn_yields_one_element_per_document():
-    fn = AlignDoFn(SPECS, False)
+    fn = RenderDoFn(SPECS)
     fn.setup()
-    out = list(fn.process(work(("symptom",), {"symptom": preds(("s_es",), [2, 2, 2, 2])})))
+    decoded = Decoder(SPECS, Method())(work(("symptom",), {"symptom": preds(("s_es",),
+                                                                            [2, 2, 2, 2])}))
+    out = list(fn.process(Qualifier(SPECS)(decoded)))
     assert len(out) == 1 and out[0].document["n_spans"] == 0
 
 
@@ -143,6 +156,9 @@ def test_the_opt_in_outputs_carry_the_mentions_not_the_qualifiers_scopes():
     assert [(r["note_id"], r["lexical_variant"], r["term_exists"])
             for r in rows.extra["note_nlp"]] == [(4711, "dolor abdominal", "N"),
                                                  (4711, "fiebre", "N")]
-    unnumbered = Aligner(SPECS, False, ("note_nlp",))(work(("symptom",), QUALIFIED))
+    unnumbered = Aligner(SPECS, False, ("cdm", "note_nlp"))(work(("symptom",), QUALIFIED))
     assert unnumbered.document["status"] == "failed" and unnumbered.extra["note_nlp"] == ()
     assert unnumbered.errors[0]["stage"] == "note_nlp"
+    # the CDM document, rendered before NOTE_NLP failed it, says it failed too
+    (cdm,) = unnumbered.extra["cdm"]
+    assert cdm["nlp_output"]["processing_success"] is False
