@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from transforms.core.records import DocumentRows, Row
-from transforms.outputs import REGISTRY, OPT_IN, enabled, every, output
+from transforms.outputs import OPT_IN, REGISTRY, enabled, every
 from transforms.outputs.parts import PartWriter, Place, rewrite
 
 
