@@ -21,21 +21,23 @@ if TYPE_CHECKING:  # Beam and the stages load when the job is built: --help need
 
     from pipeline.options import AnnotateOptions
     from transforms.io.shards import Resume
-    from transforms.core.spec import TaskSpec
+    from transforms.core.spec import LinkerSpec, TaskSpec
 
 LOG = logging.getLogger("pipeline")
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "PrismRunner")
 
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
-          resume: Resume, run_id: str, record: Mapping, gpu: bool = False) -> None:
+          resume: Resume, run_id: str, record: Mapping, gpu: bool = False,
+          linkers: Mapping[str, LinkerSpec] | None = None) -> None:
     """The whole job: read (the shards not yet done), route, segment, infer per task, decode,
-    qualify, render, write."""
+    qualify, link (where the task file has linkers), render, write."""
     import apache_beam as beam
 
     from pipeline.summary import run_info, write_run_record
     from transforms.batch import GroupDocuments
     from transforms.decode import DecodeDoFn
+    from transforms.link import LinkMentions
     from transforms.qualify import QualifyDoFn
     from transforms.read import Fields, ReadDocuments
     from transforms.render import RenderDoFn
@@ -62,8 +64,10 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Documents" >> beam.FlatMap(lambda group: group)
         | "Decode" >> beam.ParDo(DecodeDoFn(specs, opts.method))
         | "Qualify" >> beam.ParDo(QualifyDoFn(specs))
-        | "Render" >> beam.ParDo(RenderDoFn(specs, opts.outputs, info))
     )
+    if linkers:
+        rows = rows | "Link" >> LinkMentions(linkers, "cuda" if gpu else opts.device)
+    rows = rows | "Render" >> beam.ParDo(RenderDoFn(specs, opts.outputs, info))
     totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs,
                                                       record["started"])
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
@@ -165,7 +169,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
                                   wants_gpu)
     from pipeline.summary import finish_run_record, job_config, metric_totals, metrics_table, now
     from pipeline.summary import record_check
-    from pipeline.tasks import has_random_weights, load_tasks, pin_revisions
+    from pipeline.tasks import has_random_weights, load_linkers, load_tasks, pin_revisions
     from transforms.io.lock import OutputLock
     from transforms.io.shards import InputError, Resume, check_output_outside, expand_pattern
     from transforms.outputs.commit import check_layout, recover
@@ -183,6 +187,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     gpu = uses_gpu(options, local)
     opts.apply_device_defaults(gpu)
     specs = pin_revisions(load_tasks(opts.tasks))
+    linkers = load_linkers(opts.tasks, specs)
     check_windows(specs, opts)
     check_language(specs, opts)
     LOG.info("tasks: %s", {n: (s.kind, list(s.languages)) for n, s in specs.items()})
@@ -192,7 +197,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
                         spec.name, spec.model)
     check_output_outside(opts.input, opts.output)
     check_layout(opts.output)
-    config = job_config(opts, specs, cpu_precisions(opts, specs, gpu) if local else None)
+    config = job_config(opts, specs, cpu_precisions(opts, specs, gpu) if local else None,
+                        linkers)
     started = now()
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{os.urandom(2).hex()}"
     resume = Resume(opts.output, config, opts.force)
@@ -203,7 +209,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             raise InputError(f"no input files match {opts.input!r}")
         OutputLock(opts.output, run_id).check_free()  # a local run is writing there now
         return submit(test_pipeline or beam.Pipeline(runner=runner, options=options), opts, specs,
-                      resume, run_id, record, wants_gpu(options))
+                      resume, run_id, record, wants_gpu(options), linkers)
     with OutputLock(opts.output, run_id):  # one job at a time writes an output
         for line in recover(opts.output, specs):
             LOG.warning("output: %s (an earlier run stopped while committing)", line)
@@ -214,8 +220,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             return None
         p = beam.Pipeline(runner=local_runner(runner), options=options)
         if options.view_as(TestOptions).dry_run:
-            return submit(p, opts, specs, resume, run_id, record, wants_gpu(options))
-        build(p, opts, specs, resume, run_id, record, wants_gpu(options))
+            return submit(p, opts, specs, resume, run_id, record, wants_gpu(options), linkers)
+        build(p, opts, specs, resume, run_id, record, wants_gpu(options), linkers)
         result = p.run()
         result.wait_until_finish()
     totals = metric_totals(result)
@@ -225,10 +231,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
 
 
 def submit(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
-           resume: Resume, run_id: str, record: Mapping, gpu: bool):
+           resume: Resume, run_id: str, record: Mapping, gpu: bool,
+           linkers: Mapping[str, LinkerSpec]):
     """Build the job and submit it without waiting (Dataflow, a Flex Template launcher, a
     portable job server): the job writes its own run record when it ends."""
-    build(p, opts, specs, resume, run_id, record, gpu)
+    build(p, opts, specs, resume, run_id, record, gpu, linkers)
     result = p.run()
     LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))
     return result

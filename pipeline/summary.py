@@ -16,9 +16,10 @@ from typing import Any, Mapping
 import fsspec
 
 from transforms.formats.cdm import RunInfo
-from transforms.core.spec import TaskSpec
+from transforms.core.spec import LinkerSpec, TaskSpec
 from transforms.io.shards import file_version
 from transforms.io.storage import file_digest, write_atomically
+from transforms.io.terminology import digest
 
 
 @dataclass
@@ -119,9 +120,11 @@ OUTPUT_OPTIONS = ("language", "min_lang_confidence", "reference_compat", "max_to
 
 
 def job_config(opts: Any, specs: Mapping[str, TaskSpec],
-               precisions: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """What a completed shard's output depends on: task file, model versions, options, and the
-    dtype ``--precision auto`` decided for each task on this machine (``precisions``)."""
+               precisions: Mapping[str, str] | None = None,
+               linkers: Mapping[str, LinkerSpec] | None = None) -> dict[str, Any]:
+    """What a completed shard's output depends on: task file, model versions, options, the
+    dtype ``--precision auto`` decided for each task on this machine (``precisions``), and
+    each linker's terminology (its content) and bi-encoders."""
     return {
         "task_file": opts.tasks,
         "tasks": {name: {"kind": s.kind, "languages": list(s.languages),
@@ -134,6 +137,14 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec],
                     **({k: getattr(opts, k) for k in OPT_IN_OPTIONS} if opts.write else {}),
                     **({"detect_language": True} if opts.detect_language else {})},
         **({"precision_decided": dict(sorted(precisions.items()))} if precisions else {}),
+        **({"linkers": {name: {"labels": list(spec.labels), "terminology": spec.terminology,
+                               "content": digest(spec.terminology)[:16],
+                               "filters": {k: list(v) for k, v in spec.filters.items()},
+                               "models": {lang: model_version(m)["fingerprint"]
+                                          for lang, m in spec.models.items()},
+                               "ngrams": spec.ngrams, "top": spec.top,
+                               "min_score": spec.min_score}
+                        for name, spec in sorted(linkers.items())}} if linkers else {}),
     }
 
 

@@ -17,6 +17,13 @@ tasks:
     model: BSC-NLP4BIA/negation-tagger
     languages: [es]
     qualifies: {NSCO: negated, USCO: uncertain}
+linkers:                     # optional: code the mentions of some labels
+  snomed:
+    labels: [SYMPTOM, DISEASE]
+    terminology: vocab/      # an OMOP vocabulary folder (CONCEPT.csv...) or a TSV code<TAB>term
+    filters: {vocabulary_id: [SNOMED], standard_concept: [S]}   # OMOP only
+    model: {es: ICB-UMA/ClinLinker-KB-GP, "*": cambridgeltl/SapBERT-UMLS-2020AB-all-lang-from-XLMR}
+    # system: ICD10    # a TSV's code system; top: 10 codes kept; ngrams: true; min_score: 0
 ```
 Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encoder``).
 Parsing imports neither torch nor Beam until a model file must be opened.
@@ -36,7 +43,7 @@ import yaml
 
 from transforms.core.qualify import FLAGS
 from transforms.core.spans import bio_scheme
-from transforms.core.spec import KINDS, TaskSpec, normalize_lang
+from transforms.core.spec import KINDS, LinkerSpec, TaskSpec, normalize_lang
 from transforms.io.storage import localize
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -81,16 +88,13 @@ def tokenizer_key(location: str) -> str:
     return location
 
 
-TOP_LEVEL = ("tasks",)
+TOP_LEVEL = ("tasks", "linkers")
+LINKER_KEYS = ("labels", "terminology", "filters", "model", "system", "top", "ngrams",
+               "min_score")
 
 
-def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
-    """Read and validate a task file; raise ``TaskFileError`` on the first problem found.
-
-    ``open_models=False`` validates the file alone (kinds, heads, languages, labels given in
-    it) without opening a model, config or checkpoint: no hub, no downloads; an ``hf`` task's
-    labels are then unknown (empty) and heads are not checked against the checkpoint.
-    """
+def _read(path: str) -> dict:
+    """A task file's YAML, its top-level keys checked."""
     try:
         with fsspec.open(path, "rt", encoding="utf-8") as f:
             text = f.read()
@@ -109,9 +113,99 @@ def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
     if unknown:
         raise TaskFileError(f"task file {path!r}: unknown top-level key(s) {unknown}; the file "
                             f"has {list(TOP_LEVEL)}")
-    base = posixpath.dirname(path)
+    return raw
+
+
+def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
+    """Read and validate a task file's tasks; raise ``TaskFileError`` on the first problem.
+
+    ``open_models=False`` validates the file alone (kinds, heads, languages, labels given in
+    it) without opening a model, config or checkpoint: no hub, no downloads; an ``hf`` task's
+    labels are then unknown (empty) and heads are not checked against the checkpoint.
+    """
+    raw, base = _read(path), posixpath.dirname(path)
     return {name: _parse(str(name), cfg, base, open_models)
             for name, cfg in raw["tasks"].items()}
+
+
+def load_linkers(path: str, specs: Mapping[str, TaskSpec], open_terminologies: bool = True
+                 ) -> dict[str, LinkerSpec]:
+    """A task file's linkers (``linkers:``), validated against its tasks ``specs``: each label
+    one that a task's model has (where its labels are known) and coded by one linker only;
+    with ``open_terminologies``, each terminology read (a set-up error if it cannot be, or
+    holds no term)."""
+    raw, base = _read(path), posixpath.dirname(path)
+    value = raw.get("linkers") or {}
+    if not isinstance(value, dict):
+        raise TaskFileError("`linkers:` must map each linker's name to its settings")
+    known = {lab.split("-", 1)[1] for s in specs.values() for labels in s.labels.values()
+             for lab in labels if "-" in lab}
+    if any(not s.labels or not all(s.labels.values()) for s in specs.values()):
+        known = set()  # a model's labels not read (``open_models=False``): not checked
+    linkers, coded = {}, {}
+    for name, cfg in value.items():
+        spec = _parse_linker(str(name), cfg, base, known)
+        for label in spec.labels:
+            if label in coded:
+                raise TaskFileError(f"linker {name!r}: label {label} is coded by linker "
+                                    f"{coded[label]!r} already; a label has one linker")
+            coded[label] = spec.name
+        if open_terminologies:
+            from transforms.io.terminology import TerminologyError, read_terms
+
+            try:
+                read_terms(spec.terminology, spec.system, spec.filters)
+            except TerminologyError as e:
+                raise TaskFileError(f"linker {name!r}: {e}") from None
+        linkers[spec.name] = spec
+    return linkers
+
+
+def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec:
+    def fail(msg: str) -> TaskFileError:
+        return TaskFileError(f"linker {name!r}: {msg}")
+
+    if not _NAME_RE.match(name):
+        raise fail("linker names become file names: use letters, digits, '_', '.', '-'")
+    if not isinstance(cfg, dict):
+        raise fail("expected a mapping with `labels` and `terminology`")
+    unknown = sorted(map(str, set(cfg) - set(LINKER_KEYS)))
+    if unknown:
+        raise fail(f"unknown key(s) {unknown}; a linker has {list(LINKER_KEYS)}")
+    labels = cfg.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise fail("`labels:` must list the mention labels it codes, e.g. [SYMPTOM]")
+    missing = sorted(set(labels) - known) if known else []
+    if missing:
+        raise fail(f"no task's model has label(s) {missing} (they have {sorted(known)})")
+    if not cfg.get("terminology"):
+        raise fail("`terminology:` is missing: a TSV code<TAB>term or an OMOP vocabulary folder")
+    models = cfg.get("model") or {}
+    models = models if isinstance(models, dict) else {"*": models}
+    if not all(isinstance(v, str) and v for v in models.values()):
+        raise fail("`model:` must be a bi-encoder's location, or one per language")
+    models = {("*" if str(k) in ("*", "default") else normalize_lang(str(k))): _resolve(v, base)
+              for k, v in models.items()}
+    for location in models.values():
+        try:
+            check_location(location)
+        except (ValueError, OSError) as e:
+            raise fail(f"`model:` {e}") from e
+    filters = cfg.get("filters") or {}
+    if not isinstance(filters, dict):
+        raise fail("`filters:` must map OMOP columns to the values kept")
+    top, min_score = cfg.get("top", 10), cfg.get("min_score", 0.0)
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= 100:
+        raise fail("`top:` must be a whole number of codes from 1 to 100")
+    if not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
+        raise fail("`min_score:` must be a similarity from 0 to 1")
+    return LinkerSpec(
+        name=name, labels=tuple(labels), terminology=_resolve(str(cfg["terminology"]), base),
+        system=str(cfg["system"]) if cfg.get("system") else None,
+        filters={str(k): tuple(map(str, v if isinstance(v, list) else [v]))
+                 for k, v in filters.items()},
+        models=models, ngrams=bool(cfg.get("ngrams", True)), top=top,
+        min_score=float(min_score))
 
 
 def _resolve(location: str, base: str) -> str:
@@ -455,12 +549,17 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         for path in args.files:
-            for name, spec in load_tasks(path, args.open_models).items():
+            specs = load_tasks(path, args.open_models)
+            for name, spec in specs.items():
                 heads = ", ".join(h for h in spec.all_heads if h) or "the model's"
                 qualifies = "".join(f"; {label} -> {flag}"
                                     for label, flag in spec.qualifies.items())
                 print(f"{path}: {name}: {spec.kind} {spec.model}; languages "
                       f"{' '.join(spec.languages)}; heads {heads}{qualifies}")
+            for name, linker in load_linkers(path, specs).items():
+                models = ", ".join(f"{k}={v}" for k, v in linker.models.items())
+                print(f"{path}: linker {name}: codes {' '.join(linker.labels)} with "
+                      f"{linker.terminology}; {models or 'character n-grams'}")
     except TaskFileError as e:
         raise SystemExit(f"pipeline.tasks: {e}") from None
 

@@ -47,6 +47,8 @@ def counts(work: Work, doc: Document, specs: Mapping[str, TaskSpec]) -> dict[str
             found[f"tokens/real_{task}"] += int(windows.id_bounds[-1])
     for row in work.mentions:
         found[f"spans/{row['task']}/{row['label']}"] += 1
+        if row.get("link_candidates") is not None:
+            found[f"links/{row['label']}/{'coded' if row['code'] else 'uncoded'}"] += 1
     found["documents/read"] += 1
     found[f"documents/{doc.status or ANNOTATED}"] += 1
     found[f"documents/lang_{doc.lang or 'none'}"] += 1

@@ -237,3 +237,46 @@ def test_a_checkpoint_named_inside_a_hub_repo_is_pinned_to_the_repo_commit(hub_c
 
     assert hub_commit("hf://BSC-NLP4BIA/tiny-stl/model.pt", None) == hub_cache["main"]
     assert hub_commit("BSC-NLP4BIA/tiny-stl", "v2") == hub_cache["v2"]
+
+
+LINKER = "linkers:\n  codes:\n    labels: [SYMPTOM]\n    terminology: terms.tsv\n"
+
+
+@pytest.mark.parametrize("linkers, message", [
+    ("linkers:\n  codes:\n    labels: [SYMPTOM]\n", "`terminology:` is missing"),
+    ("linkers:\n  codes:\n    labels: SYMPTOM\n    terminology: terms.tsv\n", "must list"),
+    ("linkers:\n  codes:\n    labels: [DISEASE]\n    terminology: terms.tsv\n",
+     r"no task's model has label\(s\) \['DISEASE'\]"),
+    (LINKER + "    vocabulary: SNOMED\n", r"unknown key\(s\) \['vocabulary'\]"),
+    (LINKER + "    top: 0\n", "`top:` must be"),
+    (LINKER + "  again:\n    labels: [SYMPTOM]\n    terminology: terms.tsv\n",
+     "label SYMPTOM is coded by linker 'codes' already"),
+    ("linkers:\n  codes:\n    labels: [SYMPTOM]\n    terminology: nowhere.tsv\n",
+     "linker 'codes': terminology .*nowhere.tsv' is unreadable"),
+    (LINKER + "    model: missing-encoder/\n", "missing-encoder"),
+])
+def test_bad_linkers_fail_before_anything_runs(models, linkers, message):
+    from pipeline.tasks import load_linkers
+
+    (models / "terms.tsv").write_text("C1\tfiebre\n")
+    path = str(models / "tasks.yaml")
+    with open(path, "a") as f:
+        f.write(linkers)
+    with pytest.raises(TaskFileError, match=message):
+        load_linkers(path, load_tasks(path))
+
+
+def test_a_linker_is_listed_and_its_paths_resolve_next_to_the_task_file(models, capsys):
+    from pipeline.tasks import load_linkers, main
+
+    (models / "terms.tsv").write_text("C1\tfiebre\n")
+    with open(models / "tasks.yaml", "a") as f:
+        f.write(LINKER + "    model: {es: stl_procedure, default: stl_procedure}\n    top: 3\n")
+    path = str(models / "tasks.yaml")
+    (linker,) = load_linkers(path, load_tasks(path)).values()
+    assert linker.terminology == str(models / "terms.tsv") and linker.top == 3
+    assert linker.model("es") == linker.model("it") == str(models / "stl_procedure")
+    main([path])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{path}: linker codes: codes SYMPTOM with {models / 'terms.tsv'}; "
+        f"es={models / 'stl_procedure'}, *={models / 'stl_procedure'}")

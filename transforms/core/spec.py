@@ -86,3 +86,27 @@ class TaskSpec:
     def scheme(self, head: str | None) -> LabelScheme:
         """The BIO scheme of ``head``'s labels."""
         return bio_scheme(dict(enumerate(self.labels[head])))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkerSpec:
+    """A linker of the task file: the mention ``labels`` it codes, its ``terminology`` (a TSV
+    or an OMOP vocabulary folder, with ``filters``), the code ``system`` of a TSV, and its
+    bi-encoder per language (``models``; ``"*"``: any other language; none: character
+    n-grams alone). ``ngrams``: whether character n-grams run beside a model (their ranks
+    fused with its); ``top``: candidate codes kept per mention; ``min_score``: the least
+    similarity a lone method's best candidate needs to code a mention."""
+
+    name: str
+    labels: tuple[str, ...]
+    terminology: str
+    system: str | None = None
+    filters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    models: Mapping[str, str] = field(default_factory=dict)
+    ngrams: bool = True
+    top: int = 10
+    min_score: float = 0.0
+
+    def model(self, lang: str | None) -> str | None:
+        """The bi-encoder for mentions of ``lang`` (None: character n-grams alone)."""
+        return self.models.get(lang or "") or self.models.get("*")

@@ -241,6 +241,34 @@ def record_metadata(document: Mapping[str, Any]) -> dict:
     return {"record_id": document["doc_id"], "report_language": lang, **found}
 
 
+_NAMESPACES = {"snomed": "SNOMED CT", "snomedct": "SNOMED CT", "sct": "SNOMED CT",
+               "icd10": "ICD10", "icd10cm": "ICD10", "icd10pcs": "ICD10", "icd9": "ICD9",
+               "icd9cm": "ICD9", "meddra": "MedDRA", "hpo": "HPO", "loinc": "LOINC",
+               "mesh": "MeSH", "atc": "ATC", "icpc": "ICPC", "icpc2": "ICPC", "umls": "UMLS",
+               "dt4h": "DT4H"}
+
+
+def namespace(system: str | None) -> str | None:
+    """The CDM ``controlled_vocabulary_namespace`` of a code system (an OMOP
+    ``vocabulary_id`` such as ``SNOMED``, or a TSV's name); ``other`` where the CDM has none."""
+    if not system:
+        return None
+    return _NAMESPACES.get("".join(c for c in system.lower() if c.isalnum()), "other")
+
+
+def linking(span: Mapping[str, Any]) -> dict:
+    """A coded mention's CDM linking fields (null where it has no code)."""
+    if not span.get("code"):
+        return {}
+    return {"nel_component_type": ("transformer" if span.get("link_method") in ("dense", "fused")
+                                   else "lexical similarity"),
+            "nel_component_version": span.get("link_method"),
+            "controlled_vocabulary_namespace": namespace(span.get("code_system")),
+            "controlled_vocabulary_concept_identifier": span["code"],
+            "controlled_vocabulary_concept_official_term": span.get("code_term"),
+            "controlled_vocabulary_source": "original"}
+
+
 def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:
     """A mention as a CDM ``Annotation``: what the pipeline cannot know stays null."""
     return {**dict.fromkeys(ANNOTATION),
@@ -253,7 +281,8 @@ def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:
             "negation": _yes_no(span.get("negated")),
             "negation_confidence": span.get("negated_score"),
             "uncertainty": _yes_no(span.get("uncertain")),
-            "uncertainty_confidence": span.get("uncertain_score")}
+            "uncertainty_confidence": span.get("uncertain_score"),
+            **linking(span)}
 
 
 def response(document: Mapping[str, Any], text: str | None,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # every output, in the order a part writes them; True: written only when ``--write`` names it
 REGISTRY = {"spans": False, "documents": False, "errors": False, "tsv": False,
-            "cdm": True, "note_nlp": True}
+            "codes": False, "cdm": True, "note_nlp": True}
 OPT_IN = tuple(name for name, opt_in in REGISTRY.items() if opt_in)
 
 

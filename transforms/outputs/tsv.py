@@ -33,10 +33,10 @@ def tsv_line(row: Mapping[str, Any]) -> str:
     )
 
 
-def output_tasks(fs, root: str, tasks: Iterable[str]) -> list[str]:
-    """``tasks`` and every task whose TSV rows the output holds (an earlier task file's too)."""
+def output_tasks(fs, root: str, tasks: Iterable[str], folder: str = FOLDER) -> list[str]:
+    """``tasks`` and every task whose rows ``folder`` holds (an earlier task file's too)."""
     return sorted({*tasks, *(posixpath.basename(p) for p in
-                             fs.glob(posixpath.join(root, FOLDER, "*")) if fs.isdir(p))})
+                             fs.glob(posixpath.join(root, folder, "*")) if fs.isdir(p))})
 
 
 def _put(fs, path: str, data: bytes) -> None:
@@ -51,8 +51,8 @@ def _copy_into(fs, dst, paths: Iterable[str]) -> None:
                 dst.write(chunk)
 
 
-def _journal(root: str, task: str) -> str:
-    return posixpath.join(root, FOLDER, f"{task}.journal")
+def _journal(root: str, folder: str, task: str) -> str:
+    return posixpath.join(root, folder, f"{task}.journal")
 
 
 def _append(fs, tsv: str, size: int, parts: Sequence[str]) -> None:
@@ -70,45 +70,63 @@ def _append(fs, tsv: str, size: int, parts: Sequence[str]) -> None:
 
 
 class Tsv(TextOutput):
-    name = "tsv"
-    files = (File(folder=FOLDER + "/{stream}", suffix=".tsv", name="{part}{suffix}"),)
+    """A MultiClinAI TSV per task: ``<task>.tsv`` (``target``), from each part's rows under
+    ``folder``; ``columns`` its header, ``line`` a row's record, ``keeps`` which rows;
+    ``always``: written for every task, rows or not."""
+
+    name, folder, target, columns = "tsv", FOLDER, "{task}.tsv", COLUMNS
+    always = True  # a task's file is written even when it has no rows
+
+    @property
+    def files(self) -> tuple[File, ...]:
+        return (File(folder=self.folder + "/{stream}", suffix=".tsv", name="{part}{suffix}"),)
+
+    def keeps(self, row: Mapping[str, Any]) -> bool:
+        return True
+
+    def line(self, row: Mapping[str, Any]) -> str:
+        return tsv_line(row)
 
     def rows(self, doc):
         by_task: dict[str, list] = {}
         for span in doc.spans:
-            by_task.setdefault(span["task"], []).append(span)
+            if self.keeps(span):
+                by_task.setdefault(span["task"], []).append(span)
         return by_task
 
     def encode(self, row) -> bytes:
-        return (tsv_line(row) + "\n").encode("utf-8")
+        return (self.line(row) + "\n").encode("utf-8")
 
     def complete(self, fs, root, run_id, streams, mine) -> None:
-        """Each ``<task>.tsv``: this run's rows appended, or rebuilt from all parts' rows."""
-        tasks = output_tasks(fs, root, streams) if mine is None else streams
+        """Each task's file: this run's rows appended, or rebuilt from all parts' rows."""
+        tasks = output_tasks(fs, root, streams, self.folder) if mine is None else streams
+        header = ("\t".join(self.columns) + "\n").encode("utf-8")
         for task in tasks:
-            tsv, journal = posixpath.join(root, f"{task}.tsv"), _journal(root, task)
+            target = posixpath.join(root, self.target.format(task=task))
+            journal = _journal(root, self.folder, task)
             pending = json.loads(fs.cat(journal)) if fs.exists(journal) else None
-            parts = self.files[0]
-            if mine is None or not fs.exists(tsv) or (pending and pending["run"] != run_id):
-                found = sorted(fs.glob(posixpath.join(root, FOLDER, task, "*.tsv")))
-                with atomic_output(fs, tsv) as f:
-                    f.write((HEADER + "\n").encode("utf-8"))
+            if mine is None or not fs.exists(target) or (pending and pending["run"] != run_id):
+                found = sorted(fs.glob(posixpath.join(root, self.folder, task, "*.tsv")))
+                if not found and not fs.exists(target) and not self.always:
+                    continue
+                with atomic_output(fs, target) as f:
+                    f.write(header)
                     _copy_into(fs, f, found)
                 if pending:
                     fs.rm(journal)
             else:
                 if pending is None:
-                    pending = {"run": run_id, "size": fs.size(tsv)}
+                    pending = {"run": run_id, "size": fs.size(target)}
                     _put(fs, journal, json.dumps(pending).encode())
-                _append(fs, tsv, pending["size"],
-                        [p for p in (parts.path(root, self.name, name, task)
+                _append(fs, target, pending["size"],
+                        [p for p in (self.files[0].path(root, self.name, name, task)
                                      for name in sorted(mine)) if fs.exists(p)])
 
     def completed(self, fs, root, streams) -> None:
         """The journals go once the run is recorded complete (a retry before then rewinds)."""
-        for task in output_tasks(fs, root, streams):
-            if fs.exists(_journal(root, task)):
-                fs.rm(_journal(root, task))
+        for task in output_tasks(fs, root, streams, self.folder):
+            if fs.exists(_journal(root, self.folder, task)):
+                fs.rm(_journal(root, self.folder, task))
 
 
 OUTPUT = Tsv()

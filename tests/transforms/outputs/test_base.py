@@ -27,7 +27,7 @@ def test_the_registry_is_the_one_list():
     assert [o.name for o in every()] == list(REGISTRY)
     assert OPT_IN == ("cdm", "note_nlp")
     assert [o.name for o in enabled(["note_nlp"])] == ["spans", "documents", "errors", "tsv",
-                                                       "note_nlp"]
+                                                       "codes", "note_nlp"]
 
 
 def doc(doc_id, texts, source="a.txt", status="annotated"):

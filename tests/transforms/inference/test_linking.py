@@ -1,0 +1,68 @@
+"""A linker's index: exact forms first, then character n-grams, a dense encoder, or both fused;
+built once per terminology and model, then loaded from the cache."""
+
+import logging
+
+import pytest
+
+from tests.conftest import TOKENIZER
+from transforms.core.link import Term
+from transforms.inference.linking import build_or_load, index_key
+
+TERMS = [Term(code="C1", term="Dolor abdominal", system="S"),
+         Term(code="C1", term="dolor de barriga", system="S", preferred="Dolor abdominal"),
+         Term(code="C2", term="Fiebre alta", system="S"),
+         Term(code="C3", term="cefalea tensional", system="S")]
+
+
+def test_exact_forms_first_then_the_nearest_by_character_ngrams(tmp_path):
+    linker = build_or_load(TERMS, "k1", None, cache=tmp_path, top=2)
+    exact, near, two, nothing, empty = linker.link(["DOLOR de Barriga.", "fiebres altas",
+                                                    "dolores altos", "xyzw", ""])
+    assert [(TERMS[c.term].code, c.method, c.score) for c in exact] == [("C1", "exact", 1.0)]
+    assert TERMS[near[0].term].code == "C2" and near[0].method == "ngram"
+    assert 0 < near[0].score < 1
+    assert sorted(TERMS[c.term].code for c in two) == ["C1", "C2"]  # one candidate per code
+    assert nothing == [] and empty == []
+    assert "fiebres altas" in linker.cache  # each distinct string is searched once
+
+
+def test_min_score_leaves_weak_matches_uncoded(tmp_path):
+    linker = build_or_load(TERMS, "k2", None, cache=tmp_path, min_score=0.99)
+    assert linker.link(["fiebres altas"]) == [[]]
+    assert linker.link(["fiebre alta"])[0][0].method == "exact"  # exact is exact
+
+
+def test_the_index_is_built_once_then_loaded_from_the_cache(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "pipeline")
+    build_or_load(TERMS, "k3", None, cache=tmp_path)
+    again = build_or_load(TERMS, "k3", None, cache=tmp_path)
+    assert [r.message.split(": ")[1].split(" ")[0] for r in caplog.records] == ["built",
+                                                                                 "loaded"]
+    assert again.link(["fiebre altaa"])[0][0].method == "ngram"
+    assert index_key("t.tsv", None, "abc") != index_key("t.tsv", "model", "abc")
+    assert index_key("t.tsv", None, "abc") != index_key("t.tsv", None, "abd")
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """A tiny random-weight XLM-R: the dense path's mechanics, not its accuracy."""
+    from tests.fixtures.models import build_hf
+
+    folder = tmp_path_factory.mktemp("encoder")
+    build_hf(folder, TOKENIZER)
+    return str(folder)
+
+
+def test_a_dense_encoder_ranks_alone_or_fused_with_the_ngrams(tmp_path, encoder):
+    dense = build_or_load(TERMS, "d1", encoder, cache=tmp_path, ngrams=False, top=3)
+    (found,) = dense.link(["dolor abdominal intenso"])
+    assert [c.method for c in found] == ["dense"] * 3
+    assert sorted(TERMS[c.term].code for c in found) == ["C1", "C2", "C3"]
+    assert dense.vectors.shape == (len(TERMS), 32)
+    fused = build_or_load(TERMS, "d2", encoder, cache=tmp_path, top=3)
+    (found,) = fused.link(["dolor abdominal intenso"])
+    assert {c.method for c in found} == {"fused"}
+    assert fused.link(["fiebre alta"])[0][0].method == "exact"
+    cached = build_or_load(TERMS, "d2", encoder, cache=tmp_path, top=3)
+    assert (cached.vectors == fused.vectors).all()

@@ -1,0 +1,96 @@
+"""Entity linking's pure rules: the normalised form a mention and a term are matched on, how
+ranked candidate lists are fused, and what a linked mention carries.
+
+A mention is coded by exact match of its normalised form first (case, accents, punctuation
+and spacing do not count); else by nearest neighbours (character n-grams, a dense encoder, or
+both with their ranks fused); a mention no method finds stays uncoded, never dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+_NOT_WORD = re.compile(r"[\W_]+")
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+LINK_COLUMNS = ("code", "code_term", "code_system", "concept_id", "link_score", "link_method",
+                "link_candidates")
+EXACT, NGRAM, DENSE, FUSED = "exact", "ngram", "dense", "fused"
+
+
+def normalize(text: str) -> str:
+    """The form terms and mentions are matched on: accents stripped, case folded, every run of
+    punctuation or spacing one space (``"Dolor  Abdominal."`` -> ``"dolor abdominal"``)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _NOT_WORD.sub(" ", bare.casefold()).strip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Term:
+    """One row of a terminology: a code's term (one of its synonyms), optionally in one
+    language; ``concept_id``: its OMOP concept id where the terminology is an OMOP
+    vocabulary; ``preferred``: the code's official term."""
+
+    code: str
+    term: str
+    system: str
+    language: str | None = None
+    concept_id: int | None = None
+    preferred: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A term found for a mention: its index in the terminology, its score and method."""
+
+    term: int
+    score: float
+    method: str
+
+
+def fuse(rankings: Sequence[Sequence[Candidate]], k: int = RRF_K, top: int = 10
+         ) -> list[Candidate]:
+    """Reciprocal rank fusion of several methods' rankings (best first): a term's score is
+    the sum of ``1 / (k + rank)`` over the rankings that hold it; best ``top`` first."""
+    if len(rankings) == 1:
+        return list(rankings[0][:top])
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, candidate in enumerate(ranking, start=1):
+            scores[candidate.term] = scores.get(candidate.term, 0.0) + 1.0 / (k + rank)
+    ordered = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [Candidate(term, score, FUSED) for term, score in ordered]
+
+
+def by_code(candidates: Iterable[Candidate], terms: Sequence[Term]) -> list[Candidate]:
+    """Candidates with one entry per code (its best term), in order."""
+    seen, out = set(), []
+    for c in candidates:
+        code = terms[c.term].code
+        if code not in seen:
+            seen.add(code)
+            out.append(c)
+    return out
+
+
+def link_columns(candidates: Sequence[Candidate], terms: Sequence[Term]) -> dict:
+    """The span columns of a mention's linking: its best code, the code's term and system,
+    its OMOP concept id, the score and method, and the codes of every candidate (null where no
+    candidate was found)."""
+    if not candidates:
+        return dict(unlinked(True))
+    best = terms[candidates[0].term]
+    return {"code": best.code, "code_term": best.preferred or best.term,
+            "code_system": best.system, "concept_id": best.concept_id,
+            "link_score": round(float(candidates[0].score), 6),
+            "link_method": candidates[0].method,
+            "link_candidates": [terms[c.term].code for c in candidates]}
+
+
+def unlinked(covered: bool) -> Mapping[str, object]:
+    """The link columns of a mention no linker covers (all null) or that one covers but
+    found no code for (``link_candidates`` empty)."""
+    return {**dict.fromkeys(LINK_COLUMNS), "link_candidates": [] if covered else None}

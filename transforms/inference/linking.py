@@ -1,0 +1,160 @@
+"""A linker's model: a terminology's index (exact forms, character n-gram TF-IDF vectors, and
+with a bi-encoder its terms' dense vectors), built once per terminology and model and kept in
+the local cache, and the search that codes a batch of mention strings.
+
+Character n-grams are scikit-learn's ``TfidfVectorizer`` (``char_wb`` 3-grams, as scispaCy's
+linker; sublinear tf, L2 rows), searched by one sparse product per batch. A dense encoder is a
+Hugging Face encoder (ClinLinker, SapBERT: their [CLS] vector, L2-normalised), searched by
+inner product. Each distinct mention string is searched once per worker (``Linker.cache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code, fuse,
+                                  normalize)
+from transforms.io.storage import cache_root, write_atomically
+
+LOG = logging.getLogger("pipeline")
+INDEX_VERSION = 1  # bump when what an index holds changes: older cached ones are rebuilt
+CACHE_STRINGS = 200_000  # mention strings remembered per linker and worker
+
+
+class NgramIndex:
+    """Character 3-gram TF-IDF vectors of the terms' normalised forms."""
+
+    def __init__(self, forms: Sequence[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3),
+                                          sublinear_tf=True, dtype=np.float32)
+        self.matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
+
+    def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:
+        """The ``top`` nearest terms of each form, by cosine similarity."""
+        queries = self.vectorizer.transform(forms)
+        scores = (queries @ self.matrix).tocsr()
+        out = []
+        for i in range(len(forms)):
+            row = scores.getrow(i)
+            if row.nnz == 0:
+                out.append([])
+                continue
+            order = np.argsort(-row.data, kind="stable")[:top]
+            out.append([Candidate(int(row.indices[j]), float(row.data[j]), NGRAM)
+                        for j in order])
+        return out
+
+
+class DenseEncoder:
+    """A bi-encoder: texts -> L2-normalised [CLS] vectors, on ``device``."""
+
+    def __init__(self, location: str, device: str = "cpu", batch: int = 64) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        self.model = AutoModel.from_pretrained(location).to(device).eval()
+        self.device, self.batch = device, batch
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch):
+                enc = self.tokenizer(list(texts[i:i + self.batch]), padding=True,
+                                     truncation=True, max_length=32, return_tensors="pt")
+                hidden = self.model(**enc.to(self.device)).last_hidden_state[:, 0]
+                out.append(torch.nn.functional.normalize(hidden.float(), dim=-1).cpu().numpy())
+        size = self.model.config.hidden_size
+        return np.concatenate(out) if out else np.zeros((0, size), np.float32)
+
+
+class Linker:
+    """Codes mention strings against one terminology: exact normalised match first; else
+    the nearest terms by character n-grams, by a dense encoder, or both with their ranks
+    fused. ``top``: candidate codes kept per mention; ``min_score``: below it (for one
+    method alone) a mention stays uncoded."""
+
+    def __init__(self, terms: Sequence[Term], index: NgramIndex | None,
+                 encoder: DenseEncoder | None = None, vectors: np.ndarray | None = None,
+                 top: int = 10, min_score: float = 0.0) -> None:
+        self.terms, self.ngrams, self.encoder, self.vectors = terms, index, encoder, vectors
+        self.top, self.min_score = top, min_score
+        self.exact: dict[str, list[int]] = {}
+        for i, t in enumerate(terms):
+            self.exact.setdefault(normalize(t.term), []).append(i)
+        self.cache: OrderedDict[str, list[Candidate]] = OrderedDict()
+
+    def link(self, mentions: Sequence[str]) -> list[list[Candidate]]:
+        """Each mention's candidates, best first, one per code (empty: none found)."""
+        forms = [normalize(m) for m in mentions]
+        todo = list(dict.fromkeys(f for f in forms if f not in self.cache))
+        near = [f for f in todo if f not in self.exact]
+        found = dict(zip(near, self._nearest(near))) if near else {}
+        for form in todo:
+            if form in self.exact:
+                found[form] = [Candidate(i, 1.0, EXACT) for i in self.exact[form]]
+            self.cache[form] = by_code(found[form], self.terms)[:self.top]
+            if len(self.cache) > CACHE_STRINGS:
+                self.cache.popitem(last=False)
+        return [self.cache[f] if f else [] for f in forms]
+
+    def _nearest(self, forms: list[str]) -> list[list[Candidate]]:
+        wide = 4 * self.top  # several terms of one code: keep enough to fill ``top`` codes
+        methods = []
+        if self.ngrams is not None:
+            methods.append(self.ngrams.search(forms, wide))
+        if self.encoder is not None:
+            methods.append(self._dense(forms, wide))
+        if len(methods) == 1:
+            return [[c for c in ranked if c.score >= self.min_score] for ranked in methods[0]]
+        return [fuse([m[i] for m in methods], top=wide) for i in range(len(forms))]
+
+    def _dense(self, forms: list[str], top: int) -> list[list[Candidate]]:
+        scores = self.encoder.encode(forms) @ self.vectors.T
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+        return [[Candidate(int(j), float(s[j]), DENSE) for j in row]
+                for s, row in zip(scores, best)]
+
+
+def index_key(terminology: str, model: str | None, digest: str) -> str:
+    """The cache key of a terminology's index: its content, the model's, the index format."""
+    return hashlib.sha256(json.dumps([INDEX_VERSION, terminology, model, digest]).encode()
+                          ).hexdigest()[:24]
+
+
+def build_or_load(terms: Sequence[Term], key: str, model: str | None, device: str = "cpu",
+                  ngrams: bool = True, cache: Path | None = None, **options) -> Linker:
+    """The linker of ``terms``: its index loaded from the local cache by ``key``, or built
+    and cached (the n-gram vectors, and with ``model`` its dense term vectors)."""
+    folder = (cache or cache_root()) / "linking" / key
+    encoder = DenseEncoder(model, device) if model else None
+    if (folder / "index.pkl").exists():
+        with open(folder / "index.pkl", "rb") as f:
+            index = pickle.load(f)
+        vectors = np.load(folder / "vectors.npy") if model else None
+        LOG.info("linker index %s: loaded from the cache (%d terms)", key, len(terms))
+    else:
+        started = time.perf_counter()
+        forms = [normalize(t.term) for t in terms]
+        index = NgramIndex(forms) if ngrams else None
+        vectors = encoder.encode([t.term for t in terms]) if encoder else None
+        folder.mkdir(parents=True, exist_ok=True)
+        if vectors is not None:
+            np.save(folder / "vectors.npy", vectors)
+        write_atomically(str(folder / "index.pkl"), pickle.dumps(index))
+        LOG.info("linker index %s: built in %.1f s (%d terms)", key,
+                 time.perf_counter() - started, len(terms))
+    return Linker(terms, index, encoder, vectors, **options)

@@ -1,0 +1,95 @@
+"""Mentions -> mentions coded against a terminology (the task file's ``linkers:``).
+
+A stage of its own between qualifying and rendering, through ``RunInference`` like the NER
+models (its model: every linker's index and bi-encoders, GPU when present). RunInference
+batches documents; the mentions of a batch are linked together, each distinct string once per
+worker. A mention whose label a linker covers gets its columns (``code``, ``code_term``,
+``code_system``, ``concept_id``, ``link_score``, ``link_method``, ``link_candidates``: empty
+when no code was found); the others keep them null. No mention is ever dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from transforms.core.link import link_columns, unlinked
+from transforms.core.records import Row, Work
+from transforms.core.spec import LinkerSpec
+
+LOG = logging.getLogger("pipeline")
+
+
+class Linkers(dict):
+    """(linker, model) -> ``inference.linking.Linker``: the handler's model (a dict that Beam's
+    shared model cache can hold a weak reference to)."""
+
+
+
+class LinkHandler(ModelHandler[Work, Work, Linkers]):
+    """Every linker of the task file as one model: loaded (or built, then cached) once per
+    worker; a batch of documents in, the same documents with their mentions coded out."""
+
+    def __init__(self, linkers: Mapping[str, LinkerSpec], device: str = "auto") -> None:
+        self._linkers, self._device = dict(linkers), device
+        self._by_label = {label: spec for spec in linkers.values() for label in spec.labels}
+
+    def load_model(self) -> Linkers:
+        from transforms.inference.linking import build_or_load, index_key
+        from transforms.io.terminology import digest, read_terms
+
+        device = self._device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = Linkers()
+        for spec in self._linkers.values():
+            terms = read_terms(spec.terminology, spec.system, spec.filters)
+            content = digest(spec.terminology)
+            source = repr((spec.terminology, spec.system, sorted(spec.filters.items())))
+            models = set(spec.models.values()) | (set() if "*" in spec.models else {None})
+            for model in sorted(models, key=str):
+                loaded[(spec.name, model)] = build_or_load(
+                    terms, index_key(source, model, content), model, device,
+                    ngrams=spec.ngrams or model is None, top=spec.top,
+                    min_score=spec.min_score)
+        return loaded
+
+    def run_inference(self, batch: Sequence[Work], model: Linkers,
+                      inference_args: Mapping[str, Any] | None = None) -> Iterable[Work]:
+        wanted: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
+        for d, work in enumerate(batch):
+            for m, row in enumerate(work.mentions):
+                spec = self._by_label.get(row["label"])
+                if spec is not None:
+                    wanted.setdefault((spec.name, spec.model(row["lang"])), []).append((d, m))
+        columns: dict[tuple[int, int], dict] = {}
+        for key, places in wanted.items():
+            linker = model[key]
+            found = linker.link([batch[d].mentions[m]["text"] for d, m in places])
+            for place, candidates in zip(places, found):
+                columns[place] = link_columns(candidates, linker.terms)
+        return [work.with_(mentions=tuple(
+            Row(row, **columns.get((d, m), unlinked(False))) for m, row in
+            enumerate(work.mentions))) for d, work in enumerate(batch)]
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": 256}
+
+    def get_metrics_namespace(self) -> str:
+        return "linking"
+
+
+class LinkMentions(beam.PTransform):
+    """Documents -> the same documents with their mentions coded (``LinkHandler``)."""
+
+    def __init__(self, linkers: Mapping[str, LinkerSpec], device: str = "auto") -> None:
+        super().__init__()
+        self._handler = LinkHandler(linkers, device)
+
+    def expand(self, docs):
+        return docs | "RunInference" >> RunInference(self._handler)
