@@ -14,7 +14,10 @@ else those with a predicted mention; ``--all_documents``: the scorer's union of 
 gold and predictions). Files are read with
 ``pandas.read_csv(sep="\\t")`` as the scorer reads them. Beyond it: ``--by label`` and
 ``--by lang`` breakdowns, ``--table`` for a terminal table, and ``--pred`` may be a pipeline
-output directory (all its ``<task>.tsv``; languages from its ``documents/`` manifest).
+output directory (all its ``<task>.tsv``; languages from its ``documents/`` manifest). Gold
+with a ``code`` column (the entity-linking tasks' format) adds ``linking``: accuracy@1 and @k
+(``--k``) on the gold mentions found, and strict F1 where the code must match too (per label
+and language with ``--by``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.scoring import (EvaluationInputError, breakdown, document_languages, load_predictions,
-                              load_tsv, score)
+from pipeline.scoring import (EvaluationInputError, breakdown, document_languages, languages,
+                              linking, load_codes, load_predictions, load_tsv, score)
 
 
 def format_table(result: dict) -> str:
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="Score the union of the gold's and the predictions' documents, as the "
                          "official scorer does (gold of documents never run counts as missed).")
     ap.add_argument("--table", action="store_true", help="Print a table instead of JSON.")
+    ap.add_argument("--k", type=int, default=5,
+                    help="Linking accuracy@k: the gold code among the first k candidates.")
     args = ap.parse_args(argv)
     try:
         gold = pd.concat([load_tsv(r) for r in args.reference], ignore_index=True)
@@ -108,6 +113,21 @@ def main(argv: list[str] | None = None) -> None:
              if manifest and manifest.exists() else None)
     for by in dict.fromkeys(args.by):
         result[f"by_{by}"] = breakdown(gold, pred, by, known)
+    if "code" in gold:
+        try:
+            codes = pd.concat([load_codes(p) for p in args.pred], ignore_index=True)
+        except (EvaluationInputError, FileNotFoundError) as e:
+            sys.exit(f"pipeline.evaluate: {e}")
+        result["linking"] = linking(gold, codes, args.k)
+        if "label" in args.by:
+            result["linking"]["by_label"] = {str(lab): linking(gold[gold.label == lab], codes[
+                codes.label == lab], args.k) for lab in sorted(set(gold.label.dropna()))}
+        if "lang" in args.by:
+            lang = languages(gold, codes, known)
+            result["linking"]["by_lang"] = {code: linking(
+                gold[gold.filename.isin(set(lang.index[lang == code]))],
+                codes[codes.filename.isin(set(lang.index[lang == code]))], args.k)
+                for code in sorted(lang.unique())}
     print(format_table(result) if args.table else json.dumps(result, indent=2))
 
 

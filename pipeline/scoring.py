@@ -26,18 +26,23 @@ from transforms.inference.language import lang_from_name
 REQUIRED_COLUMNS = ["filename", "label", "start_span", "end_span", "text"]
 
 
+CODES_SUFFIX = "_codes.tsv"  # a pipeline output's coded mentions, beside its <task>.tsv
+NO_CODE = "NO_CODE"
+
+
 class EvaluationInputError(ValueError):
     """An input file the official scorer would refuse, with the same reason."""
 
 
 def load_tsv(path: str | Path) -> pd.DataFrame:
-    """Read and validate a MultiClinAI TSV as the official scorer does."""
-    df = pd.read_csv(path, sep="\t")
+    """Read and validate a MultiClinAI TSV as the official scorer does (a ``code`` column, as
+    the entity-linking tasks' files have, is kept)."""
+    df = pd.read_csv(path, sep="\t", dtype={"code": str})
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise EvaluationInputError(
             f"{path} is missing columns {missing}. Required: {REQUIRED_COLUMNS}")
-    df = df[REQUIRED_COLUMNS].copy()
+    df = df[[*REQUIRED_COLUMNS, *(["code"] if "code" in df.columns else [])]].copy()
     try:
         df["start_span"] = pd.to_numeric(df["start_span"]).astype(int)
         df["end_span"] = pd.to_numeric(df["end_span"]).astype(int)
@@ -53,7 +58,7 @@ def load_predictions(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_dir():
         return load_tsv(path)
-    files = sorted(path.glob("*.tsv"))
+    files = sorted(f for f in path.glob("*.tsv") if not f.name.endswith(CODES_SUFFIX))
     if not files:
         raise EvaluationInputError(f"{path} holds no .tsv files")
     return pd.concat([load_tsv(f) for f in files], ignore_index=True)
@@ -177,3 +182,38 @@ def breakdown(gold: pd.DataFrame, pred: pd.DataFrame, by: str,
         docs = set(lang.index[lang == code])
         out[code] = score(gold[gold.filename.isin(docs)], pred[pred.filename.isin(docs)])
     return out
+
+
+def load_codes(path: str | Path) -> pd.DataFrame:
+    """Predicted codes: a pipeline output directory's span rows (each mention's code and its
+    candidate codes, best first), or a TSV with a ``code`` column (its code alone)."""
+    path = Path(path)
+    if path.is_dir() and (path / "spans").exists():
+        spans = pd.read_parquet(path / "spans", columns=["doc_id", "label", "start", "end",
+                                                          "code", "link_candidates"])
+        return pd.DataFrame({"filename": spans.doc_id, "label": spans.label,
+                             "start_span": spans.start, "end_span": spans.end,
+                             "code": spans.code, "candidates": [
+                                 list(c) if c is not None else [] for c in spans.link_candidates]})
+    pred = load_tsv(path)
+    if "code" not in pred:
+        raise EvaluationInputError(f"{path} has no `code` column and no spans/ to read codes from")
+    pred["code"] = pred.code.where(pred.code != NO_CODE)
+    pred["candidates"] = [[c] if isinstance(c, str) else [] for c in pred.code]
+    return pred
+
+
+def linking(gold: pd.DataFrame, pred: pd.DataFrame, k: int = 5) -> dict[str, Any]:
+    """Entity linking against gold with codes (its ``NO_CODE`` mentions left out): accuracy@1
+    and @k over the gold mentions the prediction found (same document, label and offsets), and
+    strict P/R/F1 where the code must match too."""
+    key = ["filename", "label", "start_span", "end_span"]
+    gold = gold[gold.code.notna() & (gold.code != NO_CODE)]
+    pred = pred.drop_duplicates(subset=key)
+    found = gold.merge(pred, on=key, suffixes=("", "_pred"))
+    at1 = (found.code == found.code_pred).to_numpy()
+    atk = np.array([c in cands[:k] for c, cands in zip(found.code, found.candidates)], bool)
+    tp = int(at1.sum())
+    return {"found": len(found), "accuracy@1": round(float(at1.mean()), 4) if len(found) else 0.0,
+            f"accuracy@{k}": round(float(atk.mean()), 4) if len(found) else 0.0,
+            "strict_with_code": _prf(tp, int(pred.code.notna().sum()) - tp, len(gold) - tp)}

@@ -179,3 +179,34 @@ def test_gold_of_documents_the_run_never_saw_is_left_out_and_said(tmp_path):
                          tmp_path / "b.tsv", "--pred", alone)
     assert got == score(load_tsv(tsv(GOLD[:3])), load_tsv(tsv(PRED)))  # d2: nothing predicted
     assert "the documents with a predicted mention (pass --documents" in said
+
+
+def test_linking_accuracy_on_the_mentions_found_and_strict_f1_with_the_code():
+    import pandas as pd
+
+    from pipeline.scoring import linking
+
+    cols = ["filename", "label", "start_span", "end_span", "text", "code"]
+    gold = pd.DataFrame([("d", "S", 0, 5, "fiebre", "C1"), ("d", "S", 10, 15, "tos", "C2"),
+                         ("d", "S", 20, 25, "mareo", "C3"), ("d", "S", 30, 35, "x", "NO_CODE"),
+                         ("e", "S", 0, 5, "dolor", "C4")], columns=cols)
+    pred = pd.DataFrame([("d", "S", 0, 5, "C1", ["C1", "C9"]),
+                         ("d", "S", 10, 15, "C9", ["C9", "C2"]),
+                         ("d", "S", 20, 25, None, []), ("d", "S", 40, 45, "C5", ["C5"])],
+                        columns=["filename", "label", "start_span", "end_span", "code",
+                                 "candidates"])
+    result = linking(gold, pred, k=2)
+    assert result["found"] == 3  # the gold mentions the prediction found (NO_CODE left out)
+    assert result["accuracy@1"] == round(1 / 3, 4) and result["accuracy@2"] == round(2 / 3, 4)
+    strict = result["strict_with_code"]
+    assert (strict["tp"], strict["fp"], strict["fn"]) == (1, 2, 3)  # a coded prediction per fp
+
+
+def test_an_output_folder_s_codes_files_are_not_predictions_twice(tmp_path):
+    from pipeline.scoring import load_codes, load_predictions
+
+    (tmp_path / "symptom.tsv").write_text(f"{TSV_HEADER}\nd\tS\t0\t5\tfiebre\n")
+    (tmp_path / "symptom_codes.tsv").write_text(f"{TSV_HEADER}\tcode\nd\tS\t0\t5\tfiebre\tC1\n")
+    assert len(load_predictions(tmp_path)) == 1
+    codes = load_codes(tmp_path / "symptom_codes.tsv")
+    assert codes.code.tolist() == ["C1"] and codes.candidates.tolist() == [["C1"]]
