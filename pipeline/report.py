@@ -48,6 +48,7 @@ class RunOutputs:
     texts: pd.DataFrame | None  # label, text, n (None: texts must not be shown)
     record: dict[str, Any]
     qualified: pd.DataFrame  # label, <flag>_known, <flag> (mentions a qualifier ran on, flagged)
+    codes: pd.DataFrame  # label, code, code_term, n: mentions a linker covers (code null: none)
 
 
 def _count(table: pa.Table, keys: list[str]) -> pd.DataFrame:
@@ -65,18 +66,24 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
         raise FileNotFoundError(f"{out}: no documents/ here; is it a pipeline output?")
     documents = read_parquet_dir(f"{out}/documents", [
         "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"]).to_pandas()
-    mentions, texts, qualified = [], [], []
-    columns = ["label", "lang", *FLAGS] + (["text"] * with_texts)
+    mentions, texts, qualified, codes = [], [], [], []
+    columns = ["label", "lang", *FLAGS, "code", "code_term", "link_candidates"] + (
+        ["text"] * with_texts)
     for t in iter_parquet_dir(f"{out}/spans", columns):
         mentions.append(_count(t, ["label", "lang"]))
         if with_texts:
             texts.append(_count(t, ["label", "text"]))
         qualified.append(_flag_counts(t))
+        if "link_candidates" in t.column_names:
+            covered = t.filter(pc.invert(pc.is_null(t["link_candidates"])))
+            codes.append(_count(covered.select(["label", "code", "code_term"]),
+                                ["label", "code", "code_term"]))
     record = json.loads(fs.cat(f"{root}/run.json")) if fs.exists(f"{root}/run.json") else {}
     flag_columns = [c for flag in FLAGS for c in (f"{flag}_known", flag)]
     return RunOutputs(out, documents, _sum(mentions, ["label", "lang"]),
                       _sum(texts, ["label", "text"]) if with_texts else None, record,
-                      _sum(qualified, ["label"], flag_columns))
+                      _sum(qualified, ["label"], flag_columns),
+                      _sum(codes, ["label", "code", "code_term"]))
 
 
 def _flag_counts(table: pa.Table) -> pd.DataFrame:
@@ -255,6 +262,25 @@ def _qualifiers_html(qualified: pd.DataFrame) -> str:
         for r in known.sort_values("label").itertuples()])
 
 
+def _codes_html(codes: pd.DataFrame, top: int = 10) -> str:
+    """Per label a linker covers: the share of its mentions coded, and its most frequent
+    codes."""
+    if codes.empty:
+        return ('<p class="muted">No linker ran (a task file\'s <code>linkers:</code> codes '
+                'mentions against a terminology).</p>')
+    out = []
+    for label, rows in codes.groupby("label", sort=True):
+        coded = rows[rows.code.notna()]
+        total, n = int(rows.n.sum()), int(coded.n.sum())
+        best = coded.sort_values(["n", "code"], ascending=[False, True]).head(top)
+        out.append(f"<div><h3>{html.escape(str(label))}: {n / total:.1%} coded ({n:,} of "
+                   f"{total:,})</h3>"
+                   + _table(["code", "term", "mentions"],
+                            [(r.code, r.code_term, int(r.n)) for r in best.itertuples()])
+                   + "</div>")
+    return f'<div class="texts">{"".join(out)}</div>'
+
+
 def _tiles(run: RunOutputs) -> str:
     docs, record = run.documents, run.record
     states = docs.status.value_counts()
@@ -330,6 +356,7 @@ def render(run: RunOutputs, gold: dict[str, Any] | None) -> str:
 <section><h2>Evaluation (MultiClinAI strict and character F1)</h2>{evaluation_html}</section>
 <section><h2>Negated and uncertain mentions per label</h2>{_qualifiers_html(run.qualified)}
 </section>
+<section><h2>Codes per label</h2>{_codes_html(run.codes)}</section>
 <section><h2>Most frequent mention texts per label</h2><div class="texts">{texts}</div></section>
 <section><h2>Tasks and models</h2>{models}</section>
 <section><details><summary><b>Counters and distributions of the last run</b></summary>

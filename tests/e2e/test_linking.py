@@ -83,6 +83,11 @@ def test_every_mention_that_is_a_term_gets_that_terms_code(terms, tmp_path):
             zip(mine.doc_id, mine.start, mine.code.fillna("NO_CODE")))
     counts = json.loads((out / "run.json").read_text())["counts"]
     assert sum(v for k, v in counts.items() if k.startswith("links/")) == len(spans)
+    from pipeline.report import write_report
+
+    page = open(write_report(str(out)), encoding="utf-8").read()
+    coded = spans[spans.label == "SYMPTOM"].code.notna()
+    assert f"SYMPTOM: {coded.mean():.1%} coded ({coded.sum():,} of {len(coded):,})" in page
 
 
 def test_an_omop_vocabulary_codes_note_nlp_and_the_cdm_with_its_concepts(terms, tmp_path):

@@ -3,7 +3,8 @@ with a bi-encoder its terms' dense vectors), built once per terminology and mode
 the local cache, and the search that codes a batch of mention strings.
 
 Character n-grams are scikit-learn's ``TfidfVectorizer`` (``char_wb`` 3-grams, as scispaCy's
-linker; sublinear tf, L2 rows), searched by one sparse product per batch. A dense encoder is a
+linker; sublinear tf, L2 rows; n-grams of more than ``MAX_DF`` terms left out), searched by one
+sparse product per chunk of mentions. A dense encoder is a
 Hugging Face encoder (ClinLinker, SapBERT: their [CLS] vector, L2-normalised), searched by
 inner product. Each distinct mention string is searched once per worker (``Linker.cache``).
 """
@@ -28,6 +29,20 @@ from transforms.io.storage import cache_root, write_atomically
 LOG = logging.getLogger("pipeline")
 INDEX_VERSION = 1  # bump when what an index holds changes: older cached ones are rebuilt
 CACHE_STRINGS = 200_000  # mention strings remembered per linker and worker
+# n-grams in more terms than this are left out: they weigh little (low IDF) and would make
+# every search touch most of a large terminology (bench.linking: at 1M terms, 60x faster,
+# the same accuracy on HPO)
+MAX_DF = 5000
+CHUNK = 256  # mention strings scored at a time (a chunk's scores against every term in memory)
+
+
+def best(terms: np.ndarray, scores: np.ndarray, top: int) -> list[tuple[int, float]]:
+    """The ``top`` highest ``scores`` with their ``terms``, best first (ties: lower term)."""
+    if len(scores) > top:
+        keep = np.argpartition(-scores, top - 1)[:top]
+        terms, scores = terms[keep], scores[keep]
+    order = np.lexsort((terms, -scores))
+    return list(zip(terms[order].tolist(), scores[order].tolist()))
 
 
 class NgramIndex:
@@ -36,23 +51,20 @@ class NgramIndex:
     def __init__(self, forms: Sequence[str]) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3),
+        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), max_df=MAX_DF,
                                           sublinear_tf=True, dtype=np.float32)
         self.matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
 
     def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:
-        """The ``top`` nearest terms of each form, by cosine similarity."""
-        queries = self.vectorizer.transform(forms)
-        scores = (queries @ self.matrix).tocsr()
+        """The ``top`` nearest terms of each form, by cosine similarity (ties: the first
+        term), a chunk of forms at a time (memory bounded by the index and a chunk)."""
         out = []
-        for i in range(len(forms)):
-            row = scores.getrow(i)
-            if row.nnz == 0:
-                out.append([])
-                continue
-            order = np.argsort(-row.data, kind="stable")[:top]
-            out.append([Candidate(int(row.indices[j]), float(row.data[j]), NGRAM)
-                        for j in order])
+        for lo in range(0, len(forms), CHUNK):
+            scores = (self.vectorizer.transform(forms[lo:lo + CHUNK]) @ self.matrix).tocsr()
+            for i in range(scores.shape[0]):
+                a, b = scores.indptr[i], scores.indptr[i + 1]
+                out.append([Candidate(int(t), float(s), NGRAM)
+                            for t, s in best(scores.indices[a:b], scores.data[a:b], top)])
         return out
 
 
@@ -123,10 +135,13 @@ class Linker:
         return [fuse([m[i] for m in methods], top=wide) for i in range(len(forms))]
 
     def _dense(self, forms: list[str], top: int) -> list[list[Candidate]]:
-        scores = self.encoder.encode(forms) @ self.vectors.T
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :top]
-        return [[Candidate(int(j), float(s[j]), DENSE) for j in row]
-                for s, row in zip(scores, best)]
+        out = []
+        terms = np.arange(len(self.terms))
+        for lo in range(0, len(forms), CHUNK):
+            scores = self.encoder.encode(forms[lo:lo + CHUNK]) @ self.vectors.T
+            out += [[Candidate(int(t), float(s), DENSE) for t, s in best(terms, row, top)]
+                    for row in scores]
+        return out
 
 
 def index_key(terminology: str, model: str | None, digest: str) -> str:
