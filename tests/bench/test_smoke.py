@@ -24,6 +24,8 @@ BENCHES = {
     "scale": (["--notes", "40"], ()),
     "language": (["--lingua_sample", "5"], ()),
     "startup": (["--runs", "1"], ("help", "typo")),
+    "linking": (["--concepts", "500", "--sizes", "2000", "--dense_sizes", "1000",
+                 "--skip_job"], ("hpo", "ngram_speed", "dense_speed")),
 }
 
 
