@@ -2,58 +2,17 @@
 real clinical strings (the gold mentions of the 650 SPACCC cases the probe was trained on),
 as a TSV and as an OMOP vocabulary, into every output."""
 
-import csv
 import json
 import shutil
 
 import pandas as pd
 import pytest
 
-from tests.conftest import SHARED, SPACCC, run_pipeline
+from tests.conftest import SPACCC, run_pipeline
+from tests.fixtures.terminology import HELDOUT, task_file
 from transforms.core.link import normalize
 
 pytestmark = pytest.mark.e2e
-PROBE = SHARED / "models" / "probe-es"
-HELDOUT = (PROBE / "heldout.txt").read_text().split()
-
-
-@pytest.fixture(scope="module")
-def terms(tmp_path_factory):
-    """``{normalised form: (code, concept_id)}`` of the training cases' gold strings, written
-    as a TSV and as an OMOP vocabulary (codes by form, concept ids from 1000)."""
-    folder = tmp_path_factory.mktemp("terminology")
-    held, forms, rows = set(HELDOUT), {}, []
-    for label in ("symptom", "procedure"):
-        with open(SPACCC / f"gold_{label}.tsv", encoding="utf-8") as f:
-            for r in csv.DictReader(f, delimiter="\t"):
-                form = normalize(r["text"])
-                if r["filename"] in held or not form or form in forms:
-                    continue
-                forms[form] = (f"{label[:3].upper()}{len(forms):05d}", 1000 + len(forms))
-                rows.append((*forms[form], " ".join(r["text"].split()), label))
-    (folder / "terms.tsv").write_text("code\tterm\n" + "".join(
-        f"{code}\t{text}\n" for code, _, text, _ in rows), encoding="utf-8")
-    omop = folder / "omop"
-    omop.mkdir()
-    (omop / "CONCEPT.csv").write_text(
-        "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\t"
-        "standard_concept\tconcept_code\tvalid_start_date\tvalid_end_date\tinvalid_reason\n"
-        + "".join(f"{cid}\t{text}\t{'Condition' if lab == 'symptom' else 'Procedure'}\tSNOMED"
-                  f"\tClinical Finding\tS\t{code}\t20020131\t20991231\t\n"
-                  for code, cid, text, lab in rows), encoding="utf-8")
-    return folder, forms
-
-
-def task_file(folder, terminology, extra=""):
-    path = folder / f"tasks-{terminology.replace('/', '')}.yaml"
-    path.write_text(
-        "tasks:\n"
-        f"  symptom:\n    kind: mtl\n    model: {PROBE / 'probe-es.pt'}\n"
-        f"    encoder: {PROBE}\n    heads: {{es: symptom_es_ner}}\n"
-        f"  procedure:\n    kind: hf\n    model: {PROBE / 'procedure'}\n    languages: [es]\n"
-        f"linkers:\n  spaccc:\n    labels: [SYMPTOM, PROCEDURE]\n"
-        f"    terminology: {terminology}\n{extra}", encoding="utf-8")
-    return path
 
 
 def test_every_mention_that_is_a_term_gets_that_terms_code(terms, tmp_path):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import SPACCC, run_pipeline
-from tests.e2e.test_linking import HELDOUT, task_file, terms  # noqa: F401 (a fixture)
+from tests.fixtures.terminology import HELDOUT, task_file
 
 pytestmark = pytest.mark.e2e
 # the OMOP CDM v5.4 PostgreSQL DDL of NOTE_NLP, then the README's change of its key to bigint

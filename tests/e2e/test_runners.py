@@ -49,7 +49,8 @@ def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
     names = {t.unique_name: t for t in transforms}
     for step in ("ReadDocuments/ListShards", "ReadDocuments/CheckMarkers", "ReadDocuments/Read",
                  "Route", "Segment", "Group", "Infer_symptom", "Infer_procedure", "Decode",
-                 "Qualify", "Render", "Write/WriteParts", "Write/Finalize", "Write/MarkComplete", "RunRecord"):
+                 "Qualify", "Render", "Write/WriteParts", "Write/Finalize",
+                 "Write/MarkComplete", "RunRecord"):
         assert step in names
     # no step groups or reshuffles documents: the only groupings are of file names, shard
     # references and counts, upstream of the read or downstream of the writer
