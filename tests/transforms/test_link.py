@@ -1,0 +1,32 @@
+"""The link stage: a batch of documents' mentions coded where a linker covers their label,
+null where none does, never dropped."""
+
+from transforms.core.link import Term
+from transforms.core.records import Document, Row, Work
+from transforms.core.spec import LinkerSpec
+from transforms.inference.linking import build_or_load
+from transforms.link import LinkHandler, Linkers
+
+TERMS = [Term(code="C1", term="fiebre", system="S"), Term(code="C2", term="cefalea", system="S")]
+
+
+def mention(doc_id, label, text, start=0):
+    return Row(doc_id=doc_id, task="t", label=label, start=start, end=start + len(text),
+               text=text, score=0.9, lang="es", source="s")
+
+
+def test_covered_labels_are_coded_the_others_keep_null_columns(tmp_path):
+    spec = LinkerSpec(name="l", labels=("SYMPTOM",), terminology="terms.tsv")
+    handler = LinkHandler({"l": spec})
+    model = Linkers({("l", None): build_or_load(TERMS, "k", None, cache=tmp_path)})
+    docs = [Work(Document("a", "a", "fiebre y cefalea", "s"), mentions=(
+                mention("a", "SYMPTOM", "Fiebre"), mention("a", "PROCEDURE", "cefalea", 9))),
+            Work(Document("b", "b", "zzzz", "s"), mentions=(mention("b", "SYMPTOM", "zzzz"),)),
+            Work(Document("c", "c", "", "s"))]
+    a, b, c = handler.run_inference(docs, model)
+    (fever, procedure), (unknown,) = a.mentions, b.mentions
+    assert (fever["code"], fever["link_method"], fever["link_candidates"]) == (
+        "C1", "exact", ["C1"])
+    assert procedure["code"] is None and procedure["link_candidates"] is None  # not covered
+    assert unknown["code"] is None and unknown["link_candidates"] == []  # covered, not found
+    assert fever["text"] == "Fiebre" and c.mentions == ()
