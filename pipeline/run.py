@@ -66,7 +66,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Qualify" >> beam.ParDo(QualifyDoFn(specs))
     )
     if linkers:
-        rows = rows | "Link" >> LinkMentions(linkers, "cuda" if gpu else opts.device)
+        rows = rows | "Link" >> LinkMentions(linkers, "cuda" if gpu else opts.device,
+                                             opts.model_cache)
     rows = rows | "Render" >> beam.ParDo(RenderDoFn(specs, opts.outputs, info))
     totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs,
                                                       record["started"])

@@ -33,8 +33,9 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
     """Every linker of the task file as one model: loaded (or built, then cached) once per
     worker; a batch of documents in, the same documents with their mentions coded out."""
 
-    def __init__(self, linkers: Mapping[str, LinkerSpec], device: str = "auto") -> None:
-        self._linkers, self._device = dict(linkers), device
+    def __init__(self, linkers: Mapping[str, LinkerSpec], device: str = "auto",
+                 model_cache: str | None = None) -> None:
+        self._linkers, self._device, self._shared = dict(linkers), device, model_cache
         self._by_label = {label: spec for spec in linkers.values() for label in spec.labels}
 
     def load_model(self) -> Linkers:
@@ -55,7 +56,7 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
             for model in sorted(models, key=str):
                 loaded[(spec.name, model)] = build_or_load(
                     terms, index_key(source, model, content), model, device,
-                    ngrams=spec.ngrams or model is None, top=spec.top,
+                    ngrams=spec.ngrams or model is None, shared=self._shared, top=spec.top,
                     min_score=spec.min_score)
         return loaded
 
@@ -87,9 +88,10 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
 class LinkMentions(beam.PTransform):
     """Documents -> the same documents with their mentions coded (``LinkHandler``)."""
 
-    def __init__(self, linkers: Mapping[str, LinkerSpec], device: str = "auto") -> None:
+    def __init__(self, linkers: Mapping[str, LinkerSpec], device: str = "auto",
+                 model_cache: str | None = None) -> None:
         super().__init__()
-        self._handler = LinkHandler(linkers, device)
+        self._handler = LinkHandler(linkers, device, model_cache)
 
     def expand(self, docs):
         return docs | "RunInference" >> RunInference(self._handler)

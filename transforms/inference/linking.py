@@ -1,6 +1,7 @@
 """A linker's model: a terminology's index (exact forms, character n-gram TF-IDF vectors, and
 with a bi-encoder its terms' dense vectors), built once per terminology and model and kept in
-the local cache, and the search that codes a batch of mention strings.
+the local cache (with ``--model_cache``, built by one machine of a job and shared with the
+others, as the OpenVINO conversions are), and the search that codes a batch of mention strings.
 
 Character n-grams are scikit-learn's ``TfidfVectorizer`` (``char_wb`` 3-grams, as scispaCy's
 linker; sublinear tf, L2 rows; n-grams of more than ``MAX_DF`` terms left out), searched by one
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -24,10 +24,10 @@ import numpy as np
 
 from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code, fuse,
                                   normalize)
-from transforms.io.storage import cache_root, write_atomically
+from transforms.io.storage import cache_root
 
 LOG = logging.getLogger("pipeline")
-INDEX_VERSION = 1  # bump when what an index holds changes: older cached ones are rebuilt
+INDEX_VERSION = 2  # bump when what an index holds changes: older cached ones are rebuilt
 CACHE_STRINGS = 200_000  # mention strings remembered per linker and worker
 # n-grams in more terms than this are left out: they weigh little (low IDF) and would make
 # every search touch most of a large terminology (bench.linking: at 1M terms, 60x faster,
@@ -45,15 +45,37 @@ def best(terms: np.ndarray, scores: np.ndarray, top: int) -> list[tuple[int, flo
     return list(zip(terms[order].tolist(), scores[order].tolist()))
 
 
+def _vectorizer(**options):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True,
+                           dtype=np.float32, **options)
+
+
 class NgramIndex:
-    """Character 3-gram TF-IDF vectors of the terms' normalised forms."""
+    """Character 3-gram TF-IDF vectors of the terms' normalised forms (``forms``), or as
+    ``save`` wrote them (``folder``): plain arrays and a JSON vocabulary, never a pickle (an
+    index may come from a shared location)."""
 
-    def __init__(self, forms: Sequence[str]) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
+    def __init__(self, forms: Sequence[str] | None = None, folder: Path | None = None) -> None:
+        from scipy import sparse
 
-        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), max_df=MAX_DF,
-                                          sublinear_tf=True, dtype=np.float32)
-        self.matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
+        if folder is None:
+            self.vectorizer = _vectorizer(max_df=MAX_DF)
+            self.matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
+            return
+        vocabulary = json.loads((folder / "ngrams.json").read_text(encoding="utf-8"))
+        self.vectorizer = _vectorizer(vocabulary=vocabulary)
+        self.vectorizer.idf_ = np.load(folder / "idf.npy")
+        self.matrix = sparse.load_npz(folder / "ngrams.npz").tocsr()
+
+    def save(self, folder: Path) -> None:
+        from scipy import sparse
+
+        vocabulary = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
+        (folder / "ngrams.json").write_text(json.dumps(vocabulary), encoding="utf-8")
+        np.save(folder / "idf.npy", self.vectorizer.idf_)
+        sparse.save_npz(folder / "ngrams.npz", self.matrix)
 
     def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:
         """The ``top`` nearest terms of each form, by cosine similarity (ties: the first
@@ -151,25 +173,32 @@ def index_key(terminology: str, model: str | None, digest: str) -> str:
 
 
 def build_or_load(terms: Sequence[Term], key: str, model: str | None, device: str = "cpu",
-                  ngrams: bool = True, cache: Path | None = None, **options) -> Linker:
-    """The linker of ``terms``: its index loaded from the local cache by ``key``, or built
-    and cached (the n-gram vectors, and with ``model`` its dense term vectors)."""
+                  ngrams: bool = True, cache: Path | None = None, shared: str | None = None,
+                  **options) -> Linker:
+    """The linker of ``terms``: its index (the n-gram vectors, and with ``model`` the terms'
+    dense vectors) from the local cache by ``key``; else from ``shared`` (``--model_cache``:
+    built by one machine of the job, read by the others); else built here and kept (and
+    published to ``shared``)."""
+    from filelock import FileLock
+
+    from transforms.io.shared_cache import ensure
+
     folder = (cache or cache_root()) / "linking" / key
     encoder = DenseEncoder(model, device) if model else None
-    if (folder / "index.pkl").exists():
-        with open(folder / "index.pkl", "rb") as f:
-            index = pickle.load(f)
-        vectors = np.load(folder / "vectors.npy") if model else None
-        LOG.info("linker index %s: loaded from the cache (%d terms)", key, len(terms))
-    else:
+
+    def build(into: Path) -> None:
         started = time.perf_counter()
-        forms = [normalize(t.term) for t in terms]
-        index = NgramIndex(forms) if ngrams else None
-        vectors = encoder.encode([t.term for t in terms]) if encoder else None
-        folder.mkdir(parents=True, exist_ok=True)
-        if vectors is not None:
-            np.save(folder / "vectors.npy", vectors)
-        write_atomically(str(folder / "index.pkl"), pickle.dumps(index))
+        if ngrams:
+            NgramIndex([normalize(t.term) for t in terms]).save(into)
+        if encoder is not None:
+            np.save(into / "vectors.npy", encoder.encode([t.term for t in terms]))
         LOG.info("linker index %s: built in %.1f s (%d terms)", key,
                  time.perf_counter() - started, len(terms))
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):  # this machine's processes
+        how = ensure(folder, build, shared and f"{shared.rstrip('/')}/linking/{key}")
+    LOG.info("linker index %s: %s (%d terms)", key, how, len(terms))
+    index = NgramIndex(folder=folder) if ngrams else None
+    vectors = np.load(folder / "vectors.npy") if encoder is not None else None
     return Linker(terms, index, encoder, vectors, **options)

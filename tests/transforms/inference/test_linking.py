@@ -34,12 +34,15 @@ def test_min_score_leaves_weak_matches_uncoded(tmp_path):
 
 
 def test_the_index_is_built_once_then_loaded_from_the_cache(tmp_path, caplog):
+    """Built once, then read from the cache: plain arrays and JSON, never a pickle."""
     caplog.set_level(logging.INFO, "pipeline")
     build_or_load(TERMS, "k3", None, cache=tmp_path)
     again = build_or_load(TERMS, "k3", None, cache=tmp_path)
-    assert [r.message.split(": ")[1].split(" ")[0] for r in caplog.records] == ["built",
-                                                                                 "loaded"]
+    assert [r.message.split(": ")[1].split(" ")[0] for r in caplog.records] == [
+        "built", "converted", "cached"]
     assert again.link(["fiebre altaa"])[0][0].method == "ngram"
+    assert sorted(p.name for p in (tmp_path / "linking" / "k3").iterdir()) == [
+        "MANIFEST.json", "idf.npy", "ngrams.json", "ngrams.npz"]
     assert index_key("t.tsv", None, "abc") != index_key("t.tsv", "model", "abc")
     assert index_key("t.tsv", None, "abc") != index_key("t.tsv", None, "abd")
 
@@ -66,3 +69,13 @@ def test_a_dense_encoder_ranks_alone_or_fused_with_the_ngrams(tmp_path, encoder)
     assert fused.link(["fiebre alta"])[0][0].method == "exact"
     cached = build_or_load(TERMS, "d2", encoder, cache=tmp_path, top=3)
     assert (cached.vectors == fused.vectors).all()
+
+
+def test_one_machine_builds_the_index_the_others_read_it_from_the_shared_cache(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "pipeline")
+    shared = str(tmp_path / "bucket")
+    build_or_load(TERMS, "s1", None, cache=tmp_path / "machine-1", shared=shared)
+    other = build_or_load(TERMS, "s1", None, cache=tmp_path / "machine-2", shared=shared)
+    hows = [r.message.split(": ")[1].split(" ")[0] for r in caplog.records]
+    assert hows == ["built", "converted", "downloaded"]
+    assert other.link(["fiebre alta"])[0][0].method == "exact"
