@@ -112,8 +112,6 @@ class Tsv(TextOutput):
                 with atomic_output(fs, target) as f:
                     f.write(header)
                     _copy_into(fs, f, found)
-                if pending:
-                    fs.rm(journal)
             else:
                 if pending is None:
                     pending = {"run": run_id, "size": fs.size(target)}
