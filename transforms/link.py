@@ -62,16 +62,17 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
 
     def run_inference(self, batch: Sequence[Work], model: Linkers,
                       inference_args: Mapping[str, Any] | None = None) -> Iterable[Work]:
-        wanted: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
+        wanted: dict[tuple[str, str | None, str | None], list[tuple[int, int]]] = {}
         for d, work in enumerate(batch):
             for m, row in enumerate(work.mentions):
                 spec = self._by_label.get(row["label"])
                 if spec is not None:
-                    wanted.setdefault((spec.name, spec.model(row["lang"])), []).append((d, m))
+                    key = (spec.name, spec.model(row["lang"]), row["lang"])
+                    wanted.setdefault(key, []).append((d, m))
         columns: dict[tuple[int, int], dict] = {}
-        for key, places in wanted.items():
-            linker = model[key]
-            found = linker.link([batch[d].mentions[m]["text"] for d, m in places])
+        for (name, encoder, lang), places in wanted.items():
+            linker = model[(name, encoder)]
+            found = linker.link([batch[d].mentions[m]["text"] for d, m in places], lang)
             for place, candidates in zip(places, found):
                 columns[place] = link_columns(candidates, linker.terms)
         return [work.with_(mentions=tuple(

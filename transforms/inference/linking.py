@@ -118,8 +118,9 @@ class DenseEncoder:
 class Linker:
     """Codes mention strings against one terminology: exact normalised match first; else
     the nearest terms by character n-grams, by a dense encoder, or both with their ranks
-    fused. ``top``: candidate codes kept per mention; ``min_score``: below it (for one
-    method alone) a mention stays uncoded."""
+    fused. A term with a language codes the mentions of that language only. ``top``:
+    candidate codes kept per mention; ``min_score``: below it (for one method alone) a
+    mention stays uncoded."""
 
     def __init__(self, terms: Sequence[Term], index: NgramIndex | None,
                  encoder: DenseEncoder | None = None, vectors: np.ndarray | None = None,
@@ -129,21 +130,27 @@ class Linker:
         self.exact: dict[str, list[int]] = {}
         for i, t in enumerate(terms):
             self.exact.setdefault(normalize(t.term), []).append(i)
-        self.cache: OrderedDict[str, list[Candidate]] = OrderedDict()
+        self.cache: OrderedDict[tuple[str | None, str], list[Candidate]] = OrderedDict()
 
-    def link(self, mentions: Sequence[str]) -> list[list[Candidate]]:
-        """Each mention's candidates, best first, one per code (empty: none found)."""
+    def link(self, mentions: Sequence[str], lang: str | None = None) -> list[list[Candidate]]:
+        """Each mention's candidates (mentions of language ``lang``), best first, one per
+        code (empty: none found)."""
         forms = [normalize(m) for m in mentions]
-        todo = list(dict.fromkeys(f for f in forms if f not in self.cache))
-        near = [f for f in todo if f not in self.exact]
+        todo = list(dict.fromkeys(f for f in forms if (lang, f) not in self.cache))
+        exact = {f: [i for i in self.exact.get(f, ()) if self._speaks(i, lang)] for f in todo}
+        near = [f for f in todo if not exact[f]]
         found = dict(zip(near, self._nearest(near))) if near else {}
         for form in todo:
-            if form in self.exact:
-                found[form] = [Candidate(i, 1.0, EXACT) for i in self.exact[form]]
-            self.cache[form] = by_code(found[form], self.terms)[:self.top]
+            candidates = [Candidate(i, 1.0, EXACT) for i in exact[form]] or [
+                c for c in found[form] if self._speaks(c.term, lang)]
+            self.cache[(lang, form)] = by_code(candidates, self.terms)[:self.top]
             if len(self.cache) > CACHE_STRINGS:
                 self.cache.popitem(last=False)
-        return [self.cache[f] if f else [] for f in forms]
+        return [self.cache[(lang, f)] if f else [] for f in forms]
+
+    def _speaks(self, term: int, lang: str | None) -> bool:
+        """Whether a term may code a mention of ``lang`` (a term without a language may)."""
+        return lang is None or self.terms[term].language in (None, lang)
 
     def _nearest(self, forms: list[str]) -> list[list[Candidate]]:
         wide = 4 * self.top  # several terms of one code: keep enough to fill ``top`` codes

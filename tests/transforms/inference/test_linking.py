@@ -24,7 +24,7 @@ def test_exact_forms_first_then_the_nearest_by_character_ngrams(tmp_path):
     assert 0 < near[0].score < 1
     assert sorted(TERMS[c.term].code for c in two) == ["C1", "C2"]  # one candidate per code
     assert nothing == [] and empty == []
-    assert "fiebres altas" in linker.cache  # each distinct string is searched once
+    assert (None, "fiebres altas") in linker.cache  # each distinct string is searched once
 
 
 def test_min_score_leaves_weak_matches_uncoded(tmp_path):
@@ -79,3 +79,17 @@ def test_one_machine_builds_the_index_the_others_read_it_from_the_shared_cache(t
     hows = [r.message.split(": ")[1].split(" ")[0] for r in caplog.records]
     assert hows == ["built", "converted", "downloaded"]
     assert other.link(["fiebre alta"])[0][0].method == "exact"
+
+
+def test_a_term_with_a_language_codes_mentions_of_that_language_only(tmp_path):
+    terms = [Term(code="C1", term="fever", system="S", language="en"),
+             Term(code="C1", term="fiebre", system="S", language="es"),
+             Term(code="C2", term="fiebre", system="S", language="it"),
+             Term(code="C3", term="febbre alta", system="S")]
+    linker = build_or_load(terms, "l1", None, cache=tmp_path)
+    (es,), (it,), (anyone,) = (linker.link(["Fiebre"], lang) for lang in ("es", "it", None))
+    assert [terms[c.term].code for c in es] == ["C1"]
+    assert [terms[c.term].code for c in it] == ["C2"]
+    assert sorted(terms[c.term].code for c in anyone) == ["C1", "C2"]
+    (near,) = linker.link(["fever alta"], "it")  # the English term is nearest, not Italian
+    assert near and "C1" not in {terms[c.term].code for c in near}
