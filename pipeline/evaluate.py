@@ -34,7 +34,28 @@ from pipeline.scoring import (EvaluationInputError, breakdown, document_language
 
 
 def format_table(result: dict) -> str:
-    """A terminal table: overall, then each breakdown row."""
+    """A terminal table: overall, then each breakdown row; then linking's, where scored."""
+    lines = [_spans_table(result)]
+    if "linking" in result:
+        lines.append(_linking_table(result["linking"]))
+    return "\n\n".join(lines)
+
+
+def _linking_table(linking: dict) -> str:
+    rows = [("all", linking), *((f"{by[3:]}={k}", v) for by in ("by_label", "by_lang")
+                                for k, v in linking.get(by, {}).items())]
+    at_k = next(k for k in linking if k.startswith("accuracy@") and k != "accuracy@1")
+    head = (f"{'linking':<22}{'found':>8}{'acc@1':>8}{at_k.replace('accuracy', 'acc'):>8}"
+            f"{'code P':>9}{'R':>8}{'F1':>8}")
+    lines = [head, "-" * len(head)]
+    for name, r in rows:
+        s = r["strict_with_code"]
+        lines.append(f"{name[:22]:<22}{r['found']:>8}{r['accuracy@1']:>8.4f}{r[at_k]:>8.4f}"
+                     f"{s['precision']:>9.4f}{s['recall']:>8.4f}{s['f1']:>8.4f}")
+    return "\n".join(lines)
+
+
+def _spans_table(result: dict) -> str:
     rows = [("all", result)]
     for by in ("by_label", "by_lang"):
         rows += [(f"{by[3:]}={k}", v) for k, v in result.get(by, {}).items()]
@@ -94,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         gold = pd.concat([load_tsv(r) for r in args.reference], ignore_index=True)
         pred = pd.concat([load_predictions(p) for p in args.pred], ignore_index=True)
+        codes = (pd.concat([load_codes(p) for p in args.pred], ignore_index=True)
+                 if "code" in gold else None)
         ids, how = (None, "every document of the gold and the predictions") \
             if args.all_documents else scope(args.pred, args.documents, args.doc_list)
     except (EvaluationInputError, FileNotFoundError) as e:
@@ -105,19 +128,19 @@ def main(argv: list[str] | None = None) -> None:
               f"documents ({int(left.sum())} mentions) left out (--all_documents keeps them)",
               file=sys.stderr)
         gold, pred = gold[~left], pred[pred.filename.astype(str).isin(ids)]
+        if codes is not None:
+            codes = codes[codes.filename.astype(str).isin(ids)]
     result = score(gold, pred, args.entity)
     manifest = args.documents or next((p / "documents" for p in args.pred if p.is_dir()), None)
     if args.entity:
         gold, pred = gold[gold.label == args.entity], pred[pred.label == args.entity]
+        if codes is not None:
+            codes = codes[codes.label == args.entity]
     known = (document_languages(pd.read_parquet(manifest, columns=["doc_id", "lang"]))
              if manifest and manifest.exists() else None)
     for by in dict.fromkeys(args.by):
         result[f"by_{by}"] = breakdown(gold, pred, by, known)
-    if "code" in gold:
-        try:
-            codes = pd.concat([load_codes(p) for p in args.pred], ignore_index=True)
-        except (EvaluationInputError, FileNotFoundError) as e:
-            sys.exit(f"pipeline.evaluate: {e}")
+    if codes is not None:
         result["linking"] = linking(gold, codes, args.k)
         if "label" in args.by:
             result["linking"]["by_label"] = {str(lab): linking(gold[gold.label == lab], codes[

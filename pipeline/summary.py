@@ -138,6 +138,7 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec],
                     **({"detect_language": True} if opts.detect_language else {})},
         **({"precision_decided": dict(sorted(precisions.items()))} if precisions else {}),
         **({"linkers": {name: {"labels": list(spec.labels), "terminology": spec.terminology,
+                               "system": spec.system,
                                "content": digest(spec.terminology)[:16],
                                "filters": {k: list(v) for k, v in spec.filters.items()},
                                "models": {lang: model_version(m)["fingerprint"]

@@ -157,6 +157,11 @@ def load_linkers(path: str, specs: Mapping[str, TaskSpec], open_terminologies: b
                 read_terms(spec.terminology, spec.system, spec.filters)
             except TerminologyError as e:
                 raise TaskFileError(f"linker {name!r}: {e}") from None
+            for model in dict.fromkeys(spec.models.values()):
+                try:
+                    check_encoder(model)
+                except ValueError as e:
+                    raise TaskFileError(f"linker {name!r}: {e}") from None
         linkers[spec.name] = spec
     return linkers
 
@@ -175,6 +180,8 @@ def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec
     labels = cfg.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise fail("`labels:` must list the mention labels it codes, e.g. [SYMPTOM]")
+    if len(set(labels)) != len(labels):
+        raise fail("`labels:` names a label twice")
     missing = sorted(set(labels) - known) if known else []
     if missing:
         raise fail(f"no task's model has label(s) {missing} (they have {sorted(known)})")
@@ -186,14 +193,15 @@ def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec
         raise fail("`model:` must be a bi-encoder's location, or one per language")
     models = {("*" if str(k) in ("*", "default") else normalize_lang(str(k))): _resolve(v, base)
               for k, v in models.items()}
-    for location in models.values():
-        try:
-            check_location(location)
-        except (ValueError, OSError) as e:
-            raise fail(f"`model:` {e}") from e
     filters = cfg.get("filters") or {}
-    if not isinstance(filters, dict):
-        raise fail("`filters:` must map OMOP columns to the values kept")
+    if not isinstance(filters, dict) or not all(filters.values()):
+        raise fail("`filters:` must map OMOP columns to the values kept, e.g. "
+                   "{vocabulary_id: [SNOMED]}")
+    ngrams = cfg.get("ngrams", True)
+    if not isinstance(ngrams, bool):
+        raise fail("`ngrams:` must be true or false")
+    if not ngrams and not models:
+        raise fail("`ngrams: false` needs a `model:` (a bi-encoder) to link with")
     top, min_score = cfg.get("top", 10), cfg.get("min_score", 0.0)
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= 100:
         raise fail("`top:` must be a whole number of codes from 1 to 100")
@@ -204,7 +212,7 @@ def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec
         system=str(cfg["system"]) if cfg.get("system") else None,
         filters={str(k): tuple(map(str, v if isinstance(v, list) else [v]))
                  for k, v in filters.items()},
-        models=models, ngrams=bool(cfg.get("ngrams", True)), top=top,
+        models=models, ngrams=ngrams, top=top,
         min_score=float(min_score))
 
 
@@ -296,6 +304,20 @@ def _config(location: str, what: str, fix: str, revision: str | None = None) -> 
     except Exception as e:  # noqa: BLE001 - the hub's errors are of many kinds: one message
         raise ValueError(f"cannot load the {what} config of {location!r} ({type(e).__name__}"
                          f"{hub_note(location)}). Fix: {fix}") from None
+
+
+def check_encoder(location: str) -> None:
+    """A bi-encoder that can be loaded: its config readable (hub or folder) and, in a local
+    folder, its weights there; else a ``ValueError`` saying what to fix."""
+    from pathlib import Path
+
+    _config(location, "bi-encoder", "give `model:` a Hugging Face encoder folder or hub id")
+    if not is_hub_id(location):
+        folder = Path(localize(location))
+        if not any((folder / w).exists() for w in ("model.safetensors", "pytorch_model.bin",
+                                                   "model.safetensors.index.json")):
+            raise ValueError(f"the bi-encoder {location!r} has no weights (model.safetensors "
+                             "or pytorch_model.bin)")
 
 
 def check_pickled_weights(location: str) -> None:

@@ -210,3 +210,23 @@ def test_an_output_folder_s_codes_files_are_not_predictions_twice(tmp_path):
     assert len(load_predictions(tmp_path)) == 1
     codes = load_codes(tmp_path / "symptom_codes.tsv")
     assert codes.code.tolist() == ["C1"] and codes.candidates.tolist() == [["C1"]]
+
+
+def test_linking_is_scored_on_the_same_documents_and_label_as_the_spans(tmp_path, capsys):
+    import json
+
+    from pipeline.evaluate import main
+
+    rows = [("d1", "S", 0, 5, "fever", "C1"), ("d1", "P", 10, 15, "scan", "P1"),
+            ("d2", "S", 0, 5, "cough", "C2")]
+    for name, extra in (("gold.tsv", ()), ("pred.tsv", ("d2", "S", 20, 25, "extra", "C9"))):
+        body = [*rows, *([extra] if extra else [])]
+        (tmp_path / name).write_text(f"{TSV_HEADER}\tcode\n" + "".join(
+            "\t".join(map(str, r)) + "\n" for r in body))
+    (tmp_path / "ids.txt").write_text("d1\n")
+    main(["--reference", str(tmp_path / "gold.tsv"), "--pred", str(tmp_path / "pred.tsv"),
+          "--doc_list", str(tmp_path / "ids.txt"), "--entity", "S"])
+    result = json.loads(capsys.readouterr().out)
+    strict = result["linking"]["strict_with_code"]
+    assert (strict["tp"], strict["fp"], strict["fn"]) == (1, 0, 0)  # d1's S mention only
+    assert result["linking"]["found"] == 1

@@ -254,6 +254,13 @@ LINKER = "linkers:\n  codes:\n    labels: [SYMPTOM]\n    terminology: terms.tsv\
     ("linkers:\n  codes:\n    labels: [SYMPTOM]\n    terminology: nowhere.tsv\n",
      "linker 'codes': terminology .*nowhere.tsv' is unreadable"),
     (LINKER + "    model: missing-encoder/\n", "missing-encoder"),
+    (LINKER + "    model: xlm-roberta-base-tiny\n", "bi-encoder .*has no weights"),
+    (LINKER + "    ngrams: 'false'\n", "`ngrams:` must be true or false"),
+    (LINKER + "    ngrams: false\n", "`ngrams: false` needs a `model:`"),
+    (LINKER + "    filters: {vocabulary_id: [SNOMED]}\n", "`filters:` are for an OMOP"),
+    (LINKER + "    filters: {standard_concept: }\n", "`filters:` must map"),
+    ("linkers:\n  codes:\n    labels: [SYMPTOM, SYMPTOM]\n    terminology: terms.tsv\n",
+     "names a label twice"),
 ])
 def test_bad_linkers_fail_before_anything_runs(models, linkers, message):
     from pipeline.tasks import load_linkers

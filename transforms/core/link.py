@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 _NOT_WORD = re.compile(r"[\W_]+")
+_TILDE = "\u0303"  # combining tilde: kept after an n (ñ)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 LINK_COLUMNS = ("code", "code_term", "code_system", "concept_id", "link_score", "link_method",
                 "link_candidates")
@@ -21,11 +22,13 @@ EXACT, NGRAM, DENSE, FUSED = "exact", "ngram", "dense", "fused"
 
 
 def normalize(text: str) -> str:
-    """The form terms and mentions are matched on: accents stripped, case folded, every run of
-    punctuation or spacing one space (``"Dolor  Abdominal."`` -> ``"dolor abdominal"``)."""
+    """The form terms and mentions are matched on: accents stripped (``ñ`` is a letter of its
+    own, not an accented ``n``: año is not ano), case folded, every run of punctuation or
+    spacing one space (``"Dolor  Abdominal."`` -> ``"dolor abdominal"``)."""
     decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _NOT_WORD.sub(" ", bare.casefold()).strip()
+    bare = "".join(c for i, c in enumerate(decomposed) if not unicodedata.combining(c)
+                   or (c == _TILDE and i and decomposed[i - 1] in "nN"))
+    return _NOT_WORD.sub(" ", unicodedata.normalize("NFC", bare).casefold()).strip()
 
 
 @dataclass(frozen=True, kw_only=True)

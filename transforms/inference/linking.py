@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -27,11 +27,11 @@ from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code,
 from transforms.io.storage import cache_root
 
 LOG = logging.getLogger("pipeline")
-INDEX_VERSION = 2  # bump when what an index holds changes: older cached ones are rebuilt
+INDEX_VERSION = 3  # bump when what an index holds changes: older cached ones are rebuilt
 CACHE_STRINGS = 200_000  # mention strings remembered per linker and worker
-# n-grams in more terms than this are left out: they weigh little (low IDF) and would make
-# every search touch most of a large terminology (bench.linking: at 1M terms, 60x faster,
-# the same accuracy on HPO)
+# n-grams in more terms than this are not searched by (they still weigh in a form's norm):
+# they weigh little (low IDF) and would make every search touch most of a large terminology
+# (bench.linking: at 1M terms, 60x faster, the same accuracy on HPO)
 MAX_DF = 5000
 CHUNK = 256  # mention strings scored at a time (a chunk's scores against every term in memory)
 
@@ -55,19 +55,26 @@ def _vectorizer(**options):
 class NgramIndex:
     """Character 3-gram TF-IDF vectors of the terms' normalised forms (``forms``), or as
     ``save`` wrote them (``folder``): plain arrays and a JSON vocabulary, never a pickle (an
-    index may come from a shared location)."""
+    index may come from a shared location). A form's similarity to a term counts every
+    n-gram of the form: one the terminology never has (weighted as the rarest) lowers it."""
 
     def __init__(self, forms: Sequence[str] | None = None, folder: Path | None = None) -> None:
         from scipy import sparse
 
         if folder is None:
-            self.vectorizer = _vectorizer(max_df=MAX_DF)
-            self.matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
-            return
-        vocabulary = json.loads((folder / "ngrams.json").read_text(encoding="utf-8"))
-        self.vectorizer = _vectorizer(vocabulary=vocabulary)
-        self.vectorizer.idf_ = np.load(folder / "idf.npy")
-        self.matrix = sparse.load_npz(folder / "ngrams.npz").tocsr()
+            self.vectorizer = _vectorizer()
+            matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
+            df = np.diff(matrix.indptr)
+            matrix.data[np.repeat(df > MAX_DF, df)] = 0  # searched by their rarer n-grams
+            matrix.eliminate_zeros()
+            self.matrix = matrix
+        else:
+            vocabulary = json.loads((folder / "ngrams.json").read_text(encoding="utf-8"))
+            self.vectorizer = _vectorizer(vocabulary=vocabulary)
+            self.vectorizer.idf_ = np.load(folder / "idf.npy")
+            self.matrix = sparse.load_npz(folder / "ngrams.npz").tocsr()
+        self._analyze = self.vectorizer.build_analyzer()
+        self._unseen = float(np.log(1 + self.matrix.shape[1]) + 1)  # idf of a df of 0
 
     def save(self, folder: Path) -> None:
         from scipy import sparse
@@ -77,15 +84,30 @@ class NgramIndex:
         np.save(folder / "idf.npy", self.vectorizer.idf_)
         sparse.save_npz(folder / "ngrams.npz", self.matrix)
 
+    def _known_share(self, form: str) -> float:
+        """The norm of a form's known n-grams' weights over that of all its n-grams'."""
+        vocabulary, idf = self.vectorizer.vocabulary_, self.vectorizer.idf_
+        known = unknown = 0.0
+        for gram, tf in Counter(self._analyze(form)).items():
+            j = vocabulary.get(gram)
+            weight = (1 + np.log(tf)) * (idf[j] if j is not None else self._unseen)
+            if j is None:
+                unknown += weight * weight
+            else:
+                known += weight * weight
+        return float(np.sqrt(known / (known + unknown))) if known else 0.0
+
     def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:
         """The ``top`` nearest terms of each form, by cosine similarity (ties: the first
         term), a chunk of forms at a time (memory bounded by the index and a chunk)."""
         out = []
         for lo in range(0, len(forms), CHUNK):
-            scores = (self.vectorizer.transform(forms[lo:lo + CHUNK]) @ self.matrix).tocsr()
-            for i in range(scores.shape[0]):
+            chunk = forms[lo:lo + CHUNK]
+            scores = (self.vectorizer.transform(chunk) @ self.matrix).tocsr()
+            for i, form in enumerate(chunk):
                 a, b = scores.indptr[i], scores.indptr[i + 1]
-                out.append([Candidate(int(t), float(s), NGRAM)
+                share = self._known_share(form)
+                out.append([Candidate(int(t), float(s) * share, NGRAM)
                             for t, s in best(scores.indices[a:b], scores.data[a:b], top)])
         return out
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from transforms.core.link import Term
+from transforms.core.link import Term, normalize
 from transforms.io.storage import file_digest, localize
 
 OMOP_FILTERS = ("vocabulary_id", "domain_id", "concept_class_id", "standard_concept")
@@ -50,25 +50,37 @@ def digest(location: str) -> str:
 
 def read_terms(location: str, system: str | None = None,
                filters: Mapping[str, Sequence[str]] | None = None) -> list[Term]:
-    """Every term of a terminology (see the module docstring); ``system`` names a TSV's code
-    system (default: the file's name). Raises ``TerminologyError`` with the reason."""
+    """Every term of a terminology (see the module docstring) that has a letter or digit;
+    ``system`` names a TSV's code system (default: the file's name without its extension).
+    Raises ``TerminologyError`` with the reason."""
     try:
         if is_omop(location):
             terms = list(_omop_terms(location, filters or {}))
         else:
-            terms = list(_tsv_terms(location, system or posixpath.basename(location)))
-    except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as e:
+            fs, path = fsspec.core.url_to_fs(location)
+            if fs.isdir(path):
+                raise TerminologyError(f"terminology {location!r} is a folder without "
+                                       f"{CONCEPT}: give a TSV file or an OMOP vocabulary "
+                                       "folder")
+            if filters:
+                raise TerminologyError("`filters:` are for an OMOP vocabulary folder; "
+                                       f"{location!r} is a TSV")
+            name = posixpath.basename(location)
+            terms = list(_tsv_terms(location, system or name.split(".")[0]))
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
         raise TerminologyError(f"terminology {location!r} is unreadable: "
                                f"{type(e).__name__}: {e}") from e
+    terms = [t for t in terms if normalize(t.term)]  # nothing left to match ("---")
     if not terms:
         raise TerminologyError(f"terminology {location!r} has no term"
-                               + (" that passes its filters" if filters else ""))
+                               + (" that passes its filters" if filters else "")
+                               + " (with a letter or digit)")
     return terms
 
 
 def _tsv_terms(location: str, system: str) -> Iterator[Term]:
     preferred: dict[str, str] = {}
-    with fsspec.open(location, "rt", encoding="utf-8", newline="") as f:
+    with fsspec.open(location, "rt", encoding="utf-8-sig", newline="") as f:
         for n, line in enumerate(f, start=1):
             fields = line.rstrip("\r\n").split("\t")
             if n == 1 and [x.strip().lower() for x in fields[:2]] == ["code", "term"]:
@@ -85,6 +97,11 @@ def _tsv_terms(location: str, system: str) -> Iterator[Term]:
 
 
 def _read_tsv(fs, path: str, columns: Sequence[str]) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        header = f.readline().decode("utf-8-sig").rstrip("\r\n").split("\t")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise TerminologyError(f"{posixpath.basename(path)} lacks the column(s) {missing}")
     with fs.open(path, "rb") as f:
         return pacsv.read_csv(
             f, parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False,
@@ -117,6 +134,8 @@ def _omop_terms(location: str, filters: Mapping[str, Sequence[str]]) -> Iterator
     by_id = {}
     for row in concepts.select(["concept_id", "concept_name", "concept_code",
                                 "vocabulary_id"]).to_pylist():
+        if not row["concept_code"] or not row["concept_name"]:
+            continue  # a concept without a code or a name codes nothing
         by_id[row["concept_id"]] = row
         yield Term(code=row["concept_code"], term=row["concept_name"],
                    system=row["vocabulary_id"], concept_id=row["concept_id"],

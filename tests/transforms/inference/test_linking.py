@@ -30,6 +30,10 @@ def test_exact_forms_first_then_the_nearest_by_character_ngrams(tmp_path):
 def test_min_score_leaves_weak_matches_uncoded(tmp_path):
     linker = build_or_load(TERMS, "k2", None, cache=tmp_path, min_score=0.99)
     assert linker.link(["fiebres altas"]) == [[]]
+    # n-grams the terminology never has count against a match: junk never scores 1
+    loose = build_or_load(TERMS, "k2", None, cache=tmp_path)
+    (junk,), (clean,) = loose.link(["fiebre alta qxzw"]), loose.link(["fiebre altas"])
+    assert junk[0].score < 0.9 and junk[0].score < clean[0].score
     assert linker.link(["fiebre alta"])[0][0].method == "exact"  # exact is exact
 
 

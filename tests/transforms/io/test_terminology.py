@@ -50,12 +50,28 @@ def test_a_tsv_of_synonyms_with_a_header_and_languages(tmp_path):
         ("HP:0001945", "Fever", "en", "Fever", "HPO"),
         ("HP:0001945", "Fiebre", "es", "Fever", "HPO"),
         ("HP:0002315", "Headache", None, "Headache", "HPO")]
-    assert read_terms(str(f))[0].system == "hpo.tsv"
+    assert read_terms(str(f))[0].system == "hpo"  # its file name, for the CDM's namespace
+    f.write_bytes("\ufeffcode\tterm\nC1\tfiebre\n".encode())  # as Excel writes it
+    assert [(t.code, t.term) for t in read_terms(str(f))] == [("C1", "fiebre")]
+    f.write_text("C1\t---\nC2\t...\n")
+    with pytest.raises(TerminologyError, match="no term .*letter or digit"):
+        read_terms(str(f))
+    f.write_text("C1\tfiebre\n")
+    with pytest.raises(TerminologyError, match="`filters:` are for an OMOP"):
+        read_terms(str(f), filters={"vocabulary_id": ["SNOMED"]})
+    with pytest.raises(TerminologyError, match="a folder without CONCEPT.csv"):
+        read_terms(str(tmp_path))
     f.write_text("HP:1\tone\nHP:2 two\n")
     with pytest.raises(TerminologyError, match="line 2"):
         read_terms(str(f))
     with pytest.raises(TerminologyError, match="unreadable"):
         read_terms(str(tmp_path / "missing.tsv"))
+
+
+def test_an_omop_file_without_a_column_it_needs_says_which(tmp_path):
+    (tmp_path / "CONCEPT.csv").write_text("concept_id\tconcept_name\tconcept_code\n1\tx\tC\n")
+    with pytest.raises(TerminologyError, match=r"CONCEPT.csv lacks the column\(s\) \["):
+        read_terms(str(tmp_path))
 
 
 def test_the_digest_follows_the_content(tmp_path, omop):
