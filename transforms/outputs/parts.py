@@ -65,7 +65,6 @@ class Part:
     name: str  # <run>-<id>
     tmp: str  # its temporary folder (URL)
     sources: tuple[str, ...]
-    streams: tuple[tuple[str, str], ...] = ()  # (output, stream) it has rows of
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,7 @@ class PartWriter:
                     for c in columns}}
         with open_output(self._place.index, "wb") as f:
             pq.write_table(pa.table(index), f)
-        return Part(self.name, self.folder, tuple(sorted(self._sources)),
-                    tuple(sorted(self._sinks)))
+        return Part(self.name, self.folder, tuple(sorted(self._sources)))
 
 
 def streams(index: pa.Table) -> list[tuple[Output, str]]:
