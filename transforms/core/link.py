@@ -11,10 +11,21 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 _NOT_WORD = re.compile(r"[\W_]+")
-_TILDE = "\u0303"  # combining tilde: kept after an n (ñ)
+_N_TILDE = re.compile("([nN])\u0303")  # n + combining tilde: ñ, a letter of its own
+
+
+class _Marks(dict):
+    """``str.translate``'s table dropping combining marks (filled as characters are seen)."""
+
+    def __missing__(self, code: int) -> int | None:
+        self[code] = None if unicodedata.combining(chr(code)) else code
+        return self[code]
+
+
+_MARKS = _Marks()
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 LINK_COLUMNS = ("code", "code_term", "code_system", "concept_id", "link_score", "link_method",
                 "link_candidates")
@@ -25,10 +36,22 @@ def normalize(text: str) -> str:
     """The form terms and mentions are matched on: accents stripped (``ñ`` is a letter of its
     own, not an accented ``n``: año is not ano), case folded, every run of punctuation or
     spacing one space (``"Dolor  Abdominal."`` -> ``"dolor abdominal"``)."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for i, c in enumerate(decomposed) if not unicodedata.combining(c)
-                   or (c == _TILDE and i and decomposed[i - 1] in "nN"))
-    return _NOT_WORD.sub(" ", unicodedata.normalize("NFC", bare).casefold()).strip()
+    if text.isascii():  # most of a clinical terminology's and notes' strings: no accents
+        return _NOT_WORD.sub(" ", text.lower()).strip()
+    decomposed = _N_TILDE.sub(lambda m: "ñ" if m[1] == "n" else "Ñ",
+                              unicodedata.normalize("NFKD", text))
+    return _NOT_WORD.sub(" ", decomposed.translate(_MARKS).casefold()).strip()
+
+
+def char_ngrams(form: str, n: int = 3) -> list[str]:
+    """A normalised form's character ``n``-grams within words, each word padded with a space
+    on both sides (scikit-learn's ``char_wb``; a word shorter than ``n`` is one n-gram):
+    ``"la tos"`` -> ``[" la", "la ", " to", "tos", "os "]``."""
+    grams = []
+    for word in form.split():
+        padded = f" {word} "
+        grams += [padded[i:i + n] for i in range(max(1, len(padded) - n + 1))]
+    return grams
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +68,7 @@ class Term:
     preferred: str | None = None
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A term found for a mention: its index in the terminology, its score and method."""
 
     term: int

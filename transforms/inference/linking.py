@@ -3,9 +3,9 @@ with a bi-encoder its terms' dense vectors), built once per terminology and mode
 the local cache (with ``--model_cache``, built by one machine of a job and shared with the
 others, as the OpenVINO conversions are), and the search that codes a batch of mention strings.
 
-Character n-grams are scikit-learn's ``TfidfVectorizer`` (``char_wb`` 3-grams, as scispaCy's
-linker; sublinear tf, L2 rows; n-grams of more than ``MAX_DF`` terms left out), searched by one
-sparse product per chunk of mentions. A dense encoder is a
+Character n-grams are TF-IDF vectors of ``char_wb`` 3-grams (as scispaCy's linker), fitted by
+scikit-learn's ``TfidfVectorizer`` (sublinear tf, L2 rows; n-grams of more than ``MAX_DF`` terms
+left out), searched by one sparse product per chunk of mentions. A dense encoder is a
 Hugging Face encoder (ClinLinker, SapBERT: their [CLS] vector, L2-normalised), searched by
 inner product. Each distinct mention string is searched once per worker (``Linker.cache``).
 """
@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code, fuse,
-                                  normalize)
+from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code, char_ngrams,
+                                  fuse, normalize)
 from transforms.io.storage import cache_root
 
 LOG = logging.getLogger("pipeline")
@@ -45,69 +45,73 @@ def best(terms: np.ndarray, scores: np.ndarray, top: int) -> list[tuple[int, flo
     return list(zip(terms[order].tolist(), scores[order].tolist()))
 
 
-def _vectorizer(**options):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True,
-                           dtype=np.float32, **options)
-
-
 class NgramIndex:
-    """Character 3-gram TF-IDF vectors of the terms' normalised forms (``forms``), or as
-    ``save`` wrote them (``folder``): plain arrays and a JSON vocabulary, never a pickle (an
-    index may come from a shared location). A form's similarity to a term counts every
-    n-gram of the form: one the terminology never has (weighted as the rarest) lowers it."""
+    """Character 3-gram TF-IDF vectors of the terms' normalised forms (``forms``; fitted by
+    scikit-learn's ``TfidfVectorizer`` over ``core.link.char_ngrams``), or as ``save`` wrote
+    them (``folder``): plain arrays and a JSON vocabulary, never a pickle (an index may come
+    from a shared location). A loaded index searches without scikit-learn (a second less per
+    worker). A form's similarity to a term counts every n-gram of the form: one the
+    terminology never has (weighted as the rarest) lowers it."""
 
     def __init__(self, forms: Sequence[str] | None = None, folder: Path | None = None) -> None:
         from scipy import sparse
 
         if folder is None:
-            self.vectorizer = _vectorizer()
-            matrix = self.vectorizer.fit_transform(forms).T.tocsr()  # n-grams x terms
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            fitted = TfidfVectorizer(analyzer=char_ngrams, sublinear_tf=True, dtype=np.float32)
+            matrix = fitted.fit_transform(forms).T.tocsr()  # n-grams x terms
             df = np.diff(matrix.indptr)
             matrix.data[np.repeat(df > MAX_DF, df)] = 0  # searched by their rarer n-grams
             matrix.eliminate_zeros()
-            self.matrix = matrix
+            self.matrix, self.idf = matrix, fitted.idf_
+            self.vocabulary: dict[str, int] = fitted.vocabulary_
         else:
-            vocabulary = json.loads((folder / "ngrams.json").read_text(encoding="utf-8"))
-            self.vectorizer = _vectorizer(vocabulary=vocabulary)
-            self.vectorizer.idf_ = np.load(folder / "idf.npy")
+            grams = json.loads((folder / "ngrams.json").read_text(encoding="utf-8"))
+            self.vocabulary = {gram: j for j, gram in enumerate(grams)}
+            self.idf = np.load(folder / "idf.npy")
             self.matrix = sparse.load_npz(folder / "ngrams.npz").tocsr()
-        self._analyze = self.vectorizer.build_analyzer()
         self._unseen = float(np.log(1 + self.matrix.shape[1]) + 1)  # idf of a df of 0
 
     def save(self, folder: Path) -> None:
         from scipy import sparse
 
-        vocabulary = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
-        (folder / "ngrams.json").write_text(json.dumps(vocabulary), encoding="utf-8")
-        np.save(folder / "idf.npy", self.vectorizer.idf_)
+        grams = sorted(self.vocabulary, key=self.vocabulary.get)
+        (folder / "ngrams.json").write_text(json.dumps(grams), encoding="utf-8")
+        np.save(folder / "idf.npy", self.idf)
         sparse.save_npz(folder / "ngrams.npz", self.matrix)
 
-    def _known_share(self, form: str) -> float:
-        """The norm of a form's known n-grams' weights over that of all its n-grams'."""
-        vocabulary, idf = self.vectorizer.vocabulary_, self.vectorizer.idf_
-        known = unknown = 0.0
-        for gram, tf in Counter(self._analyze(form)).items():
-            j = vocabulary.get(gram)
-            weight = (1 + np.log(tf)) * (idf[j] if j is not None else self._unseen)
-            if j is None:
-                unknown += weight * weight
-            else:
-                known += weight * weight
-        return float(np.sqrt(known / (known + unknown))) if known else 0.0
+    def vectors(self, forms: Sequence[str]):
+        """The forms' TF-IDF rows over the terminology's n-grams (sublinear tf), each divided
+        by the norm of all its n-grams' weights, known or not: a form's cosine to a term is
+        scaled down by the share of its weight the terminology has never seen."""
+        from scipy import sparse
+
+        rows, cols, data = [0], [], []
+        for form in forms:
+            norm = 0.0
+            for gram, tf in Counter(char_ngrams(form)).items():
+                j = self.vocabulary.get(gram)
+                weight = (1 + np.log(tf)) * (self._unseen if j is None else self.idf[j])
+                norm += weight * weight
+                if j is not None:
+                    cols.append(j)
+                    data.append(weight)
+            if norm:
+                data[rows[-1]:] = [w / np.sqrt(norm) for w in data[rows[-1]:]]
+            rows.append(len(cols))
+        return sparse.csr_matrix((np.asarray(data, np.float32), cols, rows),
+                                 shape=(len(forms), len(self.vocabulary)))
 
     def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:
-        """The ``top`` nearest terms of each form, by cosine similarity (ties: the first
-        term), a chunk of forms at a time (memory bounded by the index and a chunk)."""
+        """The ``top`` nearest terms of each form (ties: the first term), a chunk of forms at
+        a time (memory bounded by the index and a chunk)."""
         out = []
         for lo in range(0, len(forms), CHUNK):
-            chunk = forms[lo:lo + CHUNK]
-            scores = (self.vectorizer.transform(chunk) @ self.matrix).tocsr()
-            for i, form in enumerate(chunk):
+            scores = (self.vectors(forms[lo:lo + CHUNK]) @ self.matrix).tocsr()
+            for i in range(scores.shape[0]):
                 a, b = scores.indptr[i], scores.indptr[i + 1]
-                share = self._known_share(form)
-                out.append([Candidate(int(t), float(s) * share, NGRAM)
+                out.append([Candidate(int(t), float(s), NGRAM)
                             for t, s in best(scores.indices[a:b], scores.data[a:b], top)])
         return out
 

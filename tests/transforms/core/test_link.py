@@ -1,7 +1,8 @@
 """Linking's pure rules: the normalised form, rank fusion, and the null rule."""
 
-from transforms.core.link import (LINK_COLUMNS, Candidate, Term, by_code, fuse, link_columns,
-                                  normalize, unlinked)
+from tests.conftest import SPACCC
+from transforms.core.link import (LINK_COLUMNS, Candidate, Term, by_code, char_ngrams, fuse,
+                                  link_columns, normalize, unlinked)
 
 TERMS = [Term(code="C1", term="Dolor abdominal", system="S"),
          Term(code="C1", term="dolor de barriga", system="S", preferred="Dolor abdominal"),
@@ -17,6 +18,27 @@ def test_case_accents_punctuation_and_spacing_do_not_count():
     assert normalize("Ña\u0303o") == "ñao"  # a tilde after another letter is an accent
     assert normalize("TA 120/80 mmHg") == "ta 120 80 mmhg"
     assert normalize("dolor") != normalize("dolores")  # no stemming: a term is a term
+
+
+def gold_forms() -> list[str]:
+    """Every mention string of the SPACCC gold (real clinical Spanish, accented or not)."""
+    lines = (SPACCC / "gold_symptom.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    return sorted({line.split("\t")[4] for line in lines})
+
+
+def test_plain_ascii_and_accented_strings_follow_one_rule():
+    forms = gold_forms()
+    assert sum(not f.isascii() for f in forms) > 100  # both paths, on real mentions
+    for form in forms:  # an accented word added: the rest of the form is unchanged
+        assert normalize(f"{form} Éxito") == f"{normalize(form)} exito".strip()
+
+
+def test_character_ngrams_are_scikit_learns_char_wb():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    analyzer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3)).build_analyzer()
+    for form in map(normalize, gold_forms() + ["a", "la tos", "x y"]):
+        assert char_ngrams(form) == analyzer(form)
 
 
 def test_fusion_rewards_agreement_and_one_ranking_passes_through():

@@ -2,11 +2,13 @@
 built once per terminology and model, then loaded from the cache."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
 from tests.conftest import TOKENIZER
-from transforms.core.link import Term
+from transforms.core.link import Term, normalize
 from transforms.inference.linking import build_or_load, index_key
 
 TERMS = [Term(code="C1", term="Dolor abdominal", system="S"),
@@ -49,6 +51,30 @@ def test_the_index_is_built_once_then_loaded_from_the_cache(tmp_path, caplog):
         "MANIFEST.json", "idf.npy", "ngrams.json", "ngrams.npz"]
     assert index_key("t.tsv", None, "abc") != index_key("t.tsv", "model", "abc")
     assert index_key("t.tsv", None, "abc") != index_key("t.tsv", None, "abd")
+
+
+def test_ngram_scores_are_tfidf_cosines_scaled_by_the_known_share(tmp_path):
+    """A loaded index scores as scikit-learn's TF-IDF cosine when the terminology has every
+    n-gram of a form, lower by the unseen n-grams' share of the weight otherwise; it searches
+    without importing scikit-learn (a second of every worker's start)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    forms = [normalize(t.term) for t in TERMS]
+    fitted = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True)
+    cosines = fitted.fit(forms).transform(["fiebre abdominal fiebre"]) @ fitted.transform(forms).T
+    build_or_load(TERMS, "t1", None, cache=tmp_path)
+    code = ("import sys; from pathlib import Path; from transforms.inference.linking import "
+            f"NgramIndex; index = NgramIndex(folder=Path({str(tmp_path / 'linking' / 't1')!r})); "
+            "found = index.search(['fiebre abdominal fiebre', 'fiebre abdominal fiebre qxzw'], 4); "
+            "print([[(c.term, c.score) for c in f] for f in found], 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.rsplit(" ", 1)
+    clean, junk = eval(out[0])
+    assert out[1].strip() == "False"
+    expected = {t: c for t, c in enumerate(cosines.toarray()[0]) if c}
+    assert dict(clean) == pytest.approx(expected, abs=1e-6)
+    assert [t for t, _ in junk] == [t for t, _ in clean]
+    assert all(0 < j < c for (_, j), (_, c) in zip(junk, clean))
 
 
 @pytest.fixture(scope="module")
