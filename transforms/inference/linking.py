@@ -3,9 +3,9 @@ with a bi-encoder its terms' dense vectors), built once per terminology and mode
 the local cache (with ``--model_cache``, built by one machine of a job and shared with the
 others, as the OpenVINO conversions are), and the search that codes a batch of mention strings.
 
-Character n-grams are TF-IDF vectors of ``char_wb`` 3-grams (as scispaCy's linker), fitted by
-scikit-learn's ``TfidfVectorizer`` (sublinear tf, L2 rows; n-grams of more than ``MAX_DF`` terms
-left out), searched by one sparse product per chunk of mentions. A dense encoder is a
+Character n-grams are TF-IDF vectors of ``char_wb`` 3-grams (as scispaCy's linker; sublinear
+tf, L2 rows; n-grams of more than ``MAX_DF`` terms left out), searched by one sparse product per
+chunk of mentions. A dense encoder is a
 Hugging Face encoder (ClinLinker, SapBERT: their [CLS] vector, L2-normalised), searched by
 inner product. Each distinct mention string is searched once per worker (``Linker.cache``).
 """
@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
+from array import array
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -46,32 +48,39 @@ def best(terms: np.ndarray, scores: np.ndarray, top: int) -> list[tuple[int, flo
 
 
 class NgramIndex:
-    """Character 3-gram TF-IDF vectors of the terms' normalised forms (``forms``; fitted by
-    scikit-learn's ``TfidfVectorizer`` over ``core.link.char_ngrams``), or as ``save`` wrote
-    them (``folder``): plain arrays and a JSON vocabulary, never a pickle (an index may come
-    from a shared location). A loaded index searches without scikit-learn (a second less per
-    worker). A form's similarity to a term counts every n-gram of the form: one the
-    terminology never has (weighted as the rarest) lowers it."""
+    """Character 3-gram TF-IDF vectors of the terms' normalised forms (``forms``), or as
+    ``save`` wrote them (``folder``): plain arrays and a JSON vocabulary, never a pickle (an
+    index may come from a shared location). A form's similarity to a term counts every n-gram
+    of the form: one the terminology never has (weighted as the rarest) lowers it.
+
+    The weights are scikit-learn's ``TfidfVectorizer(analyzer="char_wb", sublinear_tf=True)``
+    (smooth idf, L2 rows; the tests hold them to it), computed here: importing scikit-learn
+    cost every worker about a second, 10% of a 100-document job."""
 
     def __init__(self, forms: Sequence[str] | None = None, folder: Path | None = None) -> None:
         from scipy import sparse
 
         if folder is None:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            fitted = TfidfVectorizer(analyzer=char_ngrams, sublinear_tf=True, dtype=np.float32)
-            matrix = fitted.fit_transform(forms).T.tocsr()  # n-grams x terms
-            df = np.diff(matrix.indptr)
-            matrix.data[np.repeat(df > MAX_DF, df)] = 0  # searched by their rarer n-grams
+            df: Counter[str] = Counter()
+            for form in forms:
+                df.update(set(char_ngrams(form)))
+            self.vocabulary = {gram: j for j, gram in enumerate(df)}
+            self.idf = np.log((1 + len(forms)) / (1 + np.fromiter(df.values(), np.float64,
+                                                                   len(df)))) + 1
+            self._idf = self.idf.tolist()  # a Python float per n-gram: looked up one by one
+            self._unseen = float(np.log(1 + len(forms)) + 1)  # idf of a df of 0
+            matrix = self.vectors(forms).T.tocsr()  # n-grams x terms
+            counts = np.diff(matrix.indptr)
+            matrix.data[np.repeat(counts > MAX_DF, counts)] = 0  # searched by rarer n-grams
             matrix.eliminate_zeros()
-            self.matrix, self.idf = matrix, fitted.idf_
-            self.vocabulary: dict[str, int] = fitted.vocabulary_
+            self.matrix = matrix
         else:
             grams = json.loads((folder / "ngrams.json").read_text(encoding="utf-8"))
             self.vocabulary = {gram: j for j, gram in enumerate(grams)}
             self.idf = np.load(folder / "idf.npy")
             self.matrix = sparse.load_npz(folder / "ngrams.npz").tocsr()
-        self._unseen = float(np.log(1 + self.matrix.shape[1]) + 1)  # idf of a df of 0
+            self._idf = self.idf.tolist()
+            self._unseen = float(np.log(1 + self.matrix.shape[1]) + 1)
 
     def save(self, folder: Path) -> None:
         from scipy import sparse
@@ -87,20 +96,21 @@ class NgramIndex:
         scaled down by the share of its weight the terminology has never seen."""
         from scipy import sparse
 
-        rows, cols, data = [0], [], []
+        indptr, cols, data = array("q", [0]), array("q"), array("f")
         for form in forms:
-            norm = 0.0
+            known, norm = [], 0.0
             for gram, tf in Counter(char_ngrams(form)).items():
                 j = self.vocabulary.get(gram)
-                weight = (1 + np.log(tf)) * (self._unseen if j is None else self.idf[j])
+                weight = (1 + math.log(tf)) * (self._unseen if j is None else self._idf[j])
                 norm += weight * weight
                 if j is not None:
-                    cols.append(j)
-                    data.append(weight)
-            if norm:
-                data[rows[-1]:] = [w / np.sqrt(norm) for w in data[rows[-1]:]]
-            rows.append(len(cols))
-        return sparse.csr_matrix((np.asarray(data, np.float32), cols, rows),
+                    known.append((j, weight))
+            scale = 1 / math.sqrt(norm) if norm else 0.0
+            cols.extend(j for j, _ in known)
+            data.extend(weight * scale for _, weight in known)
+            indptr.append(len(cols))
+        return sparse.csr_matrix((np.frombuffer(data, np.float32), np.frombuffer(cols, np.int64),
+                                  np.frombuffer(indptr, np.int64)),
                                  shape=(len(forms), len(self.vocabulary)))
 
     def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:

@@ -5,11 +5,13 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import TOKENIZER
 from transforms.core.link import Term, normalize
-from transforms.inference.linking import build_or_load, index_key
+from transforms.inference import linking
+from transforms.inference.linking import NgramIndex, build_or_load, index_key
 
 TERMS = [Term(code="C1", term="Dolor abdominal", system="S"),
          Term(code="C1", term="dolor de barriga", system="S", preferred="Dolor abdominal"),
@@ -75,6 +77,26 @@ def test_ngram_scores_are_tfidf_cosines_scaled_by_the_known_share(tmp_path):
     assert dict(clean) == pytest.approx(expected, abs=1e-6)
     assert [t for t, _ in junk] == [t for t, _ in clean]
     assert all(0 < j < c for (_, j), (_, c) in zip(junk, clean))
+
+
+def test_term_vectors_are_scikit_learns_tfidf_on_real_strings(monkeypatch):
+    """The same weights as scikit-learn's; n-grams of more than ``MAX_DF`` terms are not
+    searched by (their rows empty), the others untouched."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from tests.transforms.core.test_link import gold_forms
+
+    forms = sorted({normalize(f) for f in gold_forms()} - {""})
+    index = NgramIndex(forms)
+    fitted = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True)
+    expected = fitted.fit_transform(forms).T.tocsr()
+    order = [fitted.vocabulary_[g] for g in sorted(index.vocabulary, key=index.vocabulary.get)]
+    assert len(forms) > 1000 and sorted(order) == list(range(len(order)))
+    assert abs(index.matrix - expected[order]).max() < 1e-6
+    monkeypatch.setattr(linking, "MAX_DF", 100)
+    pruned, common = NgramIndex(forms).matrix, np.diff(expected[order].indptr) > 100
+    assert common.sum() > 10 and not np.diff(pruned.indptr)[common].any()
+    assert abs(pruned[~common] - expected[order][~common]).max() < 1e-6
 
 
 @pytest.fixture(scope="module")
