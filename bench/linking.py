@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         off, on = (statistics.median(x for x in side[1:]) for side in zip(*pairs))
         report["job"] = {
             "documents": 100, "runs": pairs, "seconds_off": off, "seconds_on": on,
+            "documents_per_s_off": round(100 / off, 2), "documents_per_s_on": round(100 / on, 2),
             "linking_share": round((on - off) / on, 3),
             "first_on_share": round((pairs[0][1] - pairs[0][0]) / pairs[0][1], 3)}
         print(report["job"], file=sys.stderr, flush=True)

@@ -61,17 +61,23 @@ class NgramIndex:
         from scipy import sparse
 
         if folder is None:
-            df: Counter[str] = Counter()
+            self.vocabulary = {}
+            indptr, cols, tfs = array("q", [0]), array("q"), array("f")
             for form in forms:
-                df.update(set(char_ngrams(form)))
-            self.vocabulary = {gram: j for j, gram in enumerate(df)}
-            self.idf = np.log((1 + len(forms)) / (1 + np.fromiter(df.values(), np.float64,
-                                                                   len(df)))) + 1
-            self._idf = self.idf.tolist()  # a Python float per n-gram: looked up one by one
-            self._unseen = float(np.log(1 + len(forms)) + 1)  # idf of a df of 0
-            matrix = self.vectors(forms).T.tocsr()  # n-grams x terms
-            counts = np.diff(matrix.indptr)
-            matrix.data[np.repeat(counts > MAX_DF, counts)] = 0  # searched by rarer n-grams
+                for gram, tf in Counter(char_ngrams(form)).items():
+                    cols.append(self.vocabulary.setdefault(gram, len(self.vocabulary)))
+                    tfs.append(tf)
+                indptr.append(len(cols))
+            grams = np.frombuffer(cols, np.int64)
+            df = np.bincount(grams, minlength=len(self.vocabulary))
+            self.idf = np.log((1 + len(forms)) / (1 + df)) + 1
+            weights = (1 + np.log(np.frombuffer(tfs, np.float32))) * self.idf[grams]
+            rows = sparse.csr_matrix((weights, grams, np.frombuffer(indptr, np.int64)),
+                                     shape=(len(forms), len(self.vocabulary)))
+            norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
+            rows.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(rows.indptr))  # L2 rows
+            matrix = rows.astype(np.float32).T.tocsr()  # n-grams x terms
+            matrix.data[np.repeat(df > MAX_DF, df)] = 0  # searched by their rarer n-grams
             matrix.eliminate_zeros()
             self.matrix = matrix
         else:
@@ -79,8 +85,8 @@ class NgramIndex:
             self.vocabulary = {gram: j for j, gram in enumerate(grams)}
             self.idf = np.load(folder / "idf.npy")
             self.matrix = sparse.load_npz(folder / "ngrams.npz").tocsr()
-            self._idf = self.idf.tolist()
-            self._unseen = float(np.log(1 + self.matrix.shape[1]) + 1)
+        self._idf = self.idf.tolist()  # a Python float per n-gram: looked up one by one
+        self._unseen = float(np.log(1 + self.matrix.shape[1]) + 1)  # idf of a df of 0
 
     def save(self, folder: Path) -> None:
         from scipy import sparse
