@@ -62,21 +62,22 @@ class NgramIndex:
 
         if folder is None:
             self.vocabulary = {}
-            indptr, cols, tfs = array("q", [0]), array("q"), array("f")
+            indptr, cols, tfs = array("i", [0]), array("i"), array("f")  # as scikit-learn
             for form in forms:
                 for gram, tf in Counter(char_ngrams(form)).items():
                     cols.append(self.vocabulary.setdefault(gram, len(self.vocabulary)))
                     tfs.append(tf)
                 indptr.append(len(cols))
-            grams = np.frombuffer(cols, np.int64)
+            grams = np.frombuffer(cols, np.int32)
             df = np.bincount(grams, minlength=len(self.vocabulary))
             self.idf = np.log((1 + len(forms)) / (1 + df)) + 1
-            weights = (1 + np.log(np.frombuffer(tfs, np.float32))) * self.idf[grams]
-            rows = sparse.csr_matrix((weights, grams, np.frombuffer(indptr, np.int64)),
+            weights = (1 + np.log(np.frombuffer(tfs, np.float32))) * self.idf.astype(
+                np.float32)[grams]
+            rows = sparse.csr_matrix((weights, grams, np.frombuffer(indptr, np.int32)),
                                      shape=(len(forms), len(self.vocabulary)))
             norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
             rows.data /= np.repeat(np.maximum(norms, 1e-12), np.diff(rows.indptr))  # L2 rows
-            matrix = rows.astype(np.float32).T.tocsr()  # n-grams x terms
+            matrix = rows.T.tocsr()  # n-grams x terms
             matrix.data[np.repeat(df > MAX_DF, df)] = 0  # searched by their rarer n-grams
             matrix.eliminate_zeros()
             self.matrix = matrix
