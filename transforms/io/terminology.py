@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from transforms.core.link import Term, normalize
-from transforms.io.storage import file_digest, localize
+from transforms.core.spec import is_lang_code, normalize_lang
+from transforms.io.storage import file_digest
 
 OMOP_FILTERS = ("vocabulary_id", "domain_id", "concept_class_id", "standard_concept")
 CONCEPT, SYNONYM = "CONCEPT.csv", "CONCEPT_SYNONYM.csv"
@@ -39,13 +41,16 @@ def is_omop(location: str) -> bool:
 
 
 def digest(location: str) -> str:
-    """A terminology's content digest (an OMOP folder: its CONCEPT and CONCEPT_SYNONYM)."""
+    """A terminology's content digest (an OMOP folder: its CONCEPT and CONCEPT_SYNONYM): of a
+    local file, its bytes' SHA-256; of a remote one (gs://, s3://), its store's checksum of the
+    object's current version (an object rewritten in place is a new terminology)."""
     fs, root = fsspec.core.url_to_fs(location)
     names = [n for n in (CONCEPT, SYNONYM) if fs.exists(posixpath.join(root, n))
              ] if is_omop(location) else [""]
-    files = [posixpath.join(location, n) if n else location for n in names]
-    return hashlib.sha256("".join(file_digest(Path(localize(f))) for f in files).encode()
-                          ).hexdigest()
+    paths = [posixpath.join(root, n) if n else root for n in names]
+    local = isinstance(fs, LocalFileSystem)
+    return hashlib.sha256("".join(file_digest(Path(p)) if local else str(fs.checksum(p))
+                                  for p in paths).encode()).hexdigest()
 
 
 def read_terms(location: str, system: str | None = None,
@@ -91,7 +96,11 @@ def _tsv_terms(location: str, system: str) -> Iterator[Term]:
                 raise TerminologyError(f"terminology {location!r} line {n}: need "
                                        "code<TAB>term or code<TAB>term<TAB>language")
             code, term = fields[0].strip(), fields[1].strip()
-            lang = fields[2].strip().lower() or None if len(fields) == 3 else None
+            lang = normalize_lang(fields[2].strip()) or None if len(fields) == 3 else None
+            if lang and not is_lang_code(lang):
+                raise TerminologyError(f"terminology {location!r} line {n}: language "
+                                       f"{fields[2].strip()!r} is not a language code "
+                                       "(es, en, it, ...)")
             yield Term(code=code, term=term, system=system, language=lang,
                        preferred=preferred.setdefault(code, term))
 

@@ -68,6 +68,17 @@ def test_a_tsv_of_synonyms_with_a_header_and_languages(tmp_path):
         read_terms(str(tmp_path / "missing.tsv"))
 
 
+def test_a_terms_language_is_a_documents_language_code(tmp_path):
+    """Languages as documents carry them (``es-ES`` is ``es``); a name is refused, not kept
+    to code nothing."""
+    f = tmp_path / "t.tsv"
+    f.write_text("C1\tfiebre\tes-ES\nC1\thorečka\tCZ\nC1\tfever\t EN \n")
+    assert [t.language for t in read_terms(str(f))] == ["es", "cs", "en"]
+    f.write_text("C1\tfiebre\tes\nC1\tfever\tenglish\n")
+    with pytest.raises(TerminologyError, match="line 2: language 'english' is not a language"):
+        read_terms(str(f))
+
+
 def test_an_omop_file_without_a_column_it_needs_says_which(tmp_path):
     (tmp_path / "CONCEPT.csv").write_text("concept_id\tconcept_name\tconcept_code\n1\tx\tC\n")
     with pytest.raises(TerminologyError, match=r"CONCEPT.csv lacks the column\(s\) \["):
@@ -78,3 +89,18 @@ def test_the_digest_follows_the_content(tmp_path, omop):
     before = digest(str(omop))
     (omop / "CONCEPT_SYNONYM.csv").write_text(SYNONYM + "22\tcefalea\t4182511\n")
     assert digest(str(omop)) != before
+
+
+def test_a_remote_terminology_rewritten_in_place_is_a_new_one():
+    """A bucket's object rewritten under the same name (same size even) gets a new digest:
+    no stale index, no shards wrongly left as done."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/terms/t.tsv", b"C1\tfiebre\n")
+    before = digest("memory://terms/t.tsv")
+    assert digest("memory://terms/t.tsv") == before
+    fs.pipe("/terms/t.tsv", b"C2\tfiebre\n")
+    assert digest("memory://terms/t.tsv") != before
+    fs.pipe("/omop/CONCEPT.csv", CONCEPT.encode())
+    assert len(read_terms("memory://omop")) == 4 and digest("memory://omop")
