@@ -54,10 +54,10 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
             source = repr((spec.terminology, spec.system, sorted(spec.filters.items())))
             models = set(spec.models.values()) | (set() if "*" in spec.models else {None})
             for model in sorted(models, key=str):
+                ngrams = spec.ngrams or model is None
                 loaded[(spec.name, model)] = build_or_load(
-                    terms, index_key(source, model, content), model, device,
-                    ngrams=spec.ngrams or model is None, shared=self._shared, top=spec.top,
-                    min_score=spec.min_score)
+                    terms, index_key(source, model, content, ngrams), model, device,
+                    ngrams=ngrams, shared=self._shared, top=spec.top, min_score=spec.min_score)
         return loaded
 
     def run_inference(self, batch: Sequence[Work], model: Linkers,

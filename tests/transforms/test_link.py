@@ -1,6 +1,8 @@
 """The link stage: a batch of documents' mentions coded where a linker covers their label,
 null where none does, never dropped."""
 
+from dataclasses import replace
+
 from transforms.core.link import Term
 from transforms.core.records import Document, Row, Work
 from transforms.core.spec import LinkerSpec
@@ -30,3 +32,20 @@ def test_covered_labels_are_coded_the_others_keep_null_columns(tmp_path):
     assert procedure["code"] is None and procedure["link_candidates"] is None  # not covered
     assert unknown["code"] is None and unknown["link_candidates"] == []  # covered, not found
     assert fever["text"] == "Fiebre" and c.mentions == ()
+
+
+def test_turning_ngrams_on_beside_a_model_builds_an_index_with_them(tmp_path, monkeypatch):
+    """The index's cache key holds what it holds: a model-only index is not loaded where
+    n-grams are wanted beside the model (it has none)."""
+    from tests.conftest import TOKENIZER
+    from tests.fixtures.models import build_hf
+
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    build_hf(tmp_path / "encoder", TOKENIZER)
+    (tmp_path / "terms.tsv").write_text("C1\tfiebre\nC2\tcefalea\n", encoding="utf-8")
+    spec = LinkerSpec(name="l", labels=("SYMPTOM",), terminology=str(tmp_path / "terms.tsv"),
+                      models={"*": str(tmp_path / "encoder")}, ngrams=False)
+    alone = LinkHandler({"l": spec}, device="cpu").load_model()
+    both = LinkHandler({"l": replace(spec, ngrams=True)}, device="cpu").load_model()
+    encoder = str(tmp_path / "encoder")
+    assert alone[("l", encoder)].ngrams is None and both[("l", encoder)].ngrams is not None

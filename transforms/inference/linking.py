@@ -120,16 +120,21 @@ class NgramIndex:
                                   np.frombuffer(indptr, np.int64)),
                                  shape=(len(forms), len(self.vocabulary)))
 
-    def search(self, forms: Sequence[str], top: int) -> list[list[Candidate]]:
-        """The ``top`` nearest terms of each form (ties: the first term), a chunk of forms at
-        a time (memory bounded by the index and a chunk)."""
+    def search(self, forms: Sequence[str], top: int, allowed: np.ndarray | None = None
+               ) -> list[list[Candidate]]:
+        """The ``top`` nearest terms of each form (ties: the first term) among the ``allowed``
+        ones (a mask over the terms; None: all), a chunk of forms at a time (memory bounded by
+        the index and a chunk)."""
         out = []
         for lo in range(0, len(forms), CHUNK):
             scores = (self.vectors(forms[lo:lo + CHUNK]) @ self.matrix).tocsr()
             for i in range(scores.shape[0]):
                 a, b = scores.indptr[i], scores.indptr[i + 1]
+                terms, found = scores.indices[a:b], scores.data[a:b]
+                if allowed is not None:
+                    terms, found = terms[allowed[terms]], found[allowed[terms]]
                 out.append([Candidate(int(t), float(s), NGRAM)
-                            for t, s in best(scores.indices[a:b], scores.data[a:b], top)])
+                            for t, s in best(terms, found, top)])
         return out
 
 
@@ -174,6 +179,8 @@ class Linker:
         for i, t in enumerate(terms):
             self.exact.setdefault(normalize(t.term), []).append(i)
         self.cache: OrderedDict[tuple[str | None, str], list[Candidate]] = OrderedDict()
+        self._multilingual = any(t.language for t in terms)
+        self._masks: dict[str, np.ndarray] = {}
 
     def link(self, mentions: Sequence[str], lang: str | None = None) -> list[list[Candidate]]:
         """Each mention's candidates (mentions of language ``lang``), best first, one per
@@ -182,10 +189,9 @@ class Linker:
         todo = list(dict.fromkeys(f for f in forms if (lang, f) not in self.cache))
         exact = {f: [i for i in self.exact.get(f, ()) if self._speaks(i, lang)] for f in todo}
         near = [f for f in todo if not exact[f]]
-        found = dict(zip(near, self._nearest(near))) if near else {}
+        found = dict(zip(near, self._nearest(near, self._allowed(lang)))) if near else {}
         for form in todo:
-            candidates = [Candidate(i, 1.0, EXACT) for i in exact[form]] or [
-                c for c in found[form] if self._speaks(c.term, lang)]
+            candidates = [Candidate(i, 1.0, EXACT) for i in exact[form]] or found[form]
             self.cache[(lang, form)] = by_code(candidates, self.terms)[:self.top]
             if len(self.cache) > CACHE_STRINGS:
                 self.cache.popitem(last=False)
@@ -195,31 +201,44 @@ class Linker:
         """Whether a term may code a mention of ``lang`` (a term without a language may)."""
         return lang is None or self.terms[term].language in (None, lang)
 
-    def _nearest(self, forms: list[str]) -> list[list[Candidate]]:
+    def _allowed(self, lang: str | None) -> np.ndarray | None:
+        """A mask of the terms that may code a mention of ``lang`` (None: every term may),
+        applied before the nearest are picked: terms of other languages never crowd out the
+        mention's own."""
+        if lang is None or not self._multilingual:
+            return None
+        if lang not in self._masks:
+            self._masks[lang] = np.array([self._speaks(i, lang) for i in range(len(self.terms))])
+        return self._masks[lang]
+
+    def _nearest(self, forms: list[str], allowed: np.ndarray | None
+                 ) -> list[list[Candidate]]:
         wide = 4 * self.top  # several terms of one code: keep enough to fill ``top`` codes
         methods = []
         if self.ngrams is not None:
-            methods.append(self.ngrams.search(forms, wide))
+            methods.append(self.ngrams.search(forms, wide, allowed))
         if self.encoder is not None:
-            methods.append(self._dense(forms, wide))
+            methods.append(self._dense(forms, wide, allowed))
         if len(methods) == 1:
             return [[c for c in ranked if c.score >= self.min_score] for ranked in methods[0]]
         return [fuse([m[i] for m in methods], top=wide) for i in range(len(forms))]
 
-    def _dense(self, forms: list[str], top: int) -> list[list[Candidate]]:
+    def _dense(self, forms: list[str], top: int, allowed: np.ndarray | None
+               ) -> list[list[Candidate]]:
         out = []
-        terms = np.arange(len(self.terms))
+        terms = np.arange(len(self.terms)) if allowed is None else np.flatnonzero(allowed)
         for lo in range(0, len(forms), CHUNK):
             scores = self.encoder.encode(forms[lo:lo + CHUNK]) @ self.vectors.T
-            out += [[Candidate(int(t), float(s), DENSE) for t, s in best(terms, row, top)]
+            out += [[Candidate(int(t), float(s), DENSE) for t, s in best(terms, row[terms], top)]
                     for row in scores]
         return out
 
 
-def index_key(terminology: str, model: str | None, digest: str) -> str:
-    """The cache key of a terminology's index: its content, the model's, the index format."""
-    return hashlib.sha256(json.dumps([INDEX_VERSION, terminology, model, digest]).encode()
-                          ).hexdigest()[:24]
+def index_key(terminology: str, model: str | None, digest: str, ngrams: bool = True) -> str:
+    """The cache key of a terminology's index: its content, the model's, what the index holds
+    (n-grams or not), the index format."""
+    return hashlib.sha256(json.dumps([INDEX_VERSION, terminology, model, digest, ngrams]
+                                     ).encode()).hexdigest()[:24]
 
 
 def build_or_load(terms: Sequence[Term], key: str, model: str | None, device: str = "cpu",

@@ -53,6 +53,7 @@ def test_the_index_is_built_once_then_loaded_from_the_cache(tmp_path, caplog):
         "MANIFEST.json", "idf.npy", "ngrams.json", "ngrams.npz"]
     assert index_key("t.tsv", None, "abc") != index_key("t.tsv", "model", "abc")
     assert index_key("t.tsv", None, "abc") != index_key("t.tsv", None, "abd")
+    assert index_key("t.tsv", "m", "abc", ngrams=False) != index_key("t.tsv", "m", "abc")
 
 
 def test_ngram_scores_are_tfidf_cosines_scaled_by_the_known_share(tmp_path):
@@ -145,3 +146,17 @@ def test_a_term_with_a_language_codes_mentions_of_that_language_only(tmp_path):
     assert sorted(terms[c.term].code for c in anyone) == ["C1", "C2"]
     (near,) = linker.link(["fever alta"], "it")  # the English term is nearest, not Italian
     assert near and "C1" not in {terms[c.term].code for c in near}
+
+
+def test_terms_of_other_languages_never_crowd_out_the_mentions_own(tmp_path, encoder):
+    """Languages are kept apart before the nearest terms are picked, not after: 45 English
+    terms nearer than the one Spanish term leave it first for a Spanish mention."""
+    terms = [Term(code=f"E{i}", term=f"dolor abdominal tipo {i}", system="S", language="en")
+             for i in range(45)] + [Term(code="S1", term="dolor abdominal agudo", system="S",
+                                         language="es")]
+    for key, model, ngrams in (("m1", None, True), ("m2", encoder, False)):
+        linker = build_or_load(terms, key, model, cache=tmp_path, ngrams=ngrams, top=3)
+        (found,) = linker.link(["dolor abdominal"], "es")
+        assert [terms[c.term].code for c in found] == ["S1"]
+        assert {terms[c.term].language for c in linker.link(["dolor abdominal"], "en")[0]} == {
+            "en"}
