@@ -164,23 +164,26 @@ def file_digest(path: Path) -> str:
 def localize(location: str) -> str:
     """A local path for a model file or directory on a remote fsspec filesystem (gs://, s3://).
 
-    Each worker copies it once into a local cache (``$CLINICAL_NER_CACHE``, default
-    ``~/.cache/clinical-ner``), under a lock, and reuses it afterwards. Local paths, hub ids and
-    ``hf://`` locations are returned unchanged.
+    Each worker copies each version of it once into a local cache (``$CLINICAL_NER_CACHE``,
+    default ``~/.cache/clinical-ner``), under a lock, and reuses it while the store's checksums
+    of its files are unchanged (a model rewritten in place is copied again). Local paths, hub
+    ids and ``hf://`` locations are returned unchanged.
     """
     if "://" not in location or location.startswith(("hf://", "file://")):
         return location.removeprefix("file://")
     from filelock import FileLock
 
-    key = hashlib.sha1(location.encode()).hexdigest()[:16]
+    fs, path = fsspec.core.url_to_fs(location)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{location!r} does not exist")
+    files = sorted(fs.find(path)) if fs.isdir(path) else [path]
+    version = "".join(f"{name}:{fs.checksum(name)}\n" for name in files)
+    key = hashlib.sha1(f"{location}\n{version}".encode()).hexdigest()[:16]
     dest = cache_root() / key / Path(location.rstrip("/")).name
     done = dest.parent / ".complete"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.parent / ".lock")):
         if not done.exists():
-            fs, path = fsspec.core.url_to_fs(location)
-            if not fs.exists(path):
-                raise FileNotFoundError(f"{location!r} does not exist")
             partial = dest.parent / "partial"
             if fs.isdir(path):
                 fs.get(path.rstrip("/") + "/", str(partial), recursive=True)
