@@ -4,7 +4,8 @@
 per group, in a buffer bounded by that budget: memory holds the documents in flight, never
 the corpus. Inside a group, ``token_batches`` sorts the windows of all its documents by
 length and cuts them into batches whose padded size (rows x longest) stays within the batch
-budget, so padding is only to the batch's longest window.
+budget, so padding is only to the batch's longest window, and on a CPU a batch takes in a
+longer window only where that pads its others little.
 """
 
 from __future__ import annotations
@@ -18,18 +19,22 @@ from transforms.core.records import Work
 
 T = TypeVar("T")
 def token_batches(items: Sequence[T], length: Callable[[T], int], budget: int,
-                  max_items: int) -> list[list[T]]:
+                  max_items: int, mix: int | None = None) -> list[list[T]]:
     """Sort ``items`` by ``length`` and cut them into batches of padded size <= ``budget``
-    and at most ``max_items`` items, each batch as full as the budget allows (a single item
-    longer than the budget is a batch of its own)."""
+    and at most ``max_items`` items, each as full as the budget allows unless a longer item
+    would pad the batch's others by more than ``mix`` (None: any) sub-words; a single item
+    longer than the budget is a batch of its own."""
     batches: list[list[T]] = []
     current: list[T] = []
+    width = 0
     for item in sorted(items, key=length):
         n = length(item)
-        if current and (len(current) >= max_items or n * (len(current) + 1) > budget):
+        if current and (len(current) >= max_items or n * (len(current) + 1) > budget
+                        or (mix is not None and (n - width) * len(current) > mix)):
             batches.append(current)
             current = []
         current.append(item)
+        width = n
     if current:
         batches.append(current)
     return batches

@@ -20,6 +20,20 @@ def test_token_batches_sort_and_respect_the_budget():
     assert flat == sorted(flat)  # similar lengths together: padding only to the batch's longest
 
 
+def test_a_longer_window_joins_a_batch_only_where_it_pads_the_others_little():
+    # three windows of 64 and one of 96: the 96 would pad them by 3 x 32 = 96 sub-words
+    lengths = [64, 64, 64, 96, 96, 100]
+    assert token_batches(lengths, lambda n: n, budget=4096, max_items=100, mix=64) == [
+        [64, 64, 64], [96, 96, 100]]
+    assert token_batches(lengths, lambda n: n, budget=4096, max_items=100) == [lengths]
+    rng = np.random.default_rng(0)
+    windows = rng.integers(5, 512, 500).tolist()
+    padding = {mix: sum(max(b) * len(b) - sum(b) for b in token_batches(
+        windows, lambda n: -(-n // 32) * 32, budget=8192, max_items=256, mix=mix))
+        for mix in (None, 64)}
+    assert padding[64] < padding[None] / 2
+
+
 def test_batches_are_filled_up_to_the_budget():
     # 40 tokens of budget hold exactly four windows of 10, and 2 x 20 or 1 x 30 + nothing
     assert token_batches([10] * 8, lambda n: n, budget=40, max_items=100) == [[10] * 4] * 2

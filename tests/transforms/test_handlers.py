@@ -84,6 +84,17 @@ def test_windows_are_sorted_and_cut_by_the_token_budget():
     assert model.calls == [(4, 30), (1, 40)]
 
 
+def test_on_a_cpu_a_longer_window_starts_a_batch_where_it_would_pad_the_others():
+    group = (doc_work("a", [10, 12, 14]), doc_work("b", [40]))
+    cpu = Model()
+    run(group, cpu, batch_tokens=4096)
+    assert cpu.calls == [(3, 14), (1, 40)]  # 40 pads to 64: 3 x 32 more sub-words than 64
+    gpu = Model()
+    gpu.device = torch.device("cuda")  # a GPU fills its batches to the budget
+    run(group, gpu, batch_tokens=4096)
+    assert gpu.calls == [(4, 40)]
+
+
 def test_a_window_the_model_rejects_fails_only_its_document():
     group = (doc_work("a", [10]), doc_work("b", [10, 10], poison_window=1), doc_work("c", [10]))
     model = Model()
