@@ -3,6 +3,8 @@ null where none does, never dropped."""
 
 from dataclasses import replace
 
+import numpy as np
+
 from transforms.core.link import Term
 from transforms.core.records import Document, Row, Work
 from transforms.core.spec import LinkerSpec
@@ -49,3 +51,30 @@ def test_turning_ngrams_on_beside_a_model_builds_an_index_with_them(tmp_path, mo
     both = LinkHandler({"l": replace(spec, ngrams=True)}, device="cpu").load_model()
     encoder = str(tmp_path / "encoder")
     assert alone[("l", encoder)].ngrams is None and both[("l", encoder)].ngrams is not None
+
+
+def test_a_bi_encoder_rewritten_in_place_encodes_the_terms_again(tmp_path, monkeypatch):
+    """The index's key holds the model's content, not only its location: new weights under
+    the same folder never meet the old weights' term vectors."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import TOKENIZER
+    from tests.fixtures.models import build_hf
+
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    encoder = tmp_path / "encoder"
+    build_hf(encoder, TOKENIZER)
+    (tmp_path / "terms.tsv").write_text("C1\tfiebre\nC2\tcefalea\n", encoding="utf-8")
+    spec = LinkerSpec(name="l", labels=("SYMPTOM",), terminology=str(tmp_path / "terms.tsv"),
+                      models={"*": str(encoder)}, ngrams=False)
+    before = LinkHandler({"l": spec}, device="cpu").load_model()[("l", str(encoder))]
+    weights = load_file(encoder / "model.safetensors")
+    save_file({k: torch.flip(v, [0]) * 3 for k, v in weights.items()},
+              encoder / "model.safetensors")
+    after = LinkHandler({"l": spec}, device="cpu").load_model()[("l", str(encoder))]
+    assert not np.allclose(before.vectors, after.vectors)
+    assert np.allclose(after.vectors, after.encoder.encode(["fiebre", "cefalea"]), atol=1e-5)
+    remote = f"local://{encoder}"  # as gs:// or s3://: the worker's copy is loaded
+    copied = LinkHandler({"l": replace(spec, models={"*": remote})}, device="cpu").load_model()
+    assert np.allclose(copied[("l", remote)].vectors, after.vectors)

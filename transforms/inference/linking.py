@@ -26,7 +26,7 @@ import numpy as np
 
 from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code, char_ngrams,
                                   fuse, normalize)
-from transforms.io.storage import cache_root
+from transforms.io.storage import cache_root, file_digest, localize
 
 LOG = logging.getLogger("pipeline")
 INDEX_VERSION = 3  # bump when what an index holds changes: older cached ones are rebuilt
@@ -146,6 +146,7 @@ class DenseEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self._torch = torch
+        location = localize(location)  # gs://, s3://: this worker's copy
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.model = AutoModel.from_pretrained(location).to(device).eval()
         self.device, self.batch = device, batch
@@ -234,11 +235,25 @@ class Linker:
         return out
 
 
+def model_digest(location: str | None) -> str | None:
+    """A bi-encoder's content: the SHA-256 of each of its files (a remote one's current
+    version, as this worker copied it); a hub id as it is (no model: None)."""
+    if location is None:
+        return None
+    path = Path(localize(location))
+    if not path.exists():
+        return location
+    files = sorted(f for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+    return hashlib.sha256("".join(f"{f.relative_to(path)}:{file_digest(f)}\n"
+                                  for f in files).encode()).hexdigest()
+
+
 def index_key(terminology: str, model: str | None, digest: str, ngrams: bool = True) -> str:
-    """The cache key of a terminology's index: its content, the model's, what the index holds
+    """The cache key of a terminology's index: its content, the model's (its location and
+    ``model_digest``: a model rewritten in place encodes its terms again), what the index holds
     (n-grams or not), the index format."""
-    return hashlib.sha256(json.dumps([INDEX_VERSION, terminology, model, digest, ngrams]
-                                     ).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps([INDEX_VERSION, terminology, model, model_digest(model),
+                                      digest, ngrams]).encode()).hexdigest()[:24]
 
 
 def build_or_load(terms: Sequence[Term], key: str, model: str | None, device: str = "cpu",
