@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,8 +16,7 @@ import fsspec
 
 from transforms.formats.cdm import RunInfo
 from transforms.core.spec import LinkerSpec, TaskSpec
-from transforms.io.shards import file_version
-from transforms.io.storage import file_digest, write_atomically
+from transforms.io.storage import store_version, tree_digest, write_atomically
 from transforms.io.terminology import digest
 
 
@@ -97,19 +95,11 @@ def model_version(location: str, revision: str | None = None) -> dict[str, Any]:
         if "://" not in location or location.startswith("hf://"):
             return {"location": location, "revision": revision,
                     "fingerprint": (revision or "unpinned")[:16]}
-        fs, root = fsspec.core.url_to_fs(location)
-        infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
-        digest = hashlib.sha1("".join(
-            f"{posixpath.relpath(name, root)}:{info.get('size')}:{file_version(info)}\n"
-            for name, info in sorted(infos.items())).encode())
-        return {"location": location, "fingerprint": digest.hexdigest()[:16],
-                "bytes": sum(int(i.get("size") or 0) for i in infos.values())}
-    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
-    digest = hashlib.sha1()
-    for f in files:
-        digest.update(f"{f.relative_to(path.parent)}:{file_digest(f)}\n".encode())
-    return {"location": location, "fingerprint": digest.hexdigest()[:16],
-            "bytes": sum(f.stat().st_size for f in files)}
+        version, size = store_version(*fsspec.core.url_to_fs(location))
+        return {"location": location, "bytes": size,
+                "fingerprint": hashlib.sha1(version.encode()).hexdigest()[:16]}
+    digest, size = tree_digest(path)
+    return {"location": location, "fingerprint": digest[:16], "bytes": size}
 
 
 OPT_IN_OPTIONS = ("write", "note_id_field", "snippet_chars")  # recorded when --write is given

@@ -26,7 +26,7 @@ import numpy as np
 
 from transforms.core.link import (DENSE, EXACT, NGRAM, Candidate, Term, by_code, char_ngrams,
                                   fuse, normalize)
-from transforms.io.storage import cache_root, file_digest, localize
+from transforms.io.storage import cache_root, localize, tree_digest
 
 LOG = logging.getLogger("pipeline")
 INDEX_VERSION = 3  # bump when what an index holds changes: older cached ones are rebuilt
@@ -236,16 +236,12 @@ class Linker:
 
 
 def model_digest(location: str | None) -> str | None:
-    """A bi-encoder's content: the SHA-256 of each of its files (a remote one's current
-    version, as this worker copied it); a hub id as it is (no model: None)."""
+    """A bi-encoder's content: its files' ``tree_digest`` (a remote one's current version, as
+    this worker copied it); a hub id as it is (no model: None)."""
     if location is None:
         return None
     path = Path(localize(location))
-    if not path.exists():
-        return location
-    files = sorted(f for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
-    return hashlib.sha256("".join(f"{f.relative_to(path)}:{file_digest(f)}\n"
-                                  for f in files).encode()).hexdigest()
+    return tree_digest(path)[0] if path.exists() else location
 
 
 def index_key(terminology: str, model: str | None, digest: str, ngrams: bool = True) -> str:

@@ -29,14 +29,10 @@ from typing import Any, Iterable, Iterator, Mapping
 import fsspec
 
 from transforms.core.records import ANNOTATED, FAILED, SKIPPED, Shard
-from transforms.io.storage import is_local, write_atomically
+from transforms.io.storage import file_version, is_local, write_atomically
 
 MARKERS = "_shards"
 LOG = logging.getLogger("pipeline")
-# The keys of fsspec file infos that identify a version, most specific first: GCS checksums,
-# S3/HTTP ETags, modification times (local disks and others).
-_VERSION_KEYS = ("md5Hash", "crc32c", "ETag", "etag", "generation", "mtime", "LastModified",
-                 "updated", "created")
 _SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".jsonl.zst": "jsonl",
              ".parquet": "parquet", ".json": "cdm"}
 FORMATS = ("txt", "jsonl", "parquet", "cdm")
@@ -62,14 +58,6 @@ def input_format(path: str, forced: str | None = None) -> str | None:
         if name.endswith(suffix):
             return fmt
     return None
-
-
-def file_version(info: Mapping[str, Any]) -> str:
-    """What identifies a file's content on its store, from an fsspec info dict."""
-    for key in _VERSION_KEYS:
-        if info.get(key) not in (None, ""):
-            return f"{key}={info[key]}"
-    return ""
 
 
 def expand_pattern(pattern: str) -> list[str]:

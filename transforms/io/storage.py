@@ -8,7 +8,7 @@ import posixpath
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import fsspec
 
@@ -161,6 +161,39 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The keys of fsspec file infos that identify a version, most specific first: GCS checksums,
+# S3/HTTP ETags, modification times (local disks and others).
+_VERSION_KEYS = ("md5Hash", "crc32c", "ETag", "etag", "generation", "mtime", "LastModified",
+                 "updated", "created")
+
+
+def file_version(info: Mapping[str, Any]) -> str:
+    """What identifies a file's content on its store, from an fsspec info dict."""
+    for key in _VERSION_KEYS:
+        if info.get(key) not in (None, ""):
+            return f"{key}={info[key]}"
+    return ""
+
+
+def store_version(fs, root: str) -> tuple[str, int]:
+    """What identifies the current version of a file or folder on its store (each file's name
+    under ``root``, size and ``file_version``: no byte read), and its bytes."""
+    infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+    return ("".join(f"{posixpath.relpath(name, root)}:{info.get('size')}:{file_version(info)}\n"
+                    for name, info in sorted(infos.items())),
+            sum(int(info.get("size") or 0) for info in infos.values()))
+
+
+def tree_digest(path: Path) -> tuple[str, int]:
+    """The SHA-1 of a local file's or folder's files (each named from ``path``'s parent, with
+    its bytes' ``file_digest``), and their bytes."""
+    files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f"{f.relative_to(path.parent)}:{file_digest(f)}\n".encode())
+    return digest.hexdigest(), sum(f.stat().st_size for f in files)
+
+
 def localize(location: str) -> str:
     """A local path for a model file or directory on a remote fsspec filesystem (gs://, s3://).
 
@@ -176,9 +209,7 @@ def localize(location: str) -> str:
     fs, path = fsspec.core.url_to_fs(location)
     if not fs.exists(path):
         raise FileNotFoundError(f"{location!r} does not exist")
-    files = sorted(fs.find(path)) if fs.isdir(path) else [path]
-    version = "".join(f"{name}:{fs.checksum(name)}\n" for name in files)
-    key = hashlib.sha1(f"{location}\n{version}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{location}\n{store_version(fs, path)[0]}".encode()).hexdigest()[:16]
     dest = cache_root() / key / Path(location.rstrip("/")).name
     done = dest.parent / ".complete"
     dest.parent.mkdir(parents=True, exist_ok=True)

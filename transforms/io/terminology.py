@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 
 from transforms.core.link import Term, normalize
 from transforms.core.spec import is_lang_code, normalize_lang
-from transforms.io.storage import file_digest
+from transforms.io.storage import file_digest, store_version
 
 OMOP_FILTERS = ("vocabulary_id", "domain_id", "concept_class_id", "standard_concept")
 CONCEPT, SYNONYM = "CONCEPT.csv", "CONCEPT_SYNONYM.csv"
@@ -42,14 +42,14 @@ def is_omop(location: str) -> bool:
 
 def digest(location: str) -> str:
     """A terminology's content digest (an OMOP folder: its CONCEPT and CONCEPT_SYNONYM): of a
-    local file, its bytes' SHA-256; of a remote one (gs://, s3://), its store's checksum of the
-    object's current version (an object rewritten in place is a new terminology)."""
+    local file, its bytes' SHA-256; of a remote one (gs://, s3://), its store's version of the
+    object (``store_version``: an object rewritten in place is a new terminology)."""
     fs, root = fsspec.core.url_to_fs(location)
     names = [n for n in (CONCEPT, SYNONYM) if fs.exists(posixpath.join(root, n))
              ] if is_omop(location) else [""]
     paths = [posixpath.join(root, n) if n else root for n in names]
     local = isinstance(fs, LocalFileSystem)
-    return hashlib.sha256("".join(file_digest(Path(p)) if local else str(fs.checksum(p))
+    return hashlib.sha256("".join(file_digest(Path(p)) if local else store_version(fs, p)[0]
                                   for p in paths).encode()).hexdigest()
 
 
