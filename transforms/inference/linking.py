@@ -171,14 +171,14 @@ class Linker:
     candidate codes kept per mention; ``min_score``: below it (for one method alone) a
     mention stays uncoded."""
 
-    def __init__(self, terms: Sequence[Term], index: NgramIndex | None,
+    def __init__(self, terms: Sequence[Term], forms: Sequence[str], index: NgramIndex | None,
                  encoder: DenseEncoder | None = None, vectors: np.ndarray | None = None,
                  top: int = 10, min_score: float = 0.0) -> None:
         self.terms, self.ngrams, self.encoder, self.vectors = terms, index, encoder, vectors
         self.top, self.min_score = top, min_score
-        self.exact: dict[str, list[int]] = {}
-        for i, t in enumerate(terms):
-            self.exact.setdefault(normalize(t.term), []).append(i)
+        self.exact: dict[str, list[int]] = {}  # a normalised form -> its terms (``forms``)
+        for i, form in enumerate(forms):
+            self.exact.setdefault(form, []).append(i)
         self.cache: OrderedDict[tuple[str | None, str], list[Candidate]] = OrderedDict()
         self._multilingual = any(t.language for t in terms)
         self._masks: dict[str, np.ndarray] = {}
@@ -265,11 +265,12 @@ def build_or_load(terms: Sequence[Term], key: str, model: str | None, device: st
 
     folder = (cache or cache_root()) / "linking" / key
     encoder = DenseEncoder(model, device) if model else None
+    forms = [normalize(t.term) for t in terms]
 
     def build(into: Path) -> None:
         started = time.perf_counter()
         if ngrams:
-            NgramIndex([normalize(t.term) for t in terms]).save(into)
+            NgramIndex(forms).save(into)
         if encoder is not None:
             np.save(into / "vectors.npy", encoder.encode([t.term for t in terms]))
         LOG.info("linker index %s: built in %.1f s (%d terms)", key,
@@ -281,4 +282,4 @@ def build_or_load(terms: Sequence[Term], key: str, model: str | None, device: st
     LOG.info("linker index %s: %s (%d terms)", key, how, len(terms))
     index = NgramIndex(folder=folder) if ngrams else None
     vectors = np.load(folder / "vectors.npy") if encoder is not None else None
-    return Linker(terms, index, encoder, vectors, **options)
+    return Linker(terms, forms, index, encoder, vectors, **options)
