@@ -79,13 +79,15 @@ class Plan:
     notes: int  # notes of the whole job
     job_timeout: float  # seconds one whole job may take (a hung one must not eat the rest)
     oom_windows: int  # windows (of 510 sub-words) in the out-of-memory batch
+    profile_notes: int  # notes of the profiled job and of the two tasks in one process
     job_options: tuple[str, ...] = ()
 
 
 GPU = Plan(size="base", device="cuda", matmul=8192, layer_tokens=32768, model_chars=8_000_000,
-           budgets=(16384, 32768, 65536), notes=20_000, job_timeout=120, oom_windows=256)
+           budgets=(16384, 32768, 65536), notes=20_000, job_timeout=120, oom_windows=256,
+           profile_notes=4_000)
 DRY = Plan(size="tiny", device="cpu", matmul=256, layer_tokens=512, model_chars=30_000,
-           budgets=(1024, 4096), notes=120, job_timeout=90, oom_windows=8,
+           budgets=(1024, 4096), notes=120, job_timeout=90, oom_windows=8, profile_notes=60,
            job_options=("--direct_num_workers", "2", "--large_model"))
 
 
@@ -364,11 +366,14 @@ def write_notes(folder: Path, notes: list[dict], count: int, per_shard: int = 50
                                                                                 start + per_shard])
 
 
-def job(inputs: Path, tasks: Path, out: Path, plan: Plan, timeout: float) -> dict:
+def job(inputs: Path, tasks: Path, out: Path, plan: Plan, timeout: float,
+        options: tuple[str, ...] = (), profile: Path | None = None) -> dict:
     """``python -m pipeline.run`` as a user runs it, with the GPU sampled and the host's CPU
-    share measured."""
-    cmd = [sys.executable, "-m", "pipeline.run", "--input", str(inputs), "--output", str(out),
-           "--tasks", str(tasks), "--device", plan.device, *plan.job_options]
+    share measured (``options`` after the plan's; ``profile``: run under cProfile, its
+    statistics written there)."""
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    cmd = [sys.executable, *profiler, "-m", "pipeline.run", "--input", str(inputs), "--output",
+           str(out), "--tasks", str(tasks), "--device", plan.device, *plan.job_options, *options]
     sampler = GpuSampler()
     busy0, total0 = cpu_times()
     started = time.perf_counter()
@@ -389,23 +394,54 @@ def job(inputs: Path, tasks: Path, out: Path, plan: Plan, timeout: float) -> dic
 
 
 def whole_job(plan: Plan, notes: list[dict], shared: Path, work: Path, tasks: int,
-              timeout: float) -> dict:
-    """The whole job on ``plan.notes`` E3C notes with ``tasks`` base-size tasks."""
-    inputs = work / "notes"
+              timeout: float, count: int | None = None, options: tuple[str, ...] = (),
+              profile: Path | None = None) -> dict:
+    """The whole job on ``count`` (``plan.notes``) E3C notes with ``tasks`` base-size tasks
+    (``profile``: in one process under cProfile, its statistics written there and where the
+    time went added)."""
+    count = count or plan.notes
+    inputs = work / f"notes-{count}"
     if not inputs.exists():
-        write_notes(inputs, notes, plan.notes)
-    out = work / f"out-{tasks}"
-    row = job(inputs, save_models(work, plan, shared, tasks), out, plan, timeout)
+        write_notes(inputs, notes, count)
+    if profile:
+        options = (*options, "--direct_num_workers", "1")
+    out = work / f"out-{tasks}-{len(list(work.glob('out-*')))}"
+    row = job(inputs, save_models(work, plan, shared, tasks), out, plan, timeout, options,
+              profile)
     del row["_log"]
+    if profile and profile.exists():
+        row["profile"] = hot_spots(profile)
     record = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     counts = record.get("counts", {})
     inferring = row["inferring_s"] if row["ok"] else None
-    row.update(tasks=tasks, notes=plan.notes,
-               documents_per_s=round(plan.notes / row["wall_s"], 1) if row["ok"] else None,
-               documents_per_s_while_inferring=round(plan.notes / inferring) if inferring
+    row.update(tasks=tasks, notes=count, options=" ".join(options),
+               documents_per_s=round(count / row["wall_s"], 1) if row["ok"] else None,
+               documents_per_s_while_inferring=round(count / inferring) if inferring
                else None, documents_annotated=counts.get("documents/annotated"),
                counts={k: v for k, v in counts.items() if k.startswith(("documents/", "tokens/"))})
     return row
+
+
+def hot_spots(stats: Path, top: int = 20) -> dict:
+    """Where a profiled job's time went: the project's functions by cumulative time, and every
+    function by its own time."""
+    import pstats
+
+    rows = pstats.Stats(str(stats)).stats  # (file, line, name) -> (calls, _, own, cumulative, _)
+
+    def named(key: tuple) -> str:
+        file, line, name = key
+        return f"{Path(file).relative_to(REPO) if file.startswith(str(REPO)) else Path(file).name}"\
+               f":{line}({name})"
+
+    def listed(keys: list, by: int) -> list[list]:
+        return [[named(k), rows[k][0], round(rows[k][2], 2), round(rows[k][3], 2)]
+                for k in sorted(keys, key=lambda k: -rows[k][by])[:top]]
+
+    ours = [k for k in rows if k[0].startswith(str(REPO / "transforms"))
+            or k[0].startswith(str(REPO / "pipeline"))]
+    return {"columns": ["function", "calls", "own_s", "cumulative_s"],
+            "ours_by_cumulative": listed(ours, 3), "all_by_own": listed(list(rows), 2)}
 
 
 def oom_halving(plan: Plan) -> dict:
@@ -499,12 +535,13 @@ def accelerator_error(plan: Plan, notes: list[dict], shared: Path, work: Path,
 
 # -- the run ------------------------------------------------------------------------------------
 
-def run_stages(plan: Plan, out: Path, minutes: float) -> dict:
-    """Every stage in turn, each skipped when too little time is left for it, the report
-    rewritten after each."""
+def run_stages(plan: Plan, out: Path, minutes: float, only: tuple[str, ...] = ()) -> dict:
+    """Every stage (or those named in ``only``) in turn, each skipped when too little time is
+    left for it, the report rewritten after each."""
     import torch
 
     deadline = time.monotonic() + minutes * 60
+    out.mkdir(parents=True, exist_ok=True)
     shared = Path(os.environ.get("CLINICAL_NER_SHARED", REPO.parent / "shared"))
     report: dict = {"plan": plan.__dict__, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "stages": {}}
@@ -524,7 +561,14 @@ def run_stages(plan: Plan, out: Path, minutes: float) -> dict:
             ("fault_accelerator_error", 45, lambda: accelerator_error(plan, notes, shared, work,
                                                                         timeout())),
             ("job_1_task", 60, lambda: whole_job(plan, notes, shared, work, 1, timeout())),
+            ("job_2_tasks_one_process", 60, lambda: whole_job(
+                plan, notes, shared, work, 2, timeout(), plan.profile_notes,
+                ("--direct_num_workers", "1"))),
+            ("job_profile", 60, lambda: whole_job(
+                plan, notes, shared, work, 1, timeout(), plan.profile_notes,
+                profile=out / "job_profile.prof")),
         ]
+        stages = [s for s in stages if not only or s[0] in only]
 
         def left() -> float:
             return max(1.0, deadline - time.monotonic() - 5)
@@ -583,17 +627,27 @@ def summary(report: dict) -> str:
                   f"{r['mfu_measured']} | {r['mfu_spec']} |" if "error" not in r
                   else f"| {k} | {r['error']} | | | |" for k, r in m["runs"].items()]
         lines.append("")
-    jobs = [(k, stages[k]) for k in ("job_2_tasks", "job_1_task") if "wall_s" in stages.get(k, {})]
+    jobs = [(k, stages[k]) for k in ("job_2_tasks", "job_1_task", "job_2_tasks_one_process",
+                                      "job_profile") if "wall_s" in stages.get(k, {})]
     if jobs:
         lines += ["Whole job (`python -m pipeline.run`, DirectRunner; documents/s over the "
                   "whole process, start-up included / while the GPU was inferring):", "",
-                  "| tasks | notes | wall s | documents/s | GPU busy (run / inferring) | "
+                  "| stage | tasks | notes | wall s | documents/s | GPU busy (run / inferring) | "
                   "peak GPU MiB | host CPU busy | exit |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['tasks']} | {r['notes']:,} | {r['wall_s']} | {r['documents_per_s']} / "
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {k} | {r['tasks']} | {r['notes']:,} | {r['wall_s']} | "
+                  f"{r['documents_per_s']} / "
                   f"{r['documents_per_s_while_inferring']} | {r['gpu_busy']} / "
                   f"{r['gpu_busy_while_inferring']} | {r['peak_gpu_mib']} | "
-                  f"{r['host_cpu_busy']} | {r['rc']} |" for _, r in jobs]
+                  f"{r['host_cpu_busy']} | {r['rc']} |" for k, r in jobs]
+        lines.append("")
+    hot = stages.get("job_profile", {}).get("profile")
+    if hot:
+        lines += ["Where the profiled job's time went (cProfile, one process; the project's "
+                  "functions by cumulative seconds):", "", "| function | calls | own s | "
+                  "cumulative s |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{f}` | {n:,} | {own} | {cum} |" for f, n, own, cum in
+                  hot["ours_by_cumulative"]]
         lines.append("")
     for name in ("fault_out_of_memory", "fault_accelerator_error"):
         r = stages.get(name, {})
@@ -614,6 +668,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kit", type=Path, default=KIT)
     ap.add_argument("--out", type=Path, default=Path("gpu-out"))
     ap.add_argument("--minutes", type=float, default=8.0, help="wall time for the stages")
+    ap.add_argument("--stages", default="", help="only these stages (comma-separated)")
     ap.add_argument("--installed", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.prepare:
@@ -629,9 +684,11 @@ def main(argv: list[str] | None = None) -> None:
             env = {**os.environ, **install(args.kit, Path(scratch))}
             minutes = args.minutes - (time.monotonic() - started) / 60
             cmd = [sys.executable, "-m", "bench.gpu", "--installed", "--out", str(args.out),
-                   "--minutes", f"{minutes:.2f}", *(["--dry_run"] if args.dry_run else [])]
+                   "--minutes", f"{minutes:.2f}", "--stages", args.stages,
+                   *(["--dry_run"] if args.dry_run else [])]
             raise SystemExit(subprocess.run(cmd, cwd=REPO, env=env).returncode)
-    report = run_stages(DRY if args.dry_run else GPU, args.out, args.minutes)
+    report = run_stages(DRY if args.dry_run else GPU, args.out, args.minutes,
+                        tuple(s for s in args.stages.split(",") if s))
     print((args.out / "gpu.md").read_text())
     failed = [k for k, v in report["stages"].items() if "error" in v or v.get("ok") is False
               or any("error" in row for row in v.get("runs", {}).values())]

@@ -28,10 +28,12 @@ def test_the_dry_run_runs_every_stage_of_the_gpu_run(tmp_path):
         assert budget / 2 < row["largest_batch_tokens"] <= budget, name
         assert row["real_tokens"] == runs[str(DRY.budgets[0])]["real_tokens"] > 0
         assert 0 < row["mfu_measured"] and 0 <= row["padding_fraction"] < 0.5
-    for tasks in (1, 2):
-        job = stages[f"job_{tasks}_task{'s' if tasks > 1 else ''}"]
-        assert job["ok"] and job["documents_annotated"] == DRY.notes == job["notes"]
-        assert job["counts"]["documents/read"] == DRY.notes
+    for name, tasks, notes in (("job_1_task", 1, DRY.notes), ("job_2_tasks", 2, DRY.notes),
+                               ("job_2_tasks_one_process", 2, DRY.profile_notes),
+                               ("job_profile", 1, DRY.profile_notes)):
+        job = stages[name]
+        assert job["ok"] and job["documents_annotated"] == notes == job["notes"]
+        assert job["counts"]["documents/read"] == notes
         assert {k for k in job["counts"] if k.startswith("documents/lang_")} == {
             "documents/lang_es", "documents/lang_en", "documents/lang_it"}
         assert len([k for k in job["counts"] if k.startswith("tokens/real_")]) == tasks
@@ -43,6 +45,10 @@ def test_the_dry_run_runs_every_stage_of_the_gpu_run(tmp_path):
     fault = stages["fault_accelerator_error"]
     assert fault["ok"] and fault["rc"] != 0 and fault["committed"] == []
     assert fault["stopped_on"] == "ModelFault" and not fault["timed_out"]
+    hot = dict((f, cumulative) for f, _, _, cumulative in
+               stages["job_profile"]["profile"]["ours_by_cumulative"])
+    assert 0 < hot["transforms/handlers.py:221(run_inference)"] < hot["pipeline/run.py:159(run)"]
+    assert (tmp_path / "out" / "job_profile.prof").stat().st_size > 0
     text = (tmp_path / "out" / "gpu.md").read_text()
     assert "fault_out_of_memory: holds" in text and "| 2 | 120 |" in text
 
