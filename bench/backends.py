@@ -153,12 +153,12 @@ def int8_profile(texts: list[str], max_tokens: int = 512, size: str = "base") ->
     import numpy as np
     import openvino as ov
 
-    from transforms.inference.backends import openvino_encoder, weights_key
+    from transforms.inference.backends import conversion_key, openvino_encoder
     from transforms.io.storage import cache_root
 
     encoder = base_model(size=size).base_model
     runner = openvino_encoder(encoder, "int8", torch.get_num_threads())  # converted or cached
-    xml = cache_root() / "openvino" / weights_key(encoder, "int8") / "encoder.xml"
+    xml = cache_root() / "openvino" / conversion_key("int8", module=encoder) / "encoder.xml"
     request = ov.Core().compile_model(str(xml), "CPU", {"PERF_COUNT": "YES"}
                                       ).create_infer_request()
     key = bench_spec().windows_key

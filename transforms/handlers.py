@@ -193,21 +193,30 @@ class TokenClassifierHandler(ModelHandler[TaskBatch, Group, Any]):
         self._inference: TaskInference | None = None
 
     def load_model(self):
+        """The task's model: from its cached OpenVINO conversion and the few tensors that run
+        beside it where there is one (no torch model built); else the torch model, placed
+        (converted for OpenVINO and cached, or cast for torch)."""
         import torch
 
-        from transforms.inference.models import load_hf, load_mtl, pick_device
+        from transforms.inference import models
 
         config, spec = self._config, self._spec
         if config.threads:
             torch.set_num_threads(config.threads)
-        device = pick_device(config.device)
-        if spec.kind == "hf":
-            model = load_hf(spec.model, device, spec.revision)
+        device = models.pick_device(config.device)
+        heads = [h for h in spec.all_heads if h]
+        precision = models.openvino_choice(config.backend, config.precision, device)
+        files = precision and (models.hf_files(spec.model) if spec.kind == "hf" else
+                               models.mtl_files(spec.model, spec.encoder, heads, spec.revision))
+        model = files and models.cached_openvino(files, precision, config.threads,
+                                                 config.model_cache)
+        if model:
+            runs_as = model.runs_as
         else:
-            model = load_mtl(spec.model, spec.encoder, [h for h in spec.all_heads if h],
-                             device, spec.revision)
-        runs_as = model.use(config.backend, config.precision, config.threads,
-                            config.model_cache)
+            model = (models.load_hf(spec.model, device, spec.revision) if spec.kind == "hf" else
+                     models.load_mtl(spec.model, spec.encoder, heads, device, spec.revision))
+            runs_as = model.use(config.backend, config.precision, config.threads,
+                                config.model_cache)
         if config.compile and runs_as.startswith("torch"):
             model.compile()
         LOG.info("task %s: model loaded (%s, %s, %d threads)", spec.name, device, runs_as,

@@ -9,17 +9,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from transforms.inference.backends import (PRECISION_DTYPES, fastest_cpu_dtype, openvino_available,
-                                           openvino_encoder)
+from transforms.inference.backends import (PRECISION_DTYPES, OpenVINOEncoder, conversion_key,
+                                           fastest_cpu_dtype, openvino_available,
+                                           openvino_compiled, openvino_encoder)
 from transforms.core.windows import padded_length
-from transforms.io.storage import localize
+from transforms.io.storage import localize, tree_digest
 
 _LEGACY_HEAD = re.compile(r"^(.+)_classifier\.(weight|bias)$")
 _MODERN_HEAD = re.compile(r"^classifiers\.([^.]+)\.(weight|bias)$")
@@ -178,30 +182,49 @@ def pad(windows: Sequence[np.ndarray], pad_id: int, pad_to: int | None = None
     return ids, mask
 
 
+def openvino_choice(backend: str, precision: str, device: torch.device) -> str | None:
+    """The precision OpenVINO runs the encoder in for ``--backend``/``--precision`` on
+    ``device``, or None where torch runs it: on CUDA always; on a CPU ``auto`` is OpenVINO
+    with 8-bit weights where OpenVINO is installed."""
+    if device.type != "cpu" or backend not in ("auto", "openvino"):
+        return None
+    if backend == "auto" and not openvino_available():
+        return None
+    return "int8" if precision == "auto" else precision
+
+
 class TokenClassifier:
     """A loaded model of either kind: windows in, label ids and probabilities per head out.
 
     Only methods are called on it and only numpy arrays go in and out, so that one copy can
     be shared by a worker's processes (Beam's ``large_model`` hands out a proxy).
+    ``files``: the local files it was loaded from (none: built in memory or from the hub), whose
+    digest keys its OpenVINO conversion; ``encoder``: a torch module, or a callable with its
+    signature already placed (``runs_as`` says how).
     """
 
     def __init__(
         self,
-        encoder: torch.nn.Module,
+        encoder: torch.nn.Module | Callable,
         heads: dict[str | None, torch.nn.Module],
         device: torch.device,
+        files: tuple[Path, ...] = (),
+        pad_id: int | None = None,
+        runs_as: str = "not placed: call use()",
     ) -> None:
         # Kept on the host in fp32 until ``use`` picks the backend and dtype: the weights are
         # cast once there (cheaper than autocast, which converts them on every batch) and reach
         # an accelerator already in their compute dtype. Heads and probabilities stay fp32.
-        self.encoder = encoder.float().eval()
+        placed = not isinstance(encoder, torch.nn.Module)
+        self.encoder = encoder if placed else encoder.float().eval()
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
+        self.files = files
         self.dtype = torch.float32
-        self.runs_as = "not placed: call use()"
-        config = getattr(encoder, "config", None)
-        pad = getattr(config, "pad_token_id", None)
-        self.pad_id = int(pad) if pad is not None else 0
+        self.runs_as = runs_as
+        if pad_id is None:
+            pad_id = getattr(getattr(encoder, "config", None), "pad_token_id", None)
+        self.pad_id = int(pad_id) if pad_id is not None else 0
 
     def use(self, backend: str, precision: str, threads: int | None = None,
             shared_cache: str | None = None) -> str:
@@ -211,16 +234,16 @@ class TokenClassifier:
         fastest dtype measured here; an OpenVINO conversion that fails keeps torch."""
         config = getattr(self.encoder, "config", None)
         shapes = (getattr(config, "hidden_size", 768), getattr(config, "intermediate_size", 3072))
-        if self.device.type == "cpu" and backend in ("auto", "openvino"):
-            if backend == "openvino" or openvino_available():
-                chosen = "int8" if precision == "auto" else precision
-                encoder = openvino_encoder(self.encoder, chosen, threads, shared_cache)
-                if encoder is not None:
-                    self.encoder, self.dtype = encoder, torch.float32
-                    self.runs_as = f"openvino {chosen}"
-                    return self.runs_as
-                if precision == "int8":
-                    precision = "auto"
+        chosen = openvino_choice(backend, precision, self.device)
+        if chosen:
+            encoder = openvino_encoder(self.encoder, chosen, threads, shared_cache,
+                                       files_digest(*self.files) if self.files else None)
+            if encoder is not None:
+                self.encoder, self.dtype = encoder, torch.float32
+                self.runs_as = f"openvino {chosen}"
+                return self.runs_as
+            if precision == "int8":
+                precision = "auto"
         self.dtype = resolve_dtype(precision, self.device, shapes)
         self.encoder = self.encoder.to(dtype=self.dtype).to(self.device)
         self.runs_as = f"torch {str(self.dtype).removeprefix('torch.')}"
@@ -269,17 +292,25 @@ class TokenClassifier:
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
 
+def files_digest(*paths: Path) -> str | None:
+    """The digest of a model's local files or folders (None where one is not here: a hub id)."""
+    if not all(p.exists() for p in paths):
+        return None
+    return hashlib.sha1("".join(tree_digest(p)[0] for p in paths).encode()).hexdigest()
+
+
 def load_hf(model_dir: str, device: torch.device, revision: str | None = None
             ) -> TokenClassifier:
     """A Hugging Face token classifier: its base model as encoder, its classifier as the head."""
     from transformers import AutoModelForTokenClassification
 
-    model = AutoModelForTokenClassification.from_pretrained(
-        localize(model_dir), dtype=torch.float32, revision=revision)
+    local = localize(model_dir)
+    model = AutoModelForTokenClassification.from_pretrained(local, dtype=torch.float32,
+                                                            revision=revision)
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Module):
         raise ModelLoadError(f"{model_dir!r} has no token-classification head (`classifier`)")
-    return TokenClassifier(model.base_model, {None: head}, device)
+    return TokenClassifier(model.base_model, {None: head}, device, (Path(local),))
 
 
 def load_mtl(
@@ -289,12 +320,14 @@ def load_mtl(
     """A DT4H multi-task checkpoint: the encoder built from ``encoder_name``'s config."""
     from transformers import AutoConfig, AutoModel
 
-    sd = load_state_dict(checkpoint, revision)
+    path = resolve_checkpoint(checkpoint, revision)
+    sd = load_state_dict(path)
     found = mtl_heads(sd)
     missing = [h for h in head_names if h not in found]
     if missing:
         raise ModelLoadError(f"{checkpoint!r} lacks heads {missing}; it has {sorted(found)}")
-    config = AutoConfig.from_pretrained(localize(encoder_name))
+    encoder_dir = localize(encoder_name)
+    config = AutoConfig.from_pretrained(encoder_dir)
     encoder = AutoModel.from_config(config, add_pooling_layer=False)
     enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     enc_sd = {k: v for k, v in enc_sd.items() if not k.startswith("pooler.")}
@@ -312,4 +345,114 @@ def load_mtl(
         lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
         lin.load_state_dict({"weight": weight, "bias": bias})
         heads[name] = lin
-    return TokenClassifier(encoder, heads, device)
+    return TokenClassifier(encoder, heads, device, (Path(path), Path(encoder_dir)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFiles:
+    """What running a model's cached OpenVINO conversion needs of its files, read without
+    building the torch model: their digest (the conversion's key), the weights file, the names
+    in it of the word embeddings and of each head's ``Linear`` (``<prefix>.weight``/``.bias``),
+    and the padding id."""
+
+    digest: str
+    weights: Path
+    embeddings: str
+    heads: dict[str | None, str]
+    pad_id: int
+
+    def host_parts(self) -> tuple[torch.nn.Embedding, dict[str | None, torch.nn.Linear]]:
+        """The word embeddings and the heads, in fp32 (what runs in torch beside OpenVINO)."""
+        names = [self.embeddings, *(f"{p}.{part}" for p in self.heads.values()
+                                    for part in ("weight", "bias"))]
+        tensors = _tensors(self.weights, names)
+        heads = {}
+        for head, prefix in self.heads.items():
+            weight, bias = tensors[f"{prefix}.weight"].float(), tensors[f"{prefix}.bias"].float()
+            if weight.ndim != 2:
+                raise ModelLoadError(f"{self.weights}: head {prefix!r} needs a 2-D weight")
+            heads[head] = torch.nn.Linear(weight.shape[1], weight.shape[0])
+            heads[head].load_state_dict({"weight": weight, "bias": bias})
+        return torch.nn.Embedding.from_pretrained(tensors[self.embeddings].float()), heads
+
+
+def _tensors(path: Path, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """``names`` of a safetensors or torch checkpoint (all names, as empty tensors, where None),
+    an optional ``model.`` prefix on every key dropped."""
+    if path.suffix != ".safetensors":
+        sd = load_state_dict(str(path))
+        return {k: sd[k] for k in (sd if names is None else names)}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+        prefix = "model." if keys and all(k.startswith("model.") for k in keys) else ""
+        if names is None:
+            return {k[len(prefix):]: torch.empty(0) for k in keys}
+        return {name: f.get_tensor(prefix + name) for name in names}
+
+
+def _pad_id(config_file: Path) -> int | None:
+    """The padding id a ``config.json`` names (None where it names none: its class decides)."""
+    config = json.loads(config_file.read_text())
+    if "pad_token_id" not in config:
+        return None
+    return int(config["pad_token_id"]) if config["pad_token_id"] is not None else 0
+
+
+def hf_files(model_dir: str) -> ModelFiles | None:
+    """A local Hugging Face token classifier's ``ModelFiles`` (None where it is on the hub, or
+    its weights are sharded or its head is not a ``classifier`` Linear: the torch model
+    decides)."""
+    folder = Path(localize(model_dir))
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin")
+                    if (folder / n).is_file()), None)
+    if weights is None or not (folder / "config.json").is_file():
+        return None
+    names = _tensors(weights)
+    embeddings = [n for n in names if n.endswith("embeddings.word_embeddings.weight")]
+    pad_id = _pad_id(folder / "config.json")
+    if len(embeddings) != 1 or "classifier.weight" not in names or pad_id is None:
+        return None
+    return ModelFiles(digest=files_digest(folder), weights=weights, embeddings=embeddings[0],
+                      heads={None: "classifier"}, pad_id=pad_id)
+
+
+def mtl_files(checkpoint: str, encoder_name: str, head_names: Sequence[str],
+              revision: str | None = None) -> ModelFiles | None:
+    """A DT4H multi-task checkpoint's ``ModelFiles`` (None where its encoder's config is not a
+    local folder or a head is missing: the torch model decides, or says what is wrong)."""
+    path = Path(resolve_checkpoint(checkpoint, revision))
+    encoder_dir = Path(localize(encoder_name))
+    if not path.is_file() or not (encoder_dir / "config.json").is_file():
+        return None
+    names = _tensors(path)
+    heads = {}
+    for name in head_names:
+        legacy = (f"{name.removesuffix('_ner')}_classifier",) if name.endswith("_ner") else ()
+        prefix = next((p for p in (f"classifiers.{name}", *legacy) if f"{p}.weight" in names),
+                      None)
+        if prefix is None:
+            return None
+        heads[name] = prefix
+    pad_id = _pad_id(encoder_dir / "config.json")
+    embeddings = "encoder.embeddings.word_embeddings.weight"
+    if embeddings not in names or pad_id is None:
+        return None
+    return ModelFiles(digest=files_digest(path, encoder_dir), weights=path, embeddings=embeddings,
+                      heads=heads, pad_id=pad_id)
+
+
+def cached_openvino(files: ModelFiles, precision: str, threads: int | None,
+                    shared: str | None = None) -> TokenClassifier | None:
+    """The model running its cached OpenVINO conversion in ``precision``, its word embeddings
+    and heads read from its files: no torch model built, no transformers model code imported.
+    None where the conversion is not cached here or in ``shared`` (loading the torch model
+    converts it)."""
+    compiled = openvino_compiled(conversion_key(precision, files.digest), precision, threads,
+                                 shared)
+    if compiled is None:
+        return None
+    embeddings, heads = files.host_parts()
+    return TokenClassifier(OpenVINOEncoder(compiled, embeddings), heads, torch.device("cpu"),
+                           pad_id=files.pad_id, runs_as=f"openvino {precision}")

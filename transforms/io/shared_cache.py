@@ -126,14 +126,32 @@ def _drop(shared: str) -> None:
             fs.rm(path)
 
 
+def find(local: Path, shared: str | None = None) -> str | None:
+    """Make ``local`` a whole entry without building it; returns how (``cached``: it was;
+    ``downloaded``: from ``shared``), or None where neither has it whole (``ensure`` builds
+    it). The caller holds a lock among this machine's processes."""
+    if is_whole(local, hashes=True):  # a flipped byte of the same size too: never loaded
+        return "cached"
+    shutil.rmtree(local, ignore_errors=True)  # partial or damaged: never loaded
+    if shared is None:
+        return None
+    try:
+        return "downloaded" if fetch(shared, local) else None
+    except Damaged as e:
+        LOG.warning("model cache: %s: built again", e)
+        return None
+    except Exception as e:  # noqa: BLE001 - reading the shared location
+        raise CacheUnavailable(f"model cache {shared}: {type(e).__name__}: {e}") from e
+
+
 def ensure(local: Path, build: Callable[[Path], None], shared: str | None = None,
            wait_s: float = WAIT_S) -> str:
     """Make ``local`` a whole entry; returns how: ``cached`` (it was), ``downloaded`` (from
     ``shared``), ``converted`` (built here by ``build(folder)``, then published to
     ``shared``). The caller holds a lock among this machine's processes."""
-    if is_whole(local, hashes=True):  # a flipped byte of the same size too: never loaded
-        return "cached"
-    shutil.rmtree(local, ignore_errors=True)  # partial or damaged: never loaded
+    how = find(local, shared)
+    if how:
+        return how
     if shared is None:
         _build(local, build)
         return "converted"
@@ -146,21 +164,15 @@ def ensure(local: Path, build: Callable[[Path], None], shared: str | None = None
 
 
 def _shared(local: Path, build: Callable[[Path], None], shared: str, wait_s: float) -> str:
-    damaged = False
-    try:
-        if fetch(shared, local):
-            return "downloaded"
-    except Damaged as e:
-        LOG.warning("model cache: %s: built again", e)
-        damaged = True
+    """Build under the shared location's lock, unless another machine published the entry
+    while this one waited for it."""
     owner = f"{socket.gethostname()}-{os.getpid()}"
     with OutputLock(shared, owner, wait_s=wait_s):  # one machine builds, the others wait
-        if not damaged:
-            try:
-                if fetch(shared, local):  # built by another machine while this one waited
-                    return "downloaded"
-            except Damaged as e:
-                LOG.warning("model cache: %s: built again", e)
+        try:
+            if fetch(shared, local):  # built by another machine while this one waited
+                return "downloaded"
+        except Damaged as e:
+            LOG.warning("model cache: %s: built again", e)
         _drop(shared)
         try:
             _build(local, build)

@@ -4,6 +4,7 @@ fall back to torch."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,68 @@ def test_a_shared_model_cache_converts_once_for_every_machine(hf_dir, tmp_path, 
         assert (got == want).all()
     assert len(converted) == 1  # machine a converted; b and c copied its conversion
     assert len(list((tmp_path / "shared" / "openvino").glob("*/MANIFEST.json"))) == 1
+
+
+def _spec(layout: str, tmp_path, seed: int = 0):
+    """A task of each model layout, its files written under ``tmp_path``."""
+    from tests.fixtures.models import build_mtl
+    from transforms.core.spec import TaskSpec
+
+    if layout == "hf":
+        model = str(build_hf(tmp_path / "hf", TOKENIZER, seed=seed, hidden=64))
+        encoder, heads = None, (None,)
+    else:
+        suffix, legacy = layout.split("-")[-1], "legacy" in layout
+        model = str(build_mtl(tmp_path / f"m.{suffix}", tmp_path / "enc", TOKENIZER,
+                              legacy_keys=legacy, prefix="model." if legacy else "", seed=seed))
+        encoder, heads = str(tmp_path / "enc"), ("symptom_es_ner", "symptom_it_ner")
+    return TaskSpec(name="t", kind=layout.split("-")[0], model=model, encoder=encoder,
+                    languages=("es",), tokenizer=str(TOKENIZER), heads={"es": heads})
+
+
+@pytest.mark.parametrize("layout", ["hf", "mtl-pt", "mtl-legacy-safetensors"])
+def test_a_cached_conversion_runs_without_building_the_torch_model(
+        layout, tmp_path, monkeypatch):
+    from transforms.handlers import InferenceConfig, TokenClassifierHandler
+
+    spec = _spec(layout, tmp_path)
+    config = InferenceConfig(backend="openvino", precision="fp32",
+                             model_cache=str(tmp_path / "shared"))
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "a"))
+    first = TokenClassifierHandler(spec, config).load_model()  # builds it, converts, publishes
+    heads = list(spec.all_heads)
+    want = first.predict(*windows(), heads)
+
+    def built(*args, **kwargs):
+        raise AssertionError("a torch model was built")
+
+    monkeypatch.setattr(models, "load_hf", built)
+    monkeypatch.setattr(models, "load_mtl", built)
+    for machine in ("b", "b"):  # a fresh machine (copied from the shared cache), then again
+        monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / machine))
+        model = TokenClassifierHandler(spec, config).load_model()
+        assert model.runs_as == "openvino fp32"
+        got = model.predict(*windows(), heads)
+        assert (got[0] == want[0]).all() and (got[1] == want[1]).all()
+
+
+@pytest.mark.parametrize("layout", ["hf", "mtl-pt"])
+def test_a_model_rewritten_in_place_is_converted_again(layout, tmp_path, cache, monkeypatch):
+    from transforms.handlers import InferenceConfig, TokenClassifierHandler
+
+    spec = _spec(layout, tmp_path)
+    config = InferenceConfig(backend="openvino", precision="fp32")
+    TokenClassifierHandler(spec, config).load_model()
+    new = Path(_spec(layout, tmp_path / "new", seed=5).model)  # other weights, same shapes
+    for f in new.iterdir() if new.is_dir() else [new]:  # written over the old files
+        (Path(spec.model) / f.name if new.is_dir() else Path(spec.model)).write_bytes(
+            f.read_bytes())
+    heads = list(spec.all_heads)
+    torch_model = (load_hf(spec.model, CPU) if spec.kind == "hf" else
+                   models.load_mtl(spec.model, spec.encoder, heads, CPU))
+    want, _ = torch_model.predict(*windows(), heads)
+    converted = []
+    real = backends._convert
+    monkeypatch.setattr(backends, "_convert", lambda *a: converted.append(a) or real(*a))
+    got, _ = TokenClassifierHandler(spec, config).load_model().predict(*windows(), heads)
+    assert len(converted) == 1 and (got == want).all()
