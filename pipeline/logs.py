@@ -28,15 +28,11 @@ def configure_logging() -> None:
     workers.setLevel(min(logging.getLevelName(level), logging.INFO)
                      if isinstance(logging.getLevelName(level), int) else logging.INFO)
     workers.addFilter(WorkerLines(level == "DEBUG"))
+    # read by transformers when it is imported (not here: a run from a cached conversion
+    # never imports it)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 class WorkerLines(logging.Filter):
