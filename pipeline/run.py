@@ -151,6 +151,17 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
             "shards/to_do": len(todo)}
 
 
+def _value(argv: Sequence[str], name: str) -> str | None:
+    """The value the command line gives ``--name`` (its last), or None."""
+    found = None
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            found = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            found = argv[i + 1]
+    return found
+
+
 def _given(argv: Sequence[str], name: str) -> bool:
     """Whether the command line sets ``--name``."""
     return any(a.split("=", 1)[0] == f"--{name}" for a in argv)
@@ -285,6 +296,11 @@ def main() -> None:
     from transforms.outputs.commit import LayoutError
 
     configure_logging()
+    tasks = _value(sys.argv[1:], "tasks")
+    if tasks and "://" not in tasks:
+        from pipeline.tasks import digest_models_ahead
+
+        digest_models_ahead(tasks)  # while Beam and torch import
     try:
         run(sys.argv[1:])
         # The job is over and its outputs committed: the interpreter's last collection would

@@ -36,6 +36,8 @@ import hashlib
 import logging
 import posixpath
 import re
+import threading
+from pathlib import Path
 from typing import Any, Mapping
 
 import fsspec
@@ -44,7 +46,7 @@ import yaml
 from transforms.core.qualify import FLAGS
 from transforms.core.spans import bio_scheme
 from transforms.core.spec import KINDS, LinkerSpec, TaskSpec, normalize_lang
-from transforms.io.storage import localize
+from transforms.io.storage import localize, tree_digest
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEAD_ENTITY = re.compile(r"^([A-Za-z]+)(?:_[a-z]{2})?(?:_ner)?$")
@@ -114,6 +116,28 @@ def _read(path: str) -> dict:
         raise TaskFileError(f"task file {path!r}: unknown top-level key(s) {unknown}; the file "
                             f"has {list(TOP_LEVEL)}")
     return raw
+
+
+def digest_models_ahead(path: str) -> threading.Thread:
+    """Hash the local models and encoders of task file ``path`` on another thread (hashlib
+    releases the GIL), so that their fingerprints are cached when the job asks for them: a
+    first run's SHA-256 of a model overlaps Beam's and torch's imports instead of following
+    them. Best effort: what is wrong with the file is left to ``load_tasks`` to say."""
+    def digest() -> None:
+        try:
+            base = posixpath.dirname(path)
+            for cfg in _read(path)["tasks"].values():
+                for key in ("model", "encoder"):
+                    location = cfg.get(key) if isinstance(cfg, dict) else None
+                    local = isinstance(location, str) and Path(_resolve(location, base))
+                    if local and local.exists():
+                        tree_digest(local)
+        except Exception as e:  # noqa: BLE001 - reported by load_tasks, not here
+            LOG.debug("task file %s: models not hashed ahead (%s)", path, type(e).__name__)
+
+    thread = threading.Thread(target=digest, name="digest-models-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:

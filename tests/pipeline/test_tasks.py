@@ -287,3 +287,27 @@ def test_a_linker_is_listed_and_its_paths_resolve_next_to_the_task_file(models, 
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"{path}: linker codes: codes SYMPTOM with {models / 'terms.tsv'}; "
         f"es={models / 'stl_procedure'}, *={models / 'stl_procedure'}")
+
+
+def test_a_task_files_local_models_are_hashed_ahead_of_the_job(tmp_path, monkeypatch):
+    from pipeline.summary import model_version
+    from pipeline.tasks import digest_models_ahead
+    from transforms.io import storage
+
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "models" / "procedure"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights" * 1000)
+    (model / "config.json").write_text("{}")
+    tasks = tmp_path / "tasks.yaml"  # the model named relative to the task file's folder
+    tasks.write_text("tasks:\n  procedure:\n    kind: hf\n    model: models/procedure\n"
+                     "    languages: [es]\n")
+    digest_models_ahead(str(tasks)).join()
+    reads, real = [], Path.open
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: (
+        reads.append(self.name) if mode == "rb" else None) or real(self, mode, *a, **k))
+    version = model_version(str(model))  # as the job asks for it: nothing read again
+    assert reads == [] and version["bytes"] == 7000 + 2
+    storage.file_digest(tasks)
+    assert reads == ["tasks.yaml"]  # (a file not hashed ahead is read)
+    digest_models_ahead(str(tmp_path / "missing.yaml")).join()  # load_tasks says what is wrong

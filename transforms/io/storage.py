@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,20 +145,29 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "clinical-ner"))
 
 
+_HASHING: dict[str, threading.Lock] = {}
+_HASHING_GUARD = threading.Lock()
+
+
 def file_digest(path: Path) -> str:
     """The SHA-256 of a local file's bytes, cached by the file's identity (path, size, inode,
     modification time): a model's fingerprint changes with any byte of it, and a rerun on an
-    unchanged model reads none of it (an edit in place changes its status time)."""
+    unchanged model reads none of it (an edit in place changes its status time). Threads
+    asking for the same file wait for one reading."""
     st = path.stat()
     identity = f"{path.resolve()}:{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    cached = cache_root() / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
-    if cached.exists():
-        return cached.read_text()
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    write_atomically(str(cached), digest.hexdigest().encode())
+    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    cached = cache_root() / "digests" / key
+    with _HASHING_GUARD:
+        lock = _HASHING.setdefault(key, threading.Lock())
+    with lock:
+        if cached.exists():
+            return cached.read_text()
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+        write_atomically(str(cached), digest.hexdigest().encode())
     return digest.hexdigest()
 
 

@@ -45,3 +45,31 @@ def test_a_remote_model_is_copied_once_per_version(tmp_path, monkeypatch):
     assert Path(localize("memory://bucket/model/config.json")).read_bytes() == b'{"v": 1}'
     with pytest.raises(FileNotFoundError, match="does not exist"):
         localize("memory://bucket/missing")
+
+
+def test_threads_asking_for_one_files_digest_read_it_once(tmp_path, monkeypatch):
+    import hashlib
+    import threading
+
+    from transforms.io import storage
+
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 40_000)
+    reads, real = [], Path.open
+
+    def counted(self, mode="r", *args, **kwargs):
+        if self == weights:
+            reads.append(mode)
+        return real(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counted)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(storage.file_digest(weights)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [hashlib.sha256(weights.read_bytes()).hexdigest()] * 4
+    assert reads.count("rb") == 2  # one digest, then the check above
