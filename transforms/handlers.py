@@ -213,8 +213,11 @@ class TokenClassifierHandler(ModelHandler[TaskBatch, Group, Any]):
         if model:
             runs_as = model.runs_as
         else:
-            model = (models.load_hf(spec.model, device, spec.revision) if spec.kind == "hf" else
-                     models.load_mtl(spec.model, spec.encoder, heads, device, spec.revision))
+            keyed = precision is not None  # an OpenVINO conversion, keyed by the files
+            model = (models.load_hf(spec.model, device, spec.revision, keyed)
+                     if spec.kind == "hf" else
+                     models.load_mtl(spec.model, spec.encoder, heads, device, spec.revision,
+                                     keyed))
             runs_as = model.use(config.backend, config.precision, config.threads,
                                 config.model_cache)
         if config.compile and runs_as.startswith("torch"):

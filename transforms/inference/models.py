@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -101,24 +101,35 @@ def load_state_dict(location: str, revision: str | None = None) -> dict[str, tor
     return sd
 
 
-def mtl_heads(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The classification heads of an MTL state dict: task name -> (weight, bias)."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in sd.items():
+def head_prefixes(names: Iterable[str]) -> dict[str, str]:
+    """The heads among an MTL state dict's key ``names``: task name -> the prefix of its
+    ``.weight`` and ``.bias`` (``classifiers.<task>``, or ``<entity>_<lang>_classifier`` for
+    task ``<entity>_<lang>_ner``). A task stored under both layouts is refused: which of the
+    two was meant cannot be told."""
+    prefixes: dict[str, str] = {}
+    for key in names:
         if key.startswith("encoder."):
             continue
-        m = _MODERN_HEAD.match(key)
-        if m:
-            parts.setdefault(m.group(1), {})[m.group(2)] = tensor
+        if m := _MODERN_HEAD.match(key):
+            task, prefix = m.group(1), f"classifiers.{m.group(1)}"
+        elif m := _LEGACY_HEAD.match(key):
+            task, prefix = f"{m.group(1)}_ner", f"{m.group(1)}_classifier"
+        else:
             continue
-        m = _LEGACY_HEAD.match(key)
-        if m:
-            parts.setdefault(f"{m.group(1)}_ner", {})[m.group(2)] = tensor
+        if prefixes.setdefault(task, prefix) != prefix:
+            raise ModelLoadError(f"head {task!r} is stored twice, as {prefixes[task]}.* and "
+                                 f"{prefix}.*: keep one")
+    return prefixes
+
+
+def mtl_heads(sd: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The classification heads of an MTL state dict: task name -> (weight, bias)."""
     heads = {}
-    for task, wb in parts.items():
-        if set(wb) != {"weight", "bias"} or wb["weight"].ndim != 2:
-            raise ModelLoadError(f"head {task!r} needs a 2-D weight and a bias, found {sorted(wb)}")
-        heads[task] = (wb["weight"], wb["bias"])
+    for task, prefix in head_prefixes(sd).items():
+        found = [part for part in ("weight", "bias") if f"{prefix}.{part}" in sd]
+        if found != ["weight", "bias"] or sd[f"{prefix}.weight"].ndim != 2:
+            raise ModelLoadError(f"head {task!r} needs a 2-D weight and a bias, found {found}")
+        heads[task] = (sd[f"{prefix}.weight"], sd[f"{prefix}.bias"])
     return heads
 
 
@@ -198,9 +209,9 @@ class TokenClassifier:
 
     Only methods are called on it and only numpy arrays go in and out, so that one copy can
     be shared by a worker's processes (Beam's ``large_model`` hands out a proxy).
-    ``files``: the local files it was loaded from (none: built in memory or from the hub), whose
-    digest keys its OpenVINO conversion; ``encoder``: a torch module, or a callable with its
-    signature already placed (``runs_as`` says how).
+    ``source``: the digest of the local files it was read from, the key of its OpenVINO
+    conversion (None: built in memory or from the hub, keyed by its weights); ``encoder``: a
+    torch module, or a callable with its signature already placed (``runs_as`` says how).
     """
 
     def __init__(
@@ -208,7 +219,7 @@ class TokenClassifier:
         encoder: torch.nn.Module | Callable,
         heads: dict[str | None, torch.nn.Module],
         device: torch.device,
-        files: tuple[Path, ...] = (),
+        source: str | None = None,
         pad_id: int | None = None,
         runs_as: str = "not placed: call use()",
     ) -> None:
@@ -219,7 +230,7 @@ class TokenClassifier:
         self.encoder = encoder if placed else encoder.float().eval()
         self.heads = {k: h.to(device).eval() for k, h in heads.items()}
         self.device = device
-        self.files = files
+        self.source = source
         self.dtype = torch.float32
         self.runs_as = runs_as
         if pad_id is None:
@@ -236,8 +247,7 @@ class TokenClassifier:
         shapes = (getattr(config, "hidden_size", 768), getattr(config, "intermediate_size", 3072))
         chosen = openvino_choice(backend, precision, self.device)
         if chosen:
-            encoder = openvino_encoder(self.encoder, chosen, threads, shared_cache,
-                                       files_digest(*self.files) if self.files else None)
+            encoder = openvino_encoder(self.encoder, chosen, threads, shared_cache, self.source)
             if encoder is not None:
                 self.encoder, self.dtype = encoder, torch.float32
                 self.runs_as = f"openvino {chosen}"
@@ -299,35 +309,45 @@ def files_digest(*paths: Path) -> str | None:
     return hashlib.sha1("".join(tree_digest(p)[0] for p in paths).encode()).hexdigest()
 
 
-def load_hf(model_dir: str, device: torch.device, revision: str | None = None
-            ) -> TokenClassifier:
-    """A Hugging Face token classifier: its base model as encoder, its classifier as the head."""
+def _unchanged(digest: str | None, *paths: Path) -> str | None:
+    """``digest`` where ``paths`` still have it after being read (the digests are cached by
+    file identity: asking again reads nothing); None where they were replaced meanwhile."""
+    return digest if digest is not None and files_digest(*paths) == digest else None
+
+
+def load_hf(model_dir: str, device: torch.device, revision: str | None = None,
+            keyed: bool = False) -> TokenClassifier:
+    """A Hugging Face token classifier: its base model as encoder, its classifier as the head
+    (``keyed``: its files' digest, taken before and after they are read, as its ``source``)."""
     from transformers import AutoModelForTokenClassification
 
-    local = localize(model_dir)
-    model = AutoModelForTokenClassification.from_pretrained(local, dtype=torch.float32,
+    local = Path(localize(model_dir))
+    digest = files_digest(local) if keyed else None
+    model = AutoModelForTokenClassification.from_pretrained(str(local), dtype=torch.float32,
                                                             revision=revision)
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Module):
         raise ModelLoadError(f"{model_dir!r} has no token-classification head (`classifier`)")
-    return TokenClassifier(model.base_model, {None: head}, device, (Path(local),))
+    return TokenClassifier(model.base_model, {None: head}, device, _unchanged(digest, local))
 
 
 def load_mtl(
     checkpoint: str, encoder_name: str, head_names: Sequence[str], device: torch.device,
-    revision: str | None = None,
+    revision: str | None = None, keyed: bool = False,
 ) -> TokenClassifier:
-    """A DT4H multi-task checkpoint: the encoder built from ``encoder_name``'s config."""
+    """A DT4H multi-task checkpoint: the encoder built from ``encoder_name``'s config
+    (``keyed``: as ``load_hf``)."""
     from transformers import AutoConfig, AutoModel
 
-    path = resolve_checkpoint(checkpoint, revision)
-    sd = load_state_dict(path)
+    path = Path(resolve_checkpoint(checkpoint, revision))
+    encoder_dir = Path(localize(encoder_name))
+    digest = files_digest(path, encoder_dir) if keyed else None
+    sd = load_state_dict(str(path))
     found = mtl_heads(sd)
     missing = [h for h in head_names if h not in found]
     if missing:
         raise ModelLoadError(f"{checkpoint!r} lacks heads {missing}; it has {sorted(found)}")
-    encoder_dir = localize(encoder_name)
-    config = AutoConfig.from_pretrained(encoder_dir)
+    config = AutoConfig.from_pretrained(str(encoder_dir))
     encoder = AutoModel.from_config(config, add_pooling_layer=False)
     enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     enc_sd = {k: v for k, v in enc_sd.items() if not k.startswith("pooler.")}
@@ -345,7 +365,7 @@ def load_mtl(
         lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
         lin.load_state_dict({"weight": weight, "bias": bias})
         heads[name] = lin
-    return TokenClassifier(encoder, heads, device, (Path(path), Path(encoder_dir)))
+    return TokenClassifier(encoder, heads, device, _unchanged(digest, path, encoder_dir))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -356,6 +376,7 @@ class ModelFiles:
     and the padding id."""
 
     digest: str
+    paths: tuple[Path, ...]
     weights: Path
     embeddings: str
     heads: dict[str | None, str]
@@ -414,8 +435,8 @@ def hf_files(model_dir: str) -> ModelFiles | None:
     pad_id = _pad_id(folder / "config.json")
     if len(embeddings) != 1 or "classifier.weight" not in names or pad_id is None:
         return None
-    return ModelFiles(digest=files_digest(folder), weights=weights, embeddings=embeddings[0],
-                      heads={None: "classifier"}, pad_id=pad_id)
+    return ModelFiles(digest=files_digest(folder), paths=(folder,), weights=weights,
+                      embeddings=embeddings[0], heads={None: "classifier"}, pad_id=pad_id)
 
 
 def mtl_files(checkpoint: str, encoder_name: str, head_names: Sequence[str],
@@ -427,20 +448,16 @@ def mtl_files(checkpoint: str, encoder_name: str, head_names: Sequence[str],
     if not path.is_file() or not (encoder_dir / "config.json").is_file():
         return None
     names = _tensors(path)
-    heads = {}
-    for name in head_names:
-        legacy = (f"{name.removesuffix('_ner')}_classifier",) if name.endswith("_ner") else ()
-        prefix = next((p for p in (f"classifiers.{name}", *legacy) if f"{p}.weight" in names),
-                      None)
-        if prefix is None:
-            return None
-        heads[name] = prefix
+    prefixes = head_prefixes(names)
+    if not set(head_names) <= set(prefixes):
+        return None
+    heads = {name: prefixes[name] for name in head_names}
     pad_id = _pad_id(encoder_dir / "config.json")
     embeddings = "encoder.embeddings.word_embeddings.weight"
     if embeddings not in names or pad_id is None:
         return None
-    return ModelFiles(digest=files_digest(path, encoder_dir), weights=path, embeddings=embeddings,
-                      heads=heads, pad_id=pad_id)
+    return ModelFiles(digest=files_digest(path, encoder_dir), paths=(path, encoder_dir),
+                      weights=path, embeddings=embeddings, heads=heads, pad_id=pad_id)
 
 
 def cached_openvino(files: ModelFiles, precision: str, threads: int | None,
@@ -448,11 +465,13 @@ def cached_openvino(files: ModelFiles, precision: str, threads: int | None,
     """The model running its cached OpenVINO conversion in ``precision``, its word embeddings
     and heads read from its files: no torch model built, no transformers model code imported.
     None where the conversion is not cached here or in ``shared`` (loading the torch model
-    converts it)."""
+    converts it), or where the files were replaced while being read."""
     compiled = openvino_compiled(conversion_key(precision, files.digest), precision, threads,
                                  shared)
     if compiled is None:
         return None
     embeddings, heads = files.host_parts()
+    if _unchanged(files.digest, *files.paths) is None:
+        return None
     return TokenClassifier(OpenVINOEncoder(compiled, embeddings), heads, torch.device("cpu"),
                            pad_id=files.pad_id, runs_as=f"openvino {precision}")

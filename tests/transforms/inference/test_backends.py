@@ -206,3 +206,38 @@ def test_a_model_rewritten_in_place_is_converted_again(layout, tmp_path, cache, 
     monkeypatch.setattr(backends, "_convert", lambda *a: converted.append(a) or real(*a))
     got, _ = TokenClassifierHandler(spec, config).load_model().predict(*windows(), heads)
     assert len(converted) == 1 and (got == want).all()
+
+
+@pytest.mark.parametrize("when", ["while the torch model is read",
+                                  "after its files were hashed, before its cached conversion "
+                                  "runs"])
+def test_a_model_replaced_while_it_is_read_never_runs_with_another_versions_encoder(
+        when, tmp_path, cache, monkeypatch):
+    import os
+    import shutil
+
+    from transformers import AutoModelForTokenClassification
+
+    from transforms.handlers import InferenceConfig, TokenClassifierHandler
+
+    spec = _spec("hf", tmp_path)
+    new = build_hf(tmp_path / "new", TOKENIZER, seed=5, hidden=64)
+    config = InferenceConfig(backend="openvino", precision="fp32")
+
+    def replace() -> None:  # a new version moved into place, as a deployment does
+        shutil.copy(new / "model.safetensors", tmp_path / "next")
+        os.replace(tmp_path / "next", Path(spec.model) / "model.safetensors")
+
+    if when.startswith("while"):
+        real = AutoModelForTokenClassification.from_pretrained
+        monkeypatch.setattr(AutoModelForTokenClassification, "from_pretrained",
+                            lambda *a, **k: (real(*a, **k), replace())[0])
+        TokenClassifierHandler(spec, config).load_model()  # converts the version it read
+        monkeypatch.setattr(AutoModelForTokenClassification, "from_pretrained", real)
+    else:
+        TokenClassifierHandler(spec, config).load_model()  # the old version's conversion
+        real = models.hf_files
+        monkeypatch.setattr(models, "hf_files", lambda *a: (real(*a), replace())[0])
+    got, _ = TokenClassifierHandler(spec, config).load_model().predict(*windows(), [None])
+    want, _ = load_hf(spec.model, CPU).predict(*windows(), [None])  # the new version, torch
+    assert (got == want).all()

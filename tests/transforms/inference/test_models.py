@@ -147,3 +147,17 @@ def test_weights_reach_the_device_already_in_their_compute_dtype(tmp_path, monke
     assert moved and set(moved) == {torch.bfloat16}
     assert {(p.device.type, p.dtype) for p in model.encoder.parameters()} == {
         ("meta", torch.bfloat16)}
+
+
+def test_a_head_stored_under_both_layouts_is_refused(tmp_path, encoder_dir):
+    from transforms.inference.models import ModelLoadError, load_mtl, mtl_files
+
+    path = build_mtl(tmp_path / "m.pt", encoder_dir, TOKENIZER, legacy_keys=True)
+    sd = torch.load(path, weights_only=True)
+    sd["classifiers.symptom_es_ner.weight"] = sd["symptom_es_classifier.weight"] + 1
+    sd["classifiers.symptom_es_ner.bias"] = sd["symptom_es_classifier.bias"]
+    torch.save(sd, path)
+    for load in (lambda: load_mtl(str(path), str(encoder_dir), ["symptom_es_ner"], CPU),
+                 lambda: mtl_files(str(path), str(encoder_dir), ["symptom_es_ner"])):
+        with pytest.raises(ModelLoadError, match="'symptom_es_ner' is stored twice"):
+            load()
