@@ -119,7 +119,7 @@ def _read(path: str) -> dict:
 
 
 def digest_models_ahead(path: str) -> threading.Thread:
-    """Hash the local models and encoders of task file ``path`` on another thread (hashlib
+    """Hash the local models of task file ``path`` on another thread (hashlib
     releases the GIL), so that their fingerprints are cached when the job asks for them: a
     first run's SHA-256 of a model overlaps Beam's and torch's imports instead of following
     them. Best effort: what is wrong with the file is left to ``load_tasks`` to say."""
@@ -127,11 +127,10 @@ def digest_models_ahead(path: str) -> threading.Thread:
         try:
             base = posixpath.dirname(path)
             for cfg in _read(path)["tasks"].values():
-                for key in ("model", "encoder"):
-                    location = cfg.get(key) if isinstance(cfg, dict) else None
-                    local = isinstance(location, str) and Path(_resolve(location, base))
-                    if local and local.exists():
-                        tree_digest(local)
+                location = cfg.get("model") if isinstance(cfg, dict) else None
+                local = isinstance(location, str) and Path(_resolve(location, base))
+                if local and local.exists():
+                    tree_digest(local)
         except Exception as e:  # noqa: BLE001 - reported by load_tasks, not here
             LOG.debug("task file %s: models not hashed ahead (%s)", path, type(e).__name__)
 

@@ -341,7 +341,8 @@ def load_mtl(
 
     path = Path(resolve_checkpoint(checkpoint, revision))
     encoder_dir = Path(localize(encoder_name))
-    digest = files_digest(path, encoder_dir) if keyed else None
+    # the encoder's weights are the checkpoint's: of its folder only the config counts
+    digest = files_digest(path, encoder_dir / "config.json") if keyed else None
     sd = load_state_dict(str(path))
     found = mtl_heads(sd)
     missing = [h for h in head_names if h not in found]
@@ -365,7 +366,8 @@ def load_mtl(
         lin = torch.nn.Linear(weight.shape[1], weight.shape[0])
         lin.load_state_dict({"weight": weight, "bias": bias})
         heads[name] = lin
-    return TokenClassifier(encoder, heads, device, _unchanged(digest, path, encoder_dir))
+    return TokenClassifier(encoder, heads, device,
+                           _unchanged(digest, path, encoder_dir / "config.json"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -444,19 +446,19 @@ def mtl_files(checkpoint: str, encoder_name: str, head_names: Sequence[str],
     """A DT4H multi-task checkpoint's ``ModelFiles`` (None where its encoder's config is not a
     local folder or a head is missing: the torch model decides, or says what is wrong)."""
     path = Path(resolve_checkpoint(checkpoint, revision))
-    encoder_dir = Path(localize(encoder_name))
-    if not path.is_file() or not (encoder_dir / "config.json").is_file():
+    config = Path(localize(encoder_name)) / "config.json"
+    if not path.is_file() or not config.is_file():
         return None
     names = _tensors(path)
     prefixes = head_prefixes(names)
     if not set(head_names) <= set(prefixes):
         return None
     heads = {name: prefixes[name] for name in head_names}
-    pad_id = _pad_id(encoder_dir / "config.json")
+    pad_id = _pad_id(config)
     embeddings = "encoder.embeddings.word_embeddings.weight"
     if embeddings not in names or pad_id is None:
         return None
-    return ModelFiles(digest=files_digest(path, encoder_dir), paths=(path, encoder_dir),
+    return ModelFiles(digest=files_digest(path, config), paths=(path, config),
                       weights=path, embeddings=embeddings, heads=heads, pad_id=pad_id)
 
 

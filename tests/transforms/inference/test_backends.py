@@ -241,3 +241,20 @@ def test_a_model_replaced_while_it_is_read_never_runs_with_another_versions_enco
     got, _ = TokenClassifierHandler(spec, config).load_model().predict(*windows(), [None])
     want, _ = load_hf(spec.model, CPU).predict(*windows(), [None])  # the new version, torch
     assert (got == want).all()
+
+
+def test_an_mtl_conversion_is_keyed_by_its_checkpoint_and_its_encoders_config_alone(
+        tmp_path, cache, monkeypatch):
+    from transforms.handlers import InferenceConfig, TokenClassifierHandler
+
+    spec = _spec("mtl-pt", tmp_path)
+    config = InferenceConfig(backend="openvino", precision="fp32")
+    TokenClassifierHandler(spec, config).load_model()
+    # the encoder folder of a downloaded xlm-roberta-base also holds its (unused) weights
+    (Path(spec.encoder) / "model.safetensors").write_bytes(b"weights the checkpoint replaces")
+
+    def built(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(models, "load_mtl", built)
+    assert TokenClassifierHandler(spec, config).load_model().runs_as == "openvino fp32"
