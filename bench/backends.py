@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from transforms.core.windows import padded_length
+from pipeline.bench import Counted, Shapes
 from transforms.core.spec import CPU_BATCH, GPU_BATCH
+from transforms.inference.rates import int8_matmul_rate, layer_shapes, openvino_profile
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", REPO.parent / "shared"))  # the data
@@ -90,19 +91,6 @@ def documents(n: int, ids: list[str] | None = None) -> list[str]:
     return [f.read_bytes().decode("utf-8") for f in files]
 
 
-def flops_per_token(config, length: int) -> float:
-    """Forward FLOPs per token of a BERT-style encoder at sequence length ``length``."""
-    h, layers = config.hidden_size, config.num_hidden_layers
-    return layers * (2 * (4 * h * h + 2 * h * config.intermediate_size) + 4 * length * h)
-
-
-def layer_shapes(tokens: int, hidden: int = 768, intermediate: int = 3072
-                 ) -> list[tuple[int, int, int]]:
-    """The matrix products (m, k, n) of one encoder layer over ``tokens`` tokens."""
-    return [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, intermediate),
-                                             (tokens, intermediate, hidden)]
-
-
 def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16,
                    device: str = "cpu") -> float:
     """GFLOP/s of the encoder's matrix products in ``dtype`` (one layer's shapes, all tokens)
@@ -112,97 +100,22 @@ def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16,
     return matmul_rate(dtype, layer_shapes(tokens), seconds=1.0, device=device) / 1e9
 
 
-def int8_ceiling(tokens: int = 8192, hidden: int = 768, intermediate: int = 3072) -> float:
-    """GOP/s of one encoder layer's matrix products in int8 as this CPU runs them through
-    OpenVINO: the six products (``layer_shapes``) as a chain of linear layers, weights and
-    activations quantized by NNCF as the int8 path quantizes the encoder."""
-    import nncf
-    import numpy as np
-    import openvino as ov
-
-    from transforms.inference.backends import quiet
-
-    sizes = [hidden] * 5 + [intermediate, hidden]
-    layers = torch.nn.Sequential(*(torch.nn.Linear(a, b, bias=False)
-                                   for a, b in zip(sizes, sizes[1:]))).eval()
-    with quiet():
-        model = ov.convert_model(layers, example_input=torch.zeros(tokens, hidden))
-        rng = np.random.default_rng(0)
-        samples = [rng.standard_normal((tokens, hidden), dtype=np.float32) for _ in range(2)]
-        model = nncf.quantize(model, nncf.Dataset(samples), subset_size=2)
-    compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
-    request.infer({0: samples[0]})  # kernels chosen
-    ops = 2 * sum(m * k * n for m, k, n in layer_shapes(tokens, hidden, intermediate))
-    rounds, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < 1.0:
-        request.infer({0: samples[0]})
-        rounds += 1
-    return ops * rounds / (time.perf_counter() - t0) / 1e9
-
-
-PROFILE_PARTS = (("matrix products", ("FullyConnected", "MatMul", "Convolution")),
-                 ("attention softmax", ("Softmax",)), ("layer norm", ("MVN",)),
-                 ("quantize/dequantize", ("FakeQuantize", "Convert", "Reorder")))
-
-
 def int8_profile(texts: list[str], max_tokens: int = 512, size: str = "base") -> dict:
-    """Where the int8 path's time goes on real windows (a batch of 16): OpenVINO's per-layer
-    counters grouped (matrix products, attention softmax, layer norm, quantize/dequantize, the
-    rest) and the vocabulary lookup that runs in torch, as shares of the whole."""
+    """Where the int8 path's time goes on a batch of 16 real windows
+    (``rates.openvino_profile``)."""
     import numpy as np
-    import openvino as ov
 
-    from transforms.inference.backends import conversion_key, openvino_encoder
-    from transforms.io.storage import cache_root
+    from transforms.inference.backends import openvino_encoder
+    from transforms.inference.models import pad
 
-    encoder = base_model(size=size).base_model
-    runner = openvino_encoder(encoder, "int8", torch.get_num_threads())  # converted or cached
-    xml = cache_root() / "openvino" / conversion_key("int8", module=encoder) / "encoder.xml"
-    request = ov.Core().compile_model(str(xml), "CPU", {"PERF_COUNT": "YES"}
-                                      ).create_infer_request()
+    runner = openvino_encoder(base_model(size=size).base_model, "int8",
+                              torch.get_num_threads())  # converted or cached
     key = bench_spec().windows_key
     windows = [w.windows[key].window_ids(k) for w in as_works(texts, max_tokens)
                for k in range(len(w.windows[key].lengths))][:16]
-    ids = torch.ones((len(windows), max(map(len, windows))), dtype=torch.long)  # <pad> = 1
-    for i, w in enumerate(windows):
-        ids[i, :len(w)] = torch.from_numpy(w.astype(np.int64))
-    mask = (ids != 1).long()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        vectors = runner.embeddings(ids)
-    times = {"vocabulary lookup (torch)": time.perf_counter() - t0}
-    request.infer({"inputs_embeds": vectors.numpy(), "attention_mask": mask.numpy()})
-    for info in request.get_profiling_info():
-        part = next((name for name, kinds in PROFILE_PARTS
-                     if any(k in info.node_type for k in kinds)), "the rest")
-        times[part] = times.get(part, 0.0) + info.real_time.total_seconds()
-    total = sum(times.values())
-    return {part: round(t / total, 3) for part, t in sorted(times.items(), key=lambda kv: -kv[1])}
-
-
-class Counted:
-    """A model whose batches are counted and timed: real and padded tokens, encoder FLOPs."""
-
-    def __init__(self, model, config) -> None:
-        self.model, self.config = model, config
-        self.real = self.padded = self.largest = 0
-        self.flops = self.seconds = 0.0
-
-    def predict(self, windows, positions, heads, pad_to=None):
-        width = pad_to or padded_length(max(len(w) for w in windows))
-        real = sum(len(w) for w in windows)
-        self.real += real
-        self.padded += width * len(windows)
-        self.largest = max(self.largest, width * len(windows))
-        self.flops += real * flops_per_token(self.config, width)
-        t0 = time.perf_counter()
-        out = self.model.predict(windows, positions, heads, pad_to)
-        self.seconds += time.perf_counter() - t0
-        return out
-
-    def release_memory(self) -> None:
-        self.model.release_memory()
+    ids, mask = pad(windows, 1)  # <pad> = 1
+    return openvino_profile(runner, torch.from_numpy(ids.astype(np.int64)),
+                            torch.from_numpy(mask.astype(np.int64)))
 
 
 def bench_spec():
@@ -218,14 +131,14 @@ def bench_spec():
 def loaded(precision: str, backend: str = "torch", size: str = "base", stable: bool = False,
            device: str = "auto"):
     """A random-weight model (``base_model``) placed as the job places it: ``(model, its
-    config, what it runs as, start-up seconds)``."""
+    shapes, what it runs as, start-up seconds)``."""
     from transforms.inference.models import TokenClassifier, pick_device
 
     model = base_model(stable=stable, size=size)
     t0 = time.perf_counter()
     clf = TokenClassifier(model.base_model, {None: model.classifier}, pick_device(device))
     runs_as = clf.use(backend, precision, torch.get_num_threads())
-    return clf, model.config, runs_as, time.perf_counter() - t0
+    return clf, Shapes.of(model.config), runs_as, time.perf_counter() - t0
 
 
 @functools.cache
@@ -259,16 +172,6 @@ def infer_groups(works: list, infer, model, batch_tokens: int) -> list:
     return done
 
 
-def model_path_figures(counted: Counted) -> dict:
-    """Real tokens, padding, the largest batch and the model path's speed of ``counted``."""
-    return {"real_tokens": counted.real,
-            "padding_fraction": round(1 - counted.real / counted.padded, 3),
-            "largest_batch_tokens": counted.largest,
-            "model_path_s": round(counted.seconds, 3),
-            "model_real_tokens_per_s": round(counted.real / counted.seconds),
-            "model_gflops_per_s": round(counted.flops / counted.seconds / 1e9)}
-
-
 def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_tokens: int,
                   stable: bool = False, compile_model: bool = False, backend: str = "torch",
                   size: str = "base") -> dict:
@@ -279,13 +182,13 @@ def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_token
     from transforms.qualify import Qualifier
     from transforms.handlers import InferenceConfig, TaskInference
 
-    clf, config, runs_as, startup = loaded(precision, backend, size, stable)
+    clf, shapes, runs_as, startup = loaded(precision, backend, size, stable)
     tokenizer()
     spec = bench_spec()
     windows = (GPU_BATCH if clf.device.type == "cuda" else CPU_BATCH).windows  # as the job's
     infer = TaskInference(spec, InferenceConfig(precision=precision, batch_tokens=batch_tokens,
                                                  max_batch_windows=windows))
-    counted = Counted(clf, config)
+    counted = Counted(clf, shapes)
     if compile_model:  # compile before timing, as a long job amortises it
         clf.compile()
         infer(tuple(as_works(texts[:1], max_tokens)), clf)
@@ -301,7 +204,7 @@ def pipeline_path(texts: list[str], precision: str, batch_tokens: int, max_token
     return {"runs_as": runs_as, "startup_s": round(startup, 1), "docs": len(texts),
             "seconds": round(seconds, 2), "tokenize_s": round(t_tok, 2),
             "docs_per_s": round(len(texts) / seconds, 2),
-            "real_tokens_per_s": round(counted.real / seconds), **model_path_figures(counted),
+            "real_tokens_per_s": round(counted.real / seconds), **counted.figures(),
             "spans": spans}
 
 
@@ -384,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     texts = documents(len(ids), ids)
     rates = ceiling(device)
     best = max(rates.values())
-    int8 = (round(isolated(int8_ceiling)[0]) if any(r.endswith(":int8") for r in runs)
+    int8 = (round(isolated(int8_matmul_rate)[0] / 1e9) if any(r.endswith(":int8") for r in runs)
             else None)
     report: dict = {"docs": len(texts), "device": device, "threads": torch.get_num_threads(),
                     "batch_tokens": batch_tokens, "matmul_gflops_per_s": rates,
@@ -405,9 +308,9 @@ def main(argv: list[str] | None = None) -> None:
                                 False, backend, args.size)
             spans = out.pop("spans")
             reference_spans = reference_spans or spans
-            out["mfu"] = round(out["model_gflops_per_s"] / best, 3)
+            out["mfu"] = round(out["model_gops_per_s"] / best, 3)
             if precision == "int8" and int8:  # against its own ceiling, and where time goes
-                out["share_of_int8_ceiling"] = round(out["model_gflops_per_s"] / int8, 3)
+                out["share_of_int8_ceiling"] = round(out["model_gops_per_s"] / int8, 3)
                 if out["share_of_int8_ceiling"] < 0.6:
                     out["int8_profile"] = isolated(int8_profile, texts[:20], 512, args.size)[0]
             out["span_agreement_with_first"] = round(agreement(reference_spans, spans), 4)

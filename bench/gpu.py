@@ -184,7 +184,7 @@ def ceiling(plan: Plan) -> dict:
     """bf16 matrix products: ``n^3`` and one encoder layer's shapes, TFLOP/s."""
     import torch
 
-    from bench.backends import layer_shapes
+    from transforms.inference.rates import layer_shapes
     from transforms.inference.backends import matmul_rate
 
     n = plan.matmul
@@ -231,15 +231,15 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
     twice, the faster kept."""
     import torch
 
-    from bench.backends import Counted, as_works, bench_spec, infer_groups, loaded, \
-        model_path_figures
+    from bench.backends import as_works, bench_spec, infer_groups, loaded
+    from pipeline.bench import Counted
     from transforms.core.spec import GPU_BATCH
     from transforms.handlers import InferenceConfig, TaskInference
 
     started = time.perf_counter()
     works = as_works(texts_of(notes, plan.model_chars), 512)
     tokenize_s = time.perf_counter() - started
-    clf, config, runs_as, _ = loaded("auto", "torch", plan.size, device=plan.device)
+    clf, shapes, runs_as, _ = loaded("auto", "torch", plan.size, device=plan.device)
     runs = {}
     default = GPU_BATCH.tokens if plan.device == "cuda" else plan.budgets[-1]
     for budget, compiled in [*((b, False) for b in plan.budgets), (default, True)]:
@@ -251,14 +251,14 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
             if compiled:
                 clf.compile()
             for _ in range(2):  # the first pass also chooses kernels (and compiles)
-                passes.append(Counted(clf, config))
+                passes.append(Counted(clf, shapes))
                 infer_groups(works, infer, passes[-1], budget)
         except Exception as e:  # noqa: BLE001 - a row that fails is a finding; the others stand
             runs[f"{budget}{' compiled' if compiled else ''}"] = {"error": _error(e)}
             continue
-        row = model_path_figures(min(passes, key=lambda c: c.seconds))
-        row["mfu_measured"] = _share(row["model_gflops_per_s"] / 1e3, ceiling_tflops)
-        row["mfu_spec"] = _share(row["model_gflops_per_s"] / 1e3, spec_tflops)
+        row = min(passes, key=lambda c: c.seconds).figures()
+        row["mfu_measured"] = _share(row["model_gops_per_s"] / 1e3, ceiling_tflops)
+        row["mfu_spec"] = _share(row["model_gops_per_s"] / 1e3, spec_tflops)
         if compiled:  # what the first pass took beyond the second: compiling
             row["compile_s"] = round(passes[0].seconds - passes[1].seconds, 1)
         row["stage_s"] = round(time.perf_counter() - started, 1)

@@ -73,12 +73,8 @@ def fastest_cpu_dtype(hidden: int, intermediate: int) -> str:
     """The fastest of fp32, bf16 and fp16 for these shapes on this CPU, timed once per machine:
     the first answer is kept under ``$CLINICAL_NER_CACHE/precision/`` (a timing is noisy:
     timed again, a close call could change the dtype between runs over the same output)."""
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if
-                line.startswith("model name")), platform.machine())
-    key = hashlib.sha256(f"{cpu}|{os.cpu_count()}|{torch.__version__}|{hidden}|{intermediate}"
-                         .encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{cpu_name()}|{os.cpu_count()}|{torch.__version__}|{hidden}|"
+                         f"{intermediate}".encode()).hexdigest()[:20]
     kept = cache_root() / "precision" / key
     if kept.exists():
         return kept.read_text()
@@ -89,6 +85,14 @@ def fastest_cpu_dtype(hidden: int, intermediate: int) -> str:
              ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items()))
     write_atomically(str(kept), best.encode())
     return best
+
+
+def cpu_name() -> str:
+    """This CPU's model name (``/proc/cpuinfo``), else its architecture."""
+    import platform
+
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo()
+                 if line.startswith("model name")), platform.machine())
 
 
 def _cpuinfo() -> list[str]:
@@ -208,10 +212,15 @@ def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | No
     """``encoder`` run by OpenVINO on the CPU in ``precision`` (fp32, bf16, fp16, int8), or
     None (with one warning) where OpenVINO is missing or the conversion fails (``source``: the
     digest of the files it was loaded from)."""
-    compiled = openvino_compiled(conversion_key(precision, source, encoder), precision, threads,
-                                 shared, encoder)
+    key = conversion_key(precision, source, encoder)
+    compiled = openvino_compiled(key, precision, threads, shared, encoder)
     return None if compiled is None else OpenVINOEncoder(
-        compiled, encoder.get_input_embeddings().float())
+        compiled, encoder.get_input_embeddings().float(), conversion_folder(key))
+
+
+def conversion_folder(key: str) -> Path:
+    """This machine's folder of conversion ``key`` (``encoder.xml`` and its weights)."""
+    return cache_root() / "openvino" / key
 
 
 def openvino_compiled(key: str, precision: str, threads: int | None, shared: str | None = None,
@@ -224,7 +233,7 @@ def openvino_compiled(key: str, precision: str, threads: int | None, shared: str
         import openvino as ov
         from filelock import FileLock
 
-        path = cache_root() / "openvino" / key
+        path = conversion_folder(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
 
@@ -257,11 +266,12 @@ def openvino_compiled(key: str, precision: str, threads: int | None, shared: str
 class OpenVINOEncoder:
     """A compiled OpenVINO encoder called like the torch one: ``(input_ids=, attention_mask=)``
     to a one-tuple of the last hidden state (fp32, on the CPU); the vocabulary lookup runs in
-    torch (``embeddings``)."""
+    torch (``embeddings``). ``xml``: the conversion it was compiled from."""
 
-    def __init__(self, compiled, embeddings: torch.nn.Embedding) -> None:
+    def __init__(self, compiled, embeddings: torch.nn.Embedding, folder: Path) -> None:
         self.compiled = compiled
         self.embeddings = embeddings
+        self.xml = folder / "encoder.xml"
         self.output = compiled.output(0)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor

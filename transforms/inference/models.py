@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from transforms.inference.backends import (PRECISION_DTYPES, OpenVINOEncoder, conversion_key,
-                                           fastest_cpu_dtype, openvino_available,
+from transforms.inference.backends import (PRECISION_DTYPES, OpenVINOEncoder, conversion_folder,
+                                           conversion_key, fastest_cpu_dtype, openvino_available,
                                            openvino_compiled, openvino_encoder)
 from transforms.core.windows import padded_length
 from transforms.io.storage import localize, tree_digest
@@ -468,12 +468,13 @@ def cached_openvino(files: ModelFiles, precision: str, threads: int | None,
     and heads read from its files: no torch model built, no transformers model code imported.
     None where the conversion is not cached here or in ``shared`` (loading the torch model
     converts it), or where the files were replaced while being read."""
-    compiled = openvino_compiled(conversion_key(precision, files.digest), precision, threads,
-                                 shared)
+    key = conversion_key(precision, files.digest)
+    compiled = openvino_compiled(key, precision, threads, shared)
     if compiled is None:
         return None
     embeddings, heads = files.host_parts()
     if _unchanged(files.digest, *files.paths) is None:
         return None
-    return TokenClassifier(OpenVINOEncoder(compiled, embeddings), heads, torch.device("cpu"),
-                           pad_id=files.pad_id, runs_as=f"openvino {precision}")
+    encoder = OpenVINOEncoder(compiled, embeddings, conversion_folder(key))
+    return TokenClassifier(encoder, heads, torch.device("cpu"), pad_id=files.pad_id,
+                           runs_as=f"openvino {precision}")

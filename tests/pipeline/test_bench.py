@@ -1,0 +1,90 @@
+"""``python -m pipeline.bench``: each task's model as the job runs it, against this machine's
+ceilings, on real documents."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.conftest import TOKENIZER, read_text, spaccc_files
+from tests.fixtures.models import build_hf, build_mtl
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    """Task files of two tasks (hf, mtl) of hidden size 64 and of the hf one alone, three real
+    SPACCC cases, an empty cache; the ceilings timed on fewer tokens for less time (the same
+    code)."""
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("pipeline.bench.CEILING_TOKENS", 1024)
+    monkeypatch.setattr("pipeline.bench.CEILING_SECONDS", 0.1)
+    hf = build_hf(tmp_path / "hf", TOKENIZER, hidden=64)
+    mtl = build_mtl(tmp_path / "mtl.pt", tmp_path / "enc", TOKENIZER, langs=("es",), hidden=64)
+    procedure = f"tasks:\n  procedure:\n    kind: hf\n    model: {hf}\n    languages: [es]\n"
+    (tmp_path / "procedure.yaml").write_text(procedure)
+    (tmp_path / "tasks.yaml").write_text(
+        f"{procedure}  symptom:\n    kind: mtl\n    model: {mtl}\n"
+        f"    encoder: {tmp_path / 'enc'}\n    heads: {{es: symptom_es_ner}}\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for f in spaccc_files(3):
+        shutil.copy(f, docs / f.name)
+    return tmp_path, docs
+
+
+def run(monkeypatch, capsys, *args: str) -> dict:
+    from pipeline import bench
+
+    monkeypatch.setattr("sys.argv", ["bench", *args])
+    bench.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def real_tokens(docs) -> int:
+    """Sub-words of the windows the job cuts from ``docs``, counted apart from the bench."""
+    from transforms.segment import load_tokenizer, word_windows
+
+    tokenizer = load_tokenizer(str(TOKENIZER))
+    return sum(int(word_windows(read_text(f), tokenizer, 512, 128)
+                   .lengths.sum()) for f in sorted(docs.iterdir()))
+
+
+def test_a_task_runs_int8_held_against_the_int8_rate_and_is_profiled(setup, monkeypatch, capsys):
+    folder, docs = setup
+    report = run(monkeypatch, capsys, "--tasks", str(folder / "procedure.yaml"),
+                 "--input", str(docs), "--language", "es", "--backend", "openvino", "--docs", "3")
+    rates = report["matmul_g_per_s"]["hidden 64"]
+    assert set(rates) == {"fp32", "bf16", "fp16", "int8"} and min(rates.values()) > 0
+    task = report["tasks"]["procedure"]
+    assert task["runs_as"] == "openvino int8" and task["documents"] == 3
+    assert task["real_tokens"] == real_tokens(docs)  # every window once, none twice
+    assert task["ceiling"] == f"int8 {rates['int8']} GOP/s"
+    assert task["share_of_ceiling"] == round(task["model_gops_per_s"] / rates["int8"], 3)
+    assert task["share_of_ceiling"] < 0.6  # a tiny model is far from any ceiling
+    assert {"linear layers", "attention", "layer norm", "quantize/dequantize",
+            "vocabulary lookup (torch)"} <= set(task["profile"])
+
+
+def test_each_task_on_torch_is_held_against_its_dtype_and_not_profiled(
+        setup, monkeypatch, capsys):
+    folder, docs = setup
+    report = run(monkeypatch, capsys, "--tasks", str(folder / "tasks.yaml"), "--input", str(docs),
+                 "--language", "es", "--backend", "torch", "--precision", "fp32", "--docs", "2")
+    fp32 = report["matmul_g_per_s"]["hidden 64"]["fp32"]
+    assert set(report["tasks"]) == {"procedure", "symptom"}
+    for task in report["tasks"].values():
+        assert task["runs_as"] == "torch float32" and task["documents"] == 2
+        assert task["ceiling"] == f"fp32 {fp32} GFLOP/s" and "profile" not in task
+
+
+def test_an_input_without_a_readable_document_stops_before_any_model_loads(
+        setup, monkeypatch, capsys, tmp_path):
+    folder, _ = setup
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.txt").write_bytes(b"\xff\xfe\x00broken")
+    with pytest.raises(SystemExit, match="no readable document"):
+        run(monkeypatch, capsys, "--tasks", str(folder / "tasks.yaml"), "--input",
+            str(tmp_path / "bad"))
+    assert not (tmp_path / "cache" / "openvino").exists()
