@@ -17,7 +17,7 @@ from pipeline.cli import (PROG, REQUIRED, add_job_options, boolean, check_comman
                           job_parser, usage_error)
 from transforms.core.method import Method
 from transforms.outputs import OPT_IN
-from transforms.core.spec import CPU_BATCH, GPU_BATCH
+from transforms.core.spec import BASE_SHAPES, CPU_BATCH, GPU_BATCH
 
 if TYPE_CHECKING:
     from transforms.handlers import InferenceConfig
@@ -98,16 +98,22 @@ def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> Infer
 
 def cpu_precisions(opts: AnnotateOptions, specs: Mapping[str, TaskSpec], gpu: bool
                    ) -> dict[str, str]:
-    """Each task's torch dtype where ``--precision auto`` runs torch on this machine's CPU,
-    decided now (timed once per machine, then kept): the job's configuration records it, so
-    the outputs of one configuration never mix precisions."""
-    if gpu or opts.precision != "auto" or opts.reference_compat:
+    """What each task's model runs in on this machine's CPU where that is decided here (timed
+    once per machine, then kept): the torch dtype of ``--precision auto``, or the dtype of an
+    OpenVINO int8 model's float parts. The job's configuration records it, so the outputs of
+    one configuration never mix precisions."""
+    if gpu or opts.reference_compat:
         return {}
-    from transforms.inference.backends import fastest_cpu_dtype, openvino_available
+    from transforms.inference.backends import (fastest_cpu_dtype, int8_float_parts,
+                                               openvino_available)
 
-    if opts.backend == "openvino" or (opts.backend == "auto" and openvino_available()):
-        return {}  # OpenVINO's auto is int8, decided by no timing
-    return {name: fastest_cpu_dtype(*(spec.shapes or (768, 3072)))
+    openvino = opts.backend == "openvino" or (opts.backend == "auto" and openvino_available())
+    if openvino and opts.precision in ("auto", "int8"):
+        return {name: f"int8, float parts in {int8_float_parts(*(spec.shapes or BASE_SHAPES))}"
+                for name, spec in specs.items()}
+    if opts.precision != "auto" or openvino:
+        return {}
+    return {name: fastest_cpu_dtype(*(spec.shapes or BASE_SHAPES))
             for name, spec in specs.items()}
 
 

@@ -258,3 +258,20 @@ def test_an_mtl_conversion_is_keyed_by_its_checkpoint_and_its_encoders_config_al
 
     monkeypatch.setattr(models, "load_mtl", built)
     assert TokenClassifierHandler(spec, config).load_model().runs_as == "openvino fp32"
+
+
+@pytest.mark.parametrize("fastest, floats", [("bf16", "bf16"), ("fp32", "f32"), ("fp16", "f32")])
+def test_an_int8_encoders_float_parts_run_in_the_faster_of_fp32_and_bf16_here(
+        hf_dir, cache, monkeypatch, fastest, floats):
+    import openvino as ov
+
+    asked = []
+    monkeypatch.setattr(backends, "fastest_cpu_dtype", lambda *shapes: asked.append(shapes)
+                        or fastest)
+    converted = load_hf(str(hf_dir), CPU, keyed=True)
+    assert converted.use("openvino", "int8") == "openvino int8"
+    cached = models.cached_openvino(models.hf_files(str(hf_dir)), "int8", None)  # no torch model
+    for model in (converted, cached):
+        hint = model.encoder.compiled.get_property("INFERENCE_PRECISION_HINT")
+        assert hint == getattr(ov.Type, floats)
+    assert set(asked) == {(64, 128)}  # timed on the model's own shapes, on both paths
