@@ -9,9 +9,10 @@ one, ``load_s`` includes converting it), runs the first ``--docs`` readable docu
 ``--input`` through the job's own segmenting and batching. It prints, as JSON, each task's
 real tokens/s, its encoder's rate (operations per second, from the model's shapes) and that
 rate's share of the ceiling it runs under: the int8 rate for OpenVINO int8, else the rate of
-its dtype. Where an OpenVINO model reaches less than 0.6 of it, a profile of one of its batches
-says where the time goes (linear layers, attention, layer norm, quantize/dequantize, the
-vocabulary lookup in torch). No text is printed, and nothing is written but the model cache.
+its dtype (and an int8 model's ``float_parts`` dtype). Where an OpenVINO model reaches less
+than 0.6 of it, a profile of one of its batches says where the time goes (linear layers,
+attention, layer norm, quantize/dequantize, the vocabulary lookup in torch) and how fast its
+linear layers alone run. No text is printed, and nothing is written but the model cache.
 """
 
 from __future__ import annotations
@@ -151,27 +152,32 @@ def groups(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions
 
 
 def profile(model, spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions
-            ) -> dict[str, float]:
+            ) -> dict:
     """Where one batch of the task's windows (up to 16, its longest) spends its time in an
-    OpenVINO model (``rates.openvino_profile``)."""
+    OpenVINO model (``rates.openvino_profile``), and the rate of its linear layers alone."""
     import numpy as np
     import torch
 
     from transforms.inference.models import pad
-    from transforms.inference.rates import openvino_profile
+    from transforms.inference.rates import flops_per_token, openvino_profile, shares
 
     windows = sorted((work.windows[spec.windows_key].window_ids(k)
                       for work in next(groups(spec, docs, opts))
                       for k in range(len(work.windows[spec.windows_key]))), key=len)[-16:]
     ids, mask = pad(windows, model.pad_id)
-    return openvino_profile(model.encoder, torch.from_numpy(ids.astype(np.int64)),
-                            torch.from_numpy(mask.astype(np.int64)))
+    seconds = openvino_profile(model.encoder, torch.from_numpy(ids.astype(np.int64)),
+                               torch.from_numpy(mask.astype(np.int64)))
+    s = encoder_shapes(spec)
+    linear_ops = ids.size * flops_per_token(s.hidden, s.layers, s.intermediate, 0)  # no attention
+    return {"profile": shares(seconds),
+            "linear_layers_gops_per_s": round(linear_ops / seconds["linear layers"] / 1e9)}
 
 
 def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
                rates: dict[str, float]) -> dict:
     """One task's model loaded as a worker loads it, then ``docs`` through it, timed."""
     from transforms.handlers import TaskInference, TokenClassifierHandler
+    from transforms.inference.backends import int8_float_parts
 
     config = inference_config(opts)
     start = time.perf_counter()
@@ -182,22 +188,26 @@ def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
     if first is None:
         raise SystemExit(f"{PROG}: task {spec.name}: no document of --input gives it a window")
     infer(first, model)  # kernels chosen, caches filled
-    counted = Counted(model, encoder_shapes(spec))
+    shapes = encoder_shapes(spec)
+    counted = Counted(model, shapes)
     start = time.perf_counter()
-    windows = 0
+    documents = windows = 0
     for group in groups(spec, docs, opts):
         infer(group, counted)
+        documents += len(group)
         windows += sum(len(w.windows[spec.windows_key]) for w in group)
     seconds = time.perf_counter() - start
-    report = {"runs_as": model.runs_as, "load_s": round(load_s, 1), "documents": len(docs),
+    report = {"runs_as": model.runs_as, "load_s": round(load_s, 1), "documents": documents,
               "windows": windows, "seconds": round(seconds, 2),
               "real_tokens_per_s": round(counted.real / seconds), **counted.figures()}
+    if model.runs_as == "openvino int8":
+        report["float_parts"] = int8_float_parts(shapes.hidden, shapes.intermediate)
     dtype = RUNS_AS_DTYPE.get(model.runs_as.split()[-1], model.runs_as.split()[-1])
     if dtype in rates:
         report["ceiling"] = f"{dtype} {rates[dtype]} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
         report["share_of_ceiling"] = round(report["model_gops_per_s"] / rates[dtype], 3)
         if model.runs_as.startswith("openvino") and report["share_of_ceiling"] < PROFILE_BELOW:
-            report["profile"] = profile(model, spec, docs, opts)
+            report.update(profile(model, spec, docs, opts))
     return report
 
 

@@ -59,12 +59,14 @@ def test_a_task_runs_int8_held_against_the_int8_rate_and_is_profiled(setup, monk
     assert set(rates) == {"fp32", "bf16", "fp16", "int8"} and min(rates.values()) > 0
     task = report["tasks"]["procedure"]
     assert task["runs_as"] == "openvino int8" and task["documents"] == 3
+    assert task["float_parts"] in ("bf16", "fp32")
     assert task["real_tokens"] == real_tokens(docs)  # every window once, none twice
     assert task["ceiling"] == f"int8 {rates['int8']} GOP/s"
     assert task["share_of_ceiling"] == round(task["model_gops_per_s"] / rates["int8"], 3)
     assert task["share_of_ceiling"] < 0.6  # a tiny model is far from any ceiling
     assert {"linear layers", "attention", "layer norm", "quantize/dequantize",
             "vocabulary lookup (torch)"} <= set(task["profile"])
+    assert task["linear_layers_gops_per_s"] > task["model_gops_per_s"]  # attention is slower
 
 
 def test_each_task_on_torch_is_held_against_its_dtype_and_not_profiled(

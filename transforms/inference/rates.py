@@ -7,7 +7,7 @@
   the int8 path's ceiling, beside ``backends.matmul_rate`` for fp32, bf16 and fp16.
 - ``openvino_profile``: OpenVINO's per-layer counters for one batch through a converted encoder,
   grouped (linear layers, attention, layer norm, quantize/dequantize, the rest) with the
-  vocabulary lookup that runs in torch, as shares of the whole.
+  vocabulary lookup that runs in torch; ``shares`` of the whole.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def profile_part(node_type: str, name: str) -> str:
 def openvino_profile(encoder: OpenVINOEncoder, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor) -> dict[str, float]:
     """Where one batch's time goes in ``encoder`` (its conversion compiled again with OpenVINO's
-    per-layer counters): the share of each part (``profile_part``) and of the vocabulary
-    lookup in torch, largest first."""
+    per-layer counters): seconds in each part (``profile_part``) and in the vocabulary lookup
+    in torch."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(encoder.xml), "CPU", {
@@ -98,5 +98,10 @@ def openvino_profile(encoder: OpenVINOEncoder, input_ids: torch.Tensor,
     for info in request.get_profiling_info():
         part = profile_part(info.node_type, info.node_name)
         times[part] = times.get(part, 0.0) + info.real_time.total_seconds()
-    total = sum(times.values())
-    return {part: round(t / total, 3) for part, t in sorted(times.items(), key=lambda kv: -kv[1])}
+    return times
+
+
+def shares(seconds: dict[str, float]) -> dict[str, float]:
+    """Each part's share of the whole, largest first."""
+    total = sum(seconds.values())
+    return {part: round(t / total, 3) for part, t in sorted(seconds.items(), key=lambda kv: -kv[1])}
