@@ -22,7 +22,8 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from itertools import islice
+from typing import Iterable, Iterator, Sequence
 
 from pipeline.options import AnnotateOptions, inference_config, parse_options, uses_gpu
 from pipeline.tasks import TaskFileError, load_tasks, pin_revisions
@@ -47,9 +48,10 @@ class Shapes:
 
     @classmethod
     def of(cls, config) -> "Shapes":
-        """The sizes a transformers config names."""
+        """The sizes a transformers config names (an intermediate size it does not name: four
+        times the hidden one, as in BERT and XLM-R)."""
         return cls(hidden=config.hidden_size, layers=config.num_hidden_layers,
-                   intermediate=config.intermediate_size)
+                   intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size))
 
 
 def encoder_shapes(spec: TaskSpec) -> Shapes:
@@ -66,28 +68,28 @@ def encoder_shapes(spec: TaskSpec) -> Shapes:
 
 class Counted:
     """A model whose batches are counted and timed: real and padded tokens, the encoder's
-    operations (``flops_per_token`` at each batch's padded width), seconds in ``predict``."""
+    operations (``flops_per_token`` at each batch's padded width), seconds in ``predict``; a
+    batch that fails (and is retried in parts) is not counted."""
 
     def __init__(self, model, shapes: Shapes) -> None:
         self.model, self.shapes = model, shapes
         self.device = getattr(model, "device", None)
-        self.real = self.padded = self.largest = self.batches = 0
+        self.real = self.padded = self.largest = 0
         self.ops = self.seconds = 0.0
 
     def predict(self, windows, positions, heads, pad_to=None):
         from transforms.inference.rates import flops_per_token
 
+        start = time.perf_counter()
+        out = self.model.predict(windows, positions, heads, pad_to)
+        self.seconds += time.perf_counter() - start
         width = pad_to or padded_length(max(len(w) for w in windows))
         real = sum(len(w) for w in windows)
         self.real += real
         self.padded += width * len(windows)
         self.largest = max(self.largest, width * len(windows))
-        self.batches += 1
         s = self.shapes
         self.ops += real * flops_per_token(s.hidden, s.layers, s.intermediate, width)
-        start = time.perf_counter()
-        out = self.model.predict(windows, positions, heads, pad_to)
-        self.seconds += time.perf_counter() - start
         return out
 
     def release_memory(self) -> None:
@@ -119,41 +121,41 @@ def ceilings(shapes: Shapes, device: str, threads: int | None) -> dict[str, floa
 
 
 def read_documents(opts: AnnotateOptions, count: int) -> list[Document]:
-    """The first ``count`` readable documents of ``--input``, as the job reads them."""
+    """The first ``count`` readable documents of ``--input``, as the job reads them (a large
+    file is read only as far as they go)."""
     from transforms.io.shards import list_files
     from transforms.read import Fields, plan_reads, read_task
 
     fields = Fields(id=opts.id_field, text=opts.text_field, lang=opts.lang_field)
     docs: list[Document] = []
     for task in plan_reads(list_files(opts.input, opts.input_format), opts.input_format):
-        docs += [d for d in read_task(task, fields) if d.text][:count - len(docs)]
+        docs += islice((d for d in read_task(task, fields) if d.text), count - len(docs))
         if len(docs) >= count:
             break
     return docs
 
 
-def groups(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions
+def groups(spec: TaskSpec, docs: Iterable[Document], segment, opts: AnnotateOptions
            ) -> Iterator[tuple[Work, ...]]:
-    """``docs`` as the job's groups for ``spec``: segmented by its tokenizer (each in the
-    task's first language where the task does not take its own), grouped by tokens."""
+    """The documents of ``docs`` that the task takes as the job's groups for it: segmented by
+    ``segment`` (a set-up ``SegmentDoFn``), grouped by tokens. A document's language is its
+    record's, else ``--language``, else the task's first (the bench detects none)."""
     from transforms.batch import GroupDocuments
-    from transforms.segment import SegmentDoFn
 
-    segment = SegmentDoFn({spec.name: spec}, opts.method)
-    segment.setup()
     group = GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens)
     group.start_bundle()
     for doc in docs:
-        lang = doc.lang if doc.lang in spec.languages else spec.languages[0]
+        lang = doc.lang or opts.language or spec.languages[0]
+        if lang not in spec.languages:
+            continue
         for work in segment.process(doc.with_(lang=lang, tasks=(spec.name,))):
-            if not work.failures:
+            if not work.failures and len(work.windows[spec.windows_key]):
                 yield from group.process(work)
     yield from (last.value for last in group.finish_bundle())
 
 
-def profile(model, spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions
-            ) -> dict:
-    """Where one batch of the task's windows (up to 16, its longest) spends its time in an
+def profile(model, spec: TaskSpec, group: tuple[Work, ...], shapes: Shapes) -> dict:
+    """Where one batch of ``group``'s windows (up to 16, its longest) spends its time in an
     OpenVINO model (``rates.openvino_profile``), and the rate of its linear layers alone."""
     import numpy as np
     import torch
@@ -161,61 +163,74 @@ def profile(model, spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptio
     from transforms.inference.models import pad
     from transforms.inference.rates import flops_per_token, openvino_profile, shares
 
-    windows = sorted((work.windows[spec.windows_key].window_ids(k)
-                      for work in next(groups(spec, docs, opts))
-                      for k in range(len(work.windows[spec.windows_key]))), key=len)[-16:]
+    key = spec.windows_key
+    windows = sorted((work.windows[key].window_ids(k) for work in group
+                      for k in range(len(work.windows[key]))), key=len)[-16:]
     ids, mask = pad(windows, model.pad_id)
     seconds = openvino_profile(model.encoder, torch.from_numpy(ids.astype(np.int64)),
                                torch.from_numpy(mask.astype(np.int64)))
-    s = encoder_shapes(spec)
-    linear_ops = ids.size * flops_per_token(s.hidden, s.layers, s.intermediate, 0)  # no attention
+    linear_ops = ids.size * flops_per_token(shapes.hidden, shapes.layers, shapes.intermediate,
+                                            0)  # at length 0: the linear layers' alone
     return {"profile": shares(seconds),
             "linear_layers_gops_per_s": round(linear_ops / seconds["linear layers"] / 1e9)}
 
 
 def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
-               rates: dict[str, float]) -> dict:
+               shapes: Shapes, rates: dict[str, float]) -> dict:
     """One task's model loaded as a worker loads it, then ``docs`` through it, timed."""
     from transforms.handlers import TaskInference, TokenClassifierHandler
-    from transforms.inference.backends import int8_float_parts
+    from transforms.segment import SegmentDoFn
 
     config = inference_config(opts)
     start = time.perf_counter()
     model = TokenClassifierHandler(spec, config).load_model()
     load_s = time.perf_counter() - start
+    segment = SegmentDoFn({spec.name: spec}, opts.method)
+    segment.setup()
     infer = TaskInference(spec, config)
-    first = next(groups(spec, docs[:1], opts), None)
+    first = next((g for doc in docs for g in groups(spec, [doc], segment, opts)), None)
     if first is None:
-        raise SystemExit(f"{PROG}: task {spec.name}: no document of --input gives it a window")
+        raise BenchError(f"task {spec.name}: no document of --input in its languages "
+                         f"({', '.join(spec.languages)}) gives it a window")
     infer(first, model)  # kernels chosen, caches filled
-    shapes = encoder_shapes(spec)
     counted = Counted(model, shapes)
     start = time.perf_counter()
     documents = windows = 0
-    for group in groups(spec, docs, opts):
+    kept: tuple[Work, ...] = ()  # the first group: the profile's windows
+    for group in groups(spec, docs, segment, opts):
         infer(group, counted)
+        kept = kept or group
         documents += len(group)
         windows += sum(len(w.windows[spec.windows_key]) for w in group)
     seconds = time.perf_counter() - start
     report = {"runs_as": model.runs_as, "load_s": round(load_s, 1), "documents": documents,
               "windows": windows, "seconds": round(seconds, 2),
               "real_tokens_per_s": round(counted.real / seconds), **counted.figures()}
+    openvino = model.runs_as.startswith("openvino")
     if model.runs_as == "openvino int8":
-        report["float_parts"] = int8_float_parts(shapes.hidden, shapes.intermediate)
+        hint = model.encoder.compiled.get_property("INFERENCE_PRECISION_HINT")
+        report["float_parts"] = {"bf16": "bf16", "f32": "fp32"}.get(hint.to_string(),
+                                                                     hint.to_string())
     dtype = RUNS_AS_DTYPE.get(model.runs_as.split()[-1], model.runs_as.split()[-1])
     if dtype in rates:
         report["ceiling"] = f"{dtype} {rates[dtype]} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
         report["share_of_ceiling"] = round(report["model_gops_per_s"] / rates[dtype], 3)
-        if model.runs_as.startswith("openvino") and report["share_of_ceiling"] < PROFILE_BELOW:
-            report.update(profile(model, spec, docs, opts))
+        if openvino and report["share_of_ceiling"] < PROFILE_BELOW:
+            report.update(profile(model, spec, kept, shapes))
     return report
+
+
+class BenchError(ValueError):
+    """What stops the bench before it measures: said in one line."""
 
 
 def bench(argv: Sequence[str], count: int = 100) -> dict:
     """The machine's ceilings and each task's figures (see the module's text)."""
     import torch
 
+    from pipeline.run import check_windows
     from transforms.inference.backends import cpu_name
+    from transforms.inference.models import pick_device
 
     options = parse_options(list(argv), PROG, ("input", "tasks"))
     opts = options.view_as(AnnotateOptions)
@@ -223,12 +238,13 @@ def bench(argv: Sequence[str], count: int = 100) -> dict:
     opts.apply_device_defaults(gpu)
     opts.validate_required()
     specs = pin_revisions(load_tasks(opts.tasks))
+    check_windows(specs, opts)
+    device = pick_device("cuda" if gpu else "cpu").type  # no GPU where one is asked: stop here
     docs = read_documents(opts, count)
     if not docs:
-        raise SystemExit(f"{PROG}: --input {opts.input}: no readable document")
+        raise BenchError(f"--input {opts.input}: no readable document")
     if opts.torch_threads:
         torch.set_num_threads(opts.torch_threads)
-    device = "cuda" if gpu else "cpu"
     report: dict = {"device": torch.cuda.get_device_name() if gpu else cpu_name(),
                     "threads": torch.get_num_threads(), "ceiling_tokens": CEILING_TOKENS,
                     "matmul_g_per_s": {}, "tasks": {}}
@@ -238,7 +254,7 @@ def bench(argv: Sequence[str], count: int = 100) -> dict:
         if shapes not in measured:
             measured[shapes] = ceilings(shapes, device, opts.torch_threads)
             report["matmul_g_per_s"][f"hidden {shapes.hidden}"] = measured[shapes]
-        report["tasks"][name] = bench_task(spec, docs, opts, measured[shapes])
+        report["tasks"][name] = bench_task(spec, docs, opts, shapes, measured[shapes])
         print(f"task {name}: {json.dumps(report['tasks'][name])}", file=sys.stderr)
     return report
 
@@ -246,6 +262,8 @@ def bench(argv: Sequence[str], count: int = 100) -> dict:
 def main() -> None:
     """Console entry point: the report as JSON on standard output."""
     from pipeline.logs import configure_logging
+    from transforms.inference.models import AcceleratorMissing, ModelLoadError
+    from transforms.io.shards import InputError
 
     ap = argparse.ArgumentParser(prog=PROG, add_help=False, description=__doc__.split("\n\n")[1])
     ap.add_argument("--docs", type=int, default=100,
@@ -260,7 +278,7 @@ def main() -> None:
     configure_logging()
     try:
         print(json.dumps(bench(rest, known.docs), indent=2))
-    except TaskFileError as e:
+    except (BenchError, TaskFileError, InputError, ModelLoadError, AcceleratorMissing) as e:
         raise SystemExit(f"{PROG}: {e}") from None
 
 

@@ -17,7 +17,7 @@ from pipeline.cli import (PROG, REQUIRED, add_job_options, boolean, check_comman
                           job_parser, usage_error)
 from transforms.core.method import Method
 from transforms.outputs import OPT_IN
-from transforms.core.spec import BASE_SHAPES, CPU_BATCH, GPU_BATCH
+from transforms.core.spec import CPU_BATCH, GPU_BATCH
 
 if TYPE_CHECKING:
     from transforms.handlers import InferenceConfig
@@ -98,22 +98,25 @@ def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> Infer
 
 def cpu_precisions(opts: AnnotateOptions, specs: Mapping[str, TaskSpec], gpu: bool
                    ) -> dict[str, str]:
-    """What each task's model runs in on this machine's CPU where that is decided here (timed
-    once per machine, then kept): the torch dtype of ``--precision auto``, or the dtype of an
-    OpenVINO int8 model's float parts. The job's configuration records it, so the outputs of
-    one configuration never mix precisions."""
-    if gpu or opts.reference_compat:
+    """What each task's model runs in on this machine's CPU where this machine decides it: the
+    torch dtype of ``--precision auto`` (timed once per machine, then kept), or bf16 float
+    parts of an OpenVINO int8 model (on AMX; fp32 float parts, as before they were decided,
+    are not recorded). The job's configuration records it, so the outputs of one configuration
+    never mix precisions."""
+    if gpu:
         return {}
     from transforms.inference.backends import (fastest_cpu_dtype, int8_float_parts,
                                                openvino_available)
 
-    openvino = opts.backend == "openvino" or (opts.backend == "auto" and openvino_available())
-    if openvino and opts.precision in ("auto", "int8"):
-        return {name: f"int8, float parts in {int8_float_parts(*(spec.shapes or BASE_SHAPES))}"
-                for name, spec in specs.items()}
-    if opts.precision != "auto" or openvino:
+    backend, precision = opts.method.backend(opts.backend), opts.method.precision(opts.precision)
+    openvino = backend == "openvino" or (backend == "auto" and openvino_available())
+    if openvino and precision in ("auto", "int8"):
+        floats = int8_float_parts()
+        return {} if floats == "fp32" else {name: f"int8, float parts in {floats}"
+                                            for name in specs}
+    if precision != "auto" or openvino:
         return {}
-    return {name: fastest_cpu_dtype(*(spec.shapes or BASE_SHAPES))
+    return {name: fastest_cpu_dtype(*(spec.shapes or (768, 3072)))
             for name, spec in specs.items()}
 
 

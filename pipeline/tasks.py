@@ -45,7 +45,7 @@ import yaml
 
 from transforms.core.qualify import FLAGS
 from transforms.core.spans import bio_scheme
-from transforms.core.spec import KINDS, LinkerSpec, TaskSpec, config_shapes, normalize_lang
+from transforms.core.spec import KINDS, LinkerSpec, TaskSpec, normalize_lang
 from transforms.io.storage import localize, tree_digest
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -358,6 +358,12 @@ def check_pickled_weights(location: str) -> None:
         load_state_dict(str(weights))
 
 
+def _shapes(config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The encoder's hidden and intermediate sizes (what its matrix products are made of)."""
+    sizes = config.get("hidden_size"), config.get("intermediate_size")
+    return (int(sizes[0]), int(sizes[1])) if all(isinstance(n, int) for n in sizes) else None
+
+
 def _max_positions(config: Mapping[str, Any]) -> int | None:
     """Sub-words a window may hold, special tokens included (RoBERTa offsets positions by the
     padding index + 1)."""
@@ -383,7 +389,7 @@ def _parse_hf(name: str, cfg: Mapping[str, Any], model: str, base: str, open_mod
         name=name, kind="hf", model=model, languages=langs, tokenizer=tokenizer,
         heads={lang: (None,) for lang in langs}, labels={None: labels},
         tokenizer_key=tokenizer_key(tokenizer), revision=revision,
-        max_positions=_max_positions(config), shapes=config_shapes(config),
+        max_positions=_max_positions(config), shapes=_shapes(config),
     )
 
 
@@ -440,7 +446,7 @@ def _parse_mtl(name: str, cfg: Mapping[str, Any], model: str, base: str, open_mo
         name=name, kind="mtl", model=model, languages=langs, tokenizer=tokenizer,
         encoder=encoder, heads={lang: heads[lang] for lang in langs}, labels=labels,
         tokenizer_key=tokenizer_key(tokenizer), revision=cfg.get("revision"),
-        max_positions=_max_positions(config), shapes=config_shapes(config),
+        max_positions=_max_positions(config), shapes=_shapes(config),
     )
 
 

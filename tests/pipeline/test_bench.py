@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from tests.conftest import TOKENIZER, read_text, spaccc_files
@@ -90,3 +91,53 @@ def test_an_input_without_a_readable_document_stops_before_any_model_loads(
         run(monkeypatch, capsys, "--tasks", str(folder / "tasks.yaml"), "--input",
             str(tmp_path / "bad"))
     assert not (tmp_path / "cache" / "openvino").exists()
+
+
+def test_only_documents_in_a_tasks_languages_are_run(setup, monkeypatch, capsys, tmp_path):
+    folder, docs = setup
+    texts = [read_text(f) for f in sorted(docs.iterdir())]
+
+    def records(*langs: str) -> str:
+        path = tmp_path / f"{'-'.join(langs)}.jsonl"
+        path.write_text("".join(json.dumps({"id": str(i), "text": t, "lang": lang}) + "\n"
+                                for i, (t, lang) in enumerate(zip(texts, langs))))
+        return str(path)
+
+    torch_fp32 = ("--tasks", str(folder / "procedure.yaml"), "--backend", "torch",
+                  "--precision", "fp32")
+    report = run(monkeypatch, capsys, *torch_fp32, "--input", records("es", "en", "es"))
+    assert report["tasks"]["procedure"]["documents"] == 2
+    with pytest.raises(SystemExit, match="no document of --input in its languages"):
+        run(monkeypatch, capsys, *torch_fp32, "--input", records("en", "en", "it"))
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--input", "notes.csv"], "pipeline.bench: "),
+    (["--device", "cuda"], "pipeline.bench: a GPU was asked for"),
+    (["--max_tokens", "1024"], "do not fit its model"),
+])
+def test_a_set_up_error_stops_in_one_line_before_any_model_loads(
+        setup, monkeypatch, capsys, args, said):
+    import torch
+
+    folder, docs = setup
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    given = {"--input": str(docs), **dict(zip(args[::2], args[1::2]))}
+    with pytest.raises(SystemExit) as stop:
+        run(monkeypatch, capsys, "--tasks", str(folder / "tasks.yaml"),
+            *(x for kv in given.items() for x in kv))
+    assert said in str(stop.value) and "\n" not in str(stop.value)
+    assert not (folder / "cache" / "openvino").exists()
+
+
+def test_a_batch_that_fails_is_not_counted():
+    from pipeline.bench import Counted, Shapes
+
+    class Failing:
+        def predict(self, *args):
+            raise RuntimeError("out of memory")
+
+    counted = Counted(Failing(), Shapes(hidden=64, layers=2, intermediate=128))
+    with pytest.raises(RuntimeError):
+        counted.predict([np.ones(10, np.int64)], [np.arange(1, 9)], [None])
+    assert counted.real == counted.padded == 0 and counted.ops == 0

@@ -226,8 +226,13 @@ def test_auto_precision_on_a_cpu_torch_path_is_decided_once_and_recorded(monkeyp
     assert cpu_precisions(o, {"t": spec}, gpu=True) == {}
     assert cpu_precisions(opts("--precision", "fp16"), {"t": spec}, gpu=False) == {}
     monkeypatch.setattr(backends, "openvino_available", lambda: True)
-    # OpenVINO int8: its float parts in the dtype kept for this machine
+    # OpenVINO int8: bf16 float parts recorded (on AMX), fp32 ones as before (not recorded)
+    monkeypatch.setattr(backends, "int8_float_parts", lambda: "bf16")
     assert cpu_precisions(opts(), {"t": spec}, gpu=False) == {"t": "int8, float parts in bf16"}
+    compat = opts("--reference_compat", "--backend", "openvino", "--precision", "int8")
+    assert cpu_precisions(compat, {"t": spec}, gpu=False) == {"t": "int8, float parts in bf16"}
+    monkeypatch.setattr(backends, "int8_float_parts", lambda: "fp32")
+    assert cpu_precisions(opts(), {"t": spec}, gpu=False) == {}
     backends.fastest_cpu_dtype.cache_clear()
 
 

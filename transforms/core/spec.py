@@ -33,15 +33,7 @@ class BatchBudget(NamedTuple):
 # on a GPU, not measured yet, batches are filled to the budget as before.
 CPU_BATCH = BatchBudget(tokens=8192, windows=256, mix=64)
 GPU_BATCH = BatchBudget(tokens=32768, windows=1024, mix=None)
-BASE_SHAPES = (768, 3072)  # xlm-roberta-base's hidden and intermediate sizes: where none are known
 _LANG_ALIASES = {"cz": "cs"}  # the country's code for the language's, as the DT4H service writes
-
-
-def config_shapes(config: Mapping) -> tuple[int, int] | None:
-    """An encoder's hidden and intermediate sizes from its ``config.json`` (what its matrix
-    products are made of), None where it names none."""
-    sizes = config.get("hidden_size"), config.get("intermediate_size")
-    return (int(sizes[0]), int(sizes[1])) if all(isinstance(n, int) for n in sizes) else None
 
 
 def is_lang_code(code: str) -> bool:

@@ -28,7 +28,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from transforms.core.spec import BASE_SHAPES
 from transforms.io.shared_cache import CacheUnavailable, ensure, find
 from transforms.io.storage import cache_root, write_atomically
 
@@ -96,13 +95,16 @@ def cpu_name() -> str:
                  if line.startswith("model name")), platform.machine())
 
 
-def int8_float_parts(hidden: int, intermediate: int) -> str:
+def int8_float_parts() -> str:
     """The dtype an int8 encoder's float parts (attention, layer norms, GELU) run in on this
-    CPU: bf16 where it is the fastest of fp32/bf16/fp16 on the model's shapes
-    (``fastest_cpu_dtype``, kept per machine: AMX), else fp32 (fp16's range is narrow for
-    attention scores). On AMX, bf16 float parts ran base-size int8 windows 1.15-1.2x faster
-    (attention 0.44 -> 0.34 of the time) with the same spans (``python -m pipeline.bench``)."""
-    return "bf16" if fastest_cpu_dtype(hidden, intermediate) == "bf16" else "fp32"
+    CPU: bf16 where it has AMX's bf16 tiles, else fp32. A CPU flag, not a timing: every machine
+    of one type decides alike (a Dataflow job's workers decide it each), and only AMX is sure to
+    make bf16 fast (AVX-512 BF16 alone ran bf16 slower than fp32, see ``fastest_cpu_dtype``).
+    On AMX, bf16 float parts ran base-size int8 windows 1.1-1.2x faster (attention 0.44 -> 0.34
+    of the time) with the same spans (``python -m pipeline.bench``)."""
+    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo()
+                  if line.startswith("flags")), [])
+    return "bf16" if "amx_bf16" in flags else "fp32"
 
 
 def _cpuinfo() -> list[str]:
@@ -223,10 +225,7 @@ def openvino_encoder(encoder: torch.nn.Module, precision: str, threads: int | No
     None (with one warning) where OpenVINO is missing or the conversion fails (``source``: the
     digest of the files it was loaded from)."""
     key = conversion_key(precision, source, encoder)
-    config = getattr(encoder, "config", None)
-    shapes = (getattr(config, "hidden_size", BASE_SHAPES[0]),
-              getattr(config, "intermediate_size", BASE_SHAPES[1]))
-    compiled = openvino_compiled(key, precision, threads, shared, encoder, shapes)
+    compiled = openvino_compiled(key, precision, threads, shared, encoder)
     return None if compiled is None else OpenVINOEncoder(
         compiled, encoder.get_input_embeddings().float(), conversion_folder(key))
 
@@ -237,13 +236,12 @@ def conversion_folder(key: str) -> Path:
 
 
 def openvino_compiled(key: str, precision: str, threads: int | None, shared: str | None = None,
-                      encoder: torch.nn.Module | None = None,
-                      shapes: tuple[int, int] = BASE_SHAPES):
+                      encoder: torch.nn.Module | None = None):
     """The compiled OpenVINO encoder of conversion ``key``, converted from ``encoder`` unless
     cached on this machine or, with ``shared`` (``--model_cache``), made once for every machine
     (``transforms.io.shared_cache``); without ``encoder``, None where it is not cached. None
     (with one warning) where OpenVINO is missing or the conversion fails. An int8 encoder's
-    float parts run in ``int8_float_parts`` of its ``shapes`` (hidden, intermediate)."""
+    float parts run in ``int8_float_parts``."""
     try:
         import openvino as ov
         from filelock import FileLock
@@ -262,7 +260,7 @@ def openvino_compiled(key: str, precision: str, threads: int | None, shared: str
         if how is None:
             return None
         core = ov.Core()
-        floats = int8_float_parts(*shapes) if precision == "int8" else precision
+        floats = int8_float_parts() if precision == "int8" else precision
         config = {"INFERENCE_PRECISION_HINT": _HINTS[floats],
                   "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(path / "compiled")}
         if threads:

@@ -22,7 +22,6 @@ import torch
 from transforms.inference.backends import (PRECISION_DTYPES, OpenVINOEncoder, conversion_folder,
                                            conversion_key, fastest_cpu_dtype, openvino_available,
                                            openvino_compiled, openvino_encoder)
-from transforms.core.spec import BASE_SHAPES, config_shapes
 from transforms.core.windows import padded_length
 from transforms.io.storage import localize, tree_digest
 
@@ -376,7 +375,7 @@ class ModelFiles:
     """What running a model's cached OpenVINO conversion needs of its files, read without
     building the torch model: their digest (the conversion's key), the weights file, the names
     in it of the word embeddings and of each head's ``Linear`` (``<prefix>.weight``/``.bias``),
-    the padding id and the encoder's hidden and intermediate sizes."""
+    and the padding id."""
 
     digest: str
     paths: tuple[Path, ...]
@@ -384,7 +383,6 @@ class ModelFiles:
     embeddings: str
     heads: dict[str | None, str]
     pad_id: int
-    shapes: tuple[int, int]
 
     def host_parts(self) -> tuple[torch.nn.Embedding, dict[str | None, torch.nn.Linear]]:
         """The word embeddings and the heads, in fp32 (what runs in torch beside OpenVINO)."""
@@ -417,14 +415,12 @@ def _tensors(path: Path, names: Sequence[str] | None = None) -> dict[str, torch.
         return {name: f.get_tensor(prefix + name) for name in names}
 
 
-def _config(config_file: Path) -> tuple[int | None, tuple[int, int]]:
-    """The padding id a ``config.json`` names (None where it names none: its class decides)
-    and its encoder's sizes (``config_shapes``)."""
+def _pad_id(config_file: Path) -> int | None:
+    """The padding id a ``config.json`` names (None where it names none: its class decides)."""
     config = json.loads(config_file.read_text())
-    shapes = config_shapes(config) or BASE_SHAPES
     if "pad_token_id" not in config:
-        return None, shapes
-    return (int(config["pad_token_id"]) if config["pad_token_id"] is not None else 0), shapes
+        return None
+    return int(config["pad_token_id"]) if config["pad_token_id"] is not None else 0
 
 
 def hf_files(model_dir: str) -> ModelFiles | None:
@@ -438,12 +434,11 @@ def hf_files(model_dir: str) -> ModelFiles | None:
         return None
     names = _tensors(weights)
     embeddings = [n for n in names if n.endswith("embeddings.word_embeddings.weight")]
-    pad_id, shapes = _config(folder / "config.json")
+    pad_id = _pad_id(folder / "config.json")
     if len(embeddings) != 1 or "classifier.weight" not in names or pad_id is None:
         return None
     return ModelFiles(digest=files_digest(folder), paths=(folder,), weights=weights,
-                      embeddings=embeddings[0], heads={None: "classifier"}, pad_id=pad_id,
-                      shapes=shapes)
+                      embeddings=embeddings[0], heads={None: "classifier"}, pad_id=pad_id)
 
 
 def mtl_files(checkpoint: str, encoder_name: str, head_names: Sequence[str],
@@ -459,13 +454,12 @@ def mtl_files(checkpoint: str, encoder_name: str, head_names: Sequence[str],
     if not set(head_names) <= set(prefixes):
         return None
     heads = {name: prefixes[name] for name in head_names}
-    pad_id, shapes = _config(config)
+    pad_id = _pad_id(config)
     embeddings = "encoder.embeddings.word_embeddings.weight"
     if embeddings not in names or pad_id is None:
         return None
     return ModelFiles(digest=files_digest(path, config), paths=(path, config),
-                      weights=path, embeddings=embeddings, heads=heads, pad_id=pad_id,
-                      shapes=shapes)
+                      weights=path, embeddings=embeddings, heads=heads, pad_id=pad_id)
 
 
 def cached_openvino(files: ModelFiles, precision: str, threads: int | None,
@@ -475,7 +469,7 @@ def cached_openvino(files: ModelFiles, precision: str, threads: int | None,
     None where the conversion is not cached here or in ``shared`` (loading the torch model
     converts it), or where the files were replaced while being read."""
     key = conversion_key(precision, files.digest)
-    compiled = openvino_compiled(key, precision, threads, shared, shapes=files.shapes)
+    compiled = openvino_compiled(key, precision, threads, shared)
     if compiled is None:
         return None
     embeddings, heads = files.host_parts()

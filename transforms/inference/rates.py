@@ -86,7 +86,8 @@ def openvino_profile(encoder: OpenVINOEncoder, input_ids: torch.Tensor,
 
     compiled = ov.Core().compile_model(str(encoder.xml), "CPU", {
         "PERF_COUNT": "YES", "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": encoder.compiled.get_property("INFERENCE_PRECISION_HINT")})
+        **{name: encoder.compiled.get_property(name)  # as the encoder runs
+           for name in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS")}})
     request = compiled.create_infer_request()
     start = time.perf_counter()
     with torch.no_grad():
