@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench import Counted, Shapes
+from pipeline.bench import Counted, Shapes, profile
 from transforms.core.spec import CPU_BATCH, GPU_BATCH
-from transforms.inference.rates import int8_matmul_rate, layer_shapes, openvino_profile, shares
+from transforms.inference.rates import int8_matmul_rate, layer_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLINICAL_NER_SHARED", REPO.parent / "shared"))  # the data
@@ -101,21 +101,10 @@ def matmul_ceiling(tokens: int = 8192, dtype: torch.dtype = torch.bfloat16,
 
 
 def int8_profile(texts: list[str], max_tokens: int = 512, size: str = "base") -> dict:
-    """Where the int8 path's time goes on a batch of 16 real windows
-    (``rates.openvino_profile``)."""
-    import numpy as np
-
-    from transforms.inference.backends import openvino_encoder
-    from transforms.inference.models import pad
-
-    runner = openvino_encoder(base_model(size=size).base_model, "int8",
-                              torch.get_num_threads())  # converted or cached
-    key = bench_spec().windows_key
-    windows = [w.windows[key].window_ids(k) for w in as_works(texts, max_tokens)
-               for k in range(len(w.windows[key].lengths))][:16]
-    ids, mask = pad(windows, 1)  # <pad> = 1
-    return shares(openvino_profile(runner, torch.from_numpy(ids.astype(np.int64)),
-                                   torch.from_numpy(mask.astype(np.int64))))
+    """Where the int8 path's time goes on a batch of the 16 longest windows of ``texts``
+    (``pipeline.bench.profile``)."""
+    clf, shapes, _, _ = loaded("int8", "openvino", size)  # converted or cached
+    return profile(clf, bench_spec(), tuple(as_works(texts, max_tokens)), shapes)["profile"]
 
 
 def bench_spec():

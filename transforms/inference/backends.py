@@ -91,8 +91,7 @@ def cpu_name() -> str:
     """This CPU's model name (``/proc/cpuinfo``), else its architecture."""
     import platform
 
-    return next((line.split(":", 1)[1].strip() for line in _cpuinfo()
-                 if line.startswith("model name")), platform.machine())
+    return _cpuinfo_field("model name") or platform.machine()
 
 
 def int8_float_parts() -> str:
@@ -102,9 +101,13 @@ def int8_float_parts() -> str:
     make bf16 fast (AVX-512 BF16 alone ran bf16 slower than fp32, see ``fastest_cpu_dtype``).
     On AMX, bf16 float parts ran base-size int8 windows 1.1-1.2x faster (attention 0.44 -> 0.34
     of the time) with the same spans (``python -m pipeline.bench``)."""
-    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo()
-                  if line.startswith("flags")), [])
-    return "bf16" if "amx_bf16" in flags else "fp32"
+    return "bf16" if "amx_bf16" in (_cpuinfo_field("flags") or "").split() else "fp32"
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of field ``name`` in ``/proc/cpuinfo`` (None where there is none)."""
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo()
+                 if line.startswith(name)), None)
 
 
 def _cpuinfo() -> list[str]:
