@@ -176,14 +176,19 @@ def _final_parts(fs, root: str) -> dict[str, list[str]]:
 
 
 def check_layout(out: str) -> None:
-    """An output whose committed parts have no index was written by an earlier version of the
-    pipeline: its rows could not be replaced by a rerun. A set-up error, before any reading."""
+    """An output with a committed part that has no index was written by an earlier version of
+    the pipeline: its rows could not be replaced by a rerun. A set-up error, before any
+    reading. Not so a part of a run killed while committing: a run that never committed
+    leaves parts for ``recover`` to remove, and a part being rewritten keeps its index aside
+    (``_dropping/``) until it is back."""
     fs, root = fsspec.core.url_to_fs(out)
     if not fs.exists(posixpath.join(root, RUNS)):
         return
+    committed = {run for run, st in run_states(fs, root).items() if "committed" in st}
     indexed = {part for part, _ in final_index_files(fs, root)}
     for part in _final_parts(fs, root):
-        if part not in indexed and not part.endswith("-empty"):
+        if (run_of(part) in committed and part not in indexed and not part.endswith("-empty")
+                and not fs.exists(_dropping(root, part).index)):
             raise LayoutError(f"{out} was written by an earlier version of the pipeline (part "
                               f"{part} has no _index/ file): write to a new --output")
 
@@ -197,13 +202,17 @@ def drop_sources(fs, root: str, part: str, redone: pa.Array) -> None:
     Safe to repeat after a crash anywhere in it: the kept rows are written aside
     (``_dropping/``), the originals removed (the index last), then the kept rows moved into
     their place."""
-    final, staged = Place(root=root, part=part), Place(
-        folder=posixpath.join(root, "_dropping", part))
+    final, staged = Place(root=root, part=part), _dropping(root, part)
     if fs.exists(final.index):
         rewrite(fs, final, staged, lambda t: pc.is_in(t["source"], value_set=redone)
                 .to_numpy(zero_copy_only=False))
     if fs.exists(staged.index):
         rewrite(fs, staged, final, _nothing)
+
+
+def _dropping(root: str, part: str) -> Place:
+    """Where ``drop_sources`` keeps a part's kept rows while it rewrites it."""
+    return Place(folder=posixpath.join(root, "_dropping", part))
 
 
 def _nothing(index: pa.Table) -> np.ndarray:

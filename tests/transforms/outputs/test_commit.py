@@ -11,7 +11,8 @@ import pytest
 from transforms.core.records import DocumentRows, Row, Shard
 from transforms.io.shards import Resume, pending, write_marker
 from transforms.outputs import enabled, output
-from transforms.outputs.commit import commit_part, finalize, recover, run_states, settle
+from transforms.outputs.commit import (LayoutError, check_layout, commit_part, finalize, recover,
+                                       run_states, settle)
 from transforms.outputs.parts import DocRef, PartWriter
 from transforms.outputs.tsv import HEADER as TSV_HEADER, tsv_line
 
@@ -316,7 +317,9 @@ def crashing_at(monkeypatch, k: int):
 
 
 def next_run(out, resume, shard_list, docs, run_id, kinds):
-    """What the next run does: recover, then redo the shards without a marker."""
+    """What the next run does: check the output's layout, recover, then redo the shards
+    without a marker."""
+    check_layout(str(out))
     recover(str(out), ["t"], current=run_id)
     todo = list(pending(shard_list, resume))
     if todo:
@@ -328,8 +331,11 @@ def next_run(out, resume, shard_list, docs, run_id, kinds):
                          run_id, "now")
 
 
+@pytest.mark.parametrize("redo", ["abc", "a"], ids=["all", "one-shard"])
 @pytest.mark.parametrize("kinds", [(), ("cdm", "note_nlp")], ids=["default", "exports"])
-def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch, kinds):
+def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch, kinds, redo):
+    """``redo``: the shards the rerun forces (one of three: the first night's part keeps rows,
+    rewritten in place)."""
     shard_list = [Shard(f"in/{n}.txt", 1, "v1") for n in "abc"]
     docs = [exported(document(s.url[3], s.url, [i, i + 7]), bool(kinds))
             for i, s in enumerate(shard_list)]
@@ -343,10 +349,12 @@ def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch
         resume = Resume(str(out), {"c": 1})
         next_run(out, resume, shard_list, docs, "r1", kinds)  # the first night, complete
         clean = clean or outputs(out)
-        forced = list(pending(shard_list, Resume(str(out), {"c": 1}, force=True)))
+        forced = [s for s in pending(shard_list, Resume(str(out), {"c": 1}, force=True))
+                  if s.url[3] in redo]
         ctx = crashing_at(monkeypatch, k)
         try:  # a --force rerun, killed at its k-th change of the output
-            parts, _, _ = write_run(out, "r2", docs, redone=forced, exports=kinds)
+            parts, _, _ = write_run(out, "r2", [d for d in docs if d.document["doc_id"] in redo],
+                                    redone=forced, exports=kinds)
             for shard in forced:
                 write_marker(shard, {}, [p.name for p in parts], resume, "r2", "now")
             finished = True
@@ -363,6 +371,16 @@ def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch
         if finished:
             break
     assert k > (25 if kinds else 15)  # each change of the outputs is a place to be killed
+
+
+def test_an_output_whose_committed_parts_have_no_index_is_refused_before_reading(tmp_path):
+    out = tmp_path / "out"
+    write_run(out, "r1", [document("a", "in/a.txt", [0])])
+    check_layout(str(out))
+    for index in (out / "_index").iterdir():
+        index.unlink()  # as the version before part indexes wrote it
+    with pytest.raises(LayoutError, match="earlier version.*write to a new --output"):
+        check_layout(str(out))
 
 
 def test_a_write_cut_off_by_a_kill_is_never_read_as_data_and_the_next_run_removes_it(tmp_path):
