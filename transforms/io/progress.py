@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 LOG = logging.getLogger("pipeline")
 EVERY_S, FIRST_S = 30.0, 5.0  # a short run still shows one line
@@ -15,8 +16,9 @@ EVERY_S, FIRST_S = 30.0, 5.0  # a short run still shows one line
 class Progress:
     """Counts of this process, logged by a daemon thread started on first use."""
 
-    def __init__(self, every: float = EVERY_S, first: float = FIRST_S) -> None:
-        self.every, self.first = every, first
+    def __init__(self, every: float = EVERY_S, first: float = FIRST_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self.first, self.clock = every, first, clock
         self.read = self.done = 0
         self._t0 = 0.0
         self._last = (0.0, 0)  # time and documents done at the last line
@@ -27,7 +29,7 @@ class Progress:
         """Start the timer thread (once per process)."""
         with self._lock:
             if self._thread is None:
-                self._t0 = time.monotonic()
+                self._t0 = self.clock()
                 self._last = (self._t0, 0)
                 self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
                 self._thread.start()
@@ -40,7 +42,7 @@ class Progress:
 
     def line(self) -> str:
         """The progress line as it stands (and the start of the next line's interval)."""
-        now = time.monotonic()
+        now = self.clock()
         elapsed, (since, done_then) = now - self._t0, self._last
         self._last = (now, self.done)
         return (f"progress: {self.read:,} documents read, {self.done:,} done by this worker, "
