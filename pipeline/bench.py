@@ -35,7 +35,6 @@ PROG = "python -m pipeline.bench"
 CEILING_TOKENS = 8192  # tokens of the matrix products timed for each ceiling
 CEILING_SECONDS = 1.0  # how long each is timed
 PROFILE_BELOW = 0.6  # an OpenVINO model under this share of its ceiling is profiled
-RUNS_AS_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +178,7 @@ def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
                shapes: Shapes, rates: dict[str, float]) -> dict:
     """One task's model loaded as a worker loads it, then ``docs`` through it, timed."""
     from transforms.handlers import TaskInference, TokenClassifierHandler
+    from transforms.inference.backends import PRECISION_DTYPES
     from transforms.segment import SegmentDoFn
 
     config = inference_config(opts)
@@ -208,10 +208,9 @@ def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
               "real_tokens_per_s": round(counted.real / seconds), **counted.figures()}
     openvino = model.runs_as.startswith("openvino")
     if model.runs_as == "openvino int8":
-        hint = model.encoder.compiled.get_property("INFERENCE_PRECISION_HINT")
-        report["float_parts"] = {"bf16": "bf16", "f32": "fp32"}.get(hint.to_string(),
-                                                                     hint.to_string())
-    dtype = RUNS_AS_DTYPE.get(model.runs_as.split()[-1], model.runs_as.split()[-1])
+        report["float_parts"] = model.encoder.float_parts
+    named = model.runs_as.split()[-1]  # torch's dtype name, or our precision's
+    dtype = next((n for n, d in PRECISION_DTYPES.items() if str(d) == f"torch.{named}"), named)
     if dtype in rates:
         report["ceiling"] = f"{dtype} {rates[dtype]} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
         report["share_of_ceiling"] = round(report["model_gops_per_s"] / rates[dtype], 3)

@@ -291,6 +291,12 @@ class OpenVINOEncoder:
         self.xml = folder / "encoder.xml"
         self.output = compiled.output(0)
 
+    @property
+    def float_parts(self) -> str:
+        """The dtype it runs its float parts in, as compiled (fp32, bf16, fp16)."""
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        return next((name for name, h in _HINTS.items() if h == hint), hint)
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                  ) -> tuple[torch.Tensor]:
         request = self.compiled.create_infer_request()

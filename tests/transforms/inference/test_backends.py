@@ -277,3 +277,4 @@ def test_an_int8_encoders_float_parts_run_in_bf16_only_with_amx(hf_dir, cache, m
     for model in (converted, cached):
         hint = model.encoder.compiled.get_property("INFERENCE_PRECISION_HINT")
         assert hint == getattr(ov.Type, floats)
+        assert model.encoder.float_parts == {"bf16": "bf16", "f32": "fp32"}[floats]
