@@ -37,6 +37,12 @@ CEILING_SECONDS = 1.0  # how long each is timed
 PROFILE_BELOW = 0.6  # an OpenVINO model under this share of its ceiling is profiled
 
 
+def figure(rate: float) -> float:
+    """A rate as printed: whole units from 100 up, else three significant digits (a small
+    model's rates on a loaded machine are a fraction of one unit, not 0)."""
+    return round(rate) if rate >= 100 else float(f"{rate:.3g}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Shapes:
     """An encoder's sizes, from its ``config.json``."""
@@ -101,21 +107,26 @@ class Counted:
                 "largest_batch_tokens": self.largest,
                 "model_path_s": round(self.seconds, 3),
                 "model_real_tokens_per_s": round(self.real / max(self.seconds, 1e-9)),
-                "model_gops_per_s": round(self.ops / max(self.seconds, 1e-9) / 1e9)}
+                "model_gops_per_s": figure(self.gops_per_s)}
+
+    @property
+    def gops_per_s(self) -> float:
+        """The encoder's operations per second (10^9) over the counted batches."""
+        return self.ops / max(self.seconds, 1e-9) / 1e9
 
 
 def ceilings(shapes: Shapes, device: str, threads: int | None) -> dict[str, float]:
-    """GFLOP/s (GOP/s for int8) of one layer's matrix products of ``shapes`` on ``device``:
-    fp32, bf16 and fp16 through torch; on a CPU with OpenVINO, int8."""
+    """GFLOP/s (GOP/s for int8) of one layer's matrix products of ``shapes`` on ``device``,
+    unrounded: fp32, bf16 and fp16 through torch; on a CPU with OpenVINO, int8."""
     from transforms.inference.backends import PRECISION_DTYPES, matmul_rate, openvino_available
     from transforms.inference.rates import int8_matmul_rate, layer_shapes
 
     products = layer_shapes(CEILING_TOKENS, shapes.hidden, shapes.intermediate)
-    rates = {name: round(matmul_rate(dtype, products, CEILING_SECONDS, device) / 1e9)
+    rates = {name: matmul_rate(dtype, products, CEILING_SECONDS, device) / 1e9
              for name, dtype in PRECISION_DTYPES.items()}
     if device == "cpu" and openvino_available():
-        rates["int8"] = round(int8_matmul_rate(CEILING_TOKENS, shapes.hidden, shapes.intermediate,
-                                               CEILING_SECONDS, threads) / 1e9)
+        rates["int8"] = int8_matmul_rate(CEILING_TOKENS, shapes.hidden, shapes.intermediate,
+                                         CEILING_SECONDS, threads) / 1e9
     return rates
 
 
@@ -155,7 +166,8 @@ def groups(spec: TaskSpec, docs: Iterable[Document], segment, opts: AnnotateOpti
 
 def profile(model, spec: TaskSpec, group: tuple[Work, ...], shapes: Shapes) -> dict:
     """Where one batch of ``group``'s windows (up to 16, its longest) spends its time in an
-    OpenVINO model (``rates.openvino_profile``), and the rate of its linear layers alone."""
+    OpenVINO model (``rates.openvino_profile``), and the rate of its linear layers alone (none
+    where the counters gave them no time)."""
     import numpy as np
     import torch
 
@@ -170,8 +182,9 @@ def profile(model, spec: TaskSpec, group: tuple[Work, ...], shapes: Shapes) -> d
                                torch.from_numpy(mask.astype(np.int64)))
     linear_ops = ids.size * flops_per_token(shapes.hidden, shapes.layers, shapes.intermediate,
                                             0)  # at length 0: the linear layers' alone
+    linear_s = seconds.get("linear layers", 0.0)
     return {"profile": shares(seconds),
-            "linear_layers_gops_per_s": round(linear_ops / seconds["linear layers"] / 1e9)}
+            "linear_layers_gops_per_s": figure(linear_ops / linear_s / 1e9) if linear_s else None}
 
 
 def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
@@ -212,8 +225,9 @@ def bench_task(spec: TaskSpec, docs: Sequence[Document], opts: AnnotateOptions,
     named = model.runs_as.split()[-1]  # torch's dtype name, or our precision's
     dtype = next((n for n, d in PRECISION_DTYPES.items() if str(d) == f"torch.{named}"), named)
     if dtype in rates:
-        report["ceiling"] = f"{dtype} {rates[dtype]} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
-        report["share_of_ceiling"] = round(report["model_gops_per_s"] / rates[dtype], 3)
+        report["ceiling"] = (f"{dtype} {figure(rates[dtype])} "
+                             f"G{'OP' if dtype == 'int8' else 'FLOP'}/s")
+        report["share_of_ceiling"] = round(counted.gops_per_s / rates[dtype], 3)
         if openvino and report["share_of_ceiling"] < PROFILE_BELOW:
             report.update(profile(model, spec, kept, shapes))
     return report
@@ -252,7 +266,8 @@ def bench(argv: Sequence[str], count: int = 100) -> dict:
         shapes = encoder_shapes(spec)
         if shapes not in measured:
             measured[shapes] = ceilings(shapes, device, opts.torch_threads)
-            report["matmul_g_per_s"][f"hidden {shapes.hidden}"] = measured[shapes]
+            report["matmul_g_per_s"][f"hidden {shapes.hidden}"] = {
+                name: figure(rate) for name, rate in measured[shapes].items()}
         report["tasks"][name] = bench_task(spec, docs, opts, shapes, measured[shapes])
         print(f"task {name}: {json.dumps(report['tasks'][name])}", file=sys.stderr)
     return report
