@@ -4,12 +4,14 @@ Builds the same history twice on a local folder, ``--runs`` nightly runs of ``--
 (one input shard each) of ``--docs`` documents with ``--spans`` mentions each: once through this
 project's commit (``transforms.outputs``: ``PartWriter`` then ``finalize``, as the ``Write`` step
 runs them) and once as three Delta tables (spans, documents, errors) written by ``deltalake``,
-one append per table per run with an app transaction (the run's number). Then, on each, it
-times one more night, a forced redo of ``--redo`` shards scattered over the history (Delta:
+one append per table per run with an app transaction (the run's number), as they are and
+vacuumed after each commit (so that readers of the folder see no replaced file). Then, on each,
+it times one more night, a forced redo of ``--redo`` shards scattered over the history (Delta:
 ``DELETE WHERE source IN (...)`` then an append), and a read of the whole span table; and it
 counts what a reader that does not speak Delta (pandas, pyarrow, a Parquet glob) gets from the
-Delta folder after the redo and after a writer killed (``kill -9``) during its write. Prints
-one JSON object; the README's "Why not a table format" quotes it.
+Delta folder after the redo and after a writer killed (``kill -9``) during its write. Last, two
+jobs that overlap: a stale job that commits the same shards after a newer one, on each protocol
+(``stale``). Prints one JSON object; the README's "Why not a table format" quotes it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import pyarrow.parquet as pq
 
 from transforms.core.records import ANNOTATED, DocumentRows, Shard
 from transforms.outputs import enabled, output
-from transforms.outputs.commit import finalize, mark_run
+from transforms.io.fence import Fenced
+from transforms.outputs.commit import finalize, mark_run, own_output
 from transforms.outputs.parts import PartWriter
 
 TASK = "symptom"
@@ -72,6 +75,7 @@ class Home:
         """Write and commit one run; returns its seconds (parts written, then ``finalize``)."""
         t0 = time.perf_counter()
         run_id = f"r{run:05d}"
+        token = own_output(self.out, run_id)
         tmp = posixpath.join(self.out, f".tmp-{run_id}")
         parts = []
         for source, docs in batch.items():
@@ -80,7 +84,7 @@ class Home:
                 writer.add(d)
             parts.append(writer.close())
         shards = [Shard(s, earlier=tuple(self.parts.get(s, ()))) for s in redone]
-        finalize(parts, self.out, [TASK], tmp, run_id, [], shards)
+        finalize(parts, self.out, [TASK], tmp, run_id, [], shards, token)
         mark_run(self.out, run_id)
         took = time.perf_counter() - t0
         for part in parts:
@@ -93,10 +97,11 @@ class Home:
 
 
 class Delta:
-    """Three Delta tables, one append per table per run (app transaction = the run)."""
+    """Three Delta tables, one append per table per run (app transaction = the run); with
+    ``vacuum``, the files no longer in the table removed after each commit."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, vacuum: bool = False) -> None:
+        self.out, self.vacuum = out, vacuum
 
     def night(self, run: int, batch: dict[str, list[DocumentRows]],
               redone: tuple[str, ...] = ()) -> float:
@@ -112,6 +117,9 @@ class Delta:
                 DeltaTable(uri).delete(f"source IN ({listed})")
             write_deltalake(uri, table, mode="append", commit_properties=CommitProperties(
                 app_transactions=[Transaction("clinical-ner", run)]))
+            if self.vacuum:
+                DeltaTable(uri).vacuum(retention_hours=0, enforce_retention_duration=False,
+                                       dry_run=False)
         return time.perf_counter() - t0
 
     def read(self) -> int:
@@ -152,6 +160,52 @@ def killed_writer(uri: str, table: pa.Table) -> dict:
                                            for f in left)}
 
 
+def stale(work: Path, docs: int, spans: int) -> dict:
+    """Two jobs on one output: the newer one commits a shard, then a stale one (paused past
+    its lease) commits the same shard, as it had read the output before. This protocol: the
+    stale job's token is older, its commit is refused. Delta: a stale append is taken (the
+    shard's rows twice); a stale ``replaceWhere`` of the shard is refused, but per table, so a
+    job that loses on one table after winning on another leaves the tables of two runs."""
+    from deltalake import DeltaTable, write_deltalake
+
+    shard = "in/night-x.jsonl"
+    rows = {kind: t.num_rows for kind, t in tables(documents(shard, docs, spans)).items()}
+    out = str(work / "stale-home")
+    home = Home(Path(out))
+    old = own_output(out, "r-stale")  # it took the output, then paused
+    home.night(1, {shard: documents(shard, docs, spans)})
+    writer = PartWriter(posixpath.join(out, ".tmp-r-stale"), "r-stale", enabled())
+    for d in documents(shard, docs, spans):
+        writer.add(d)
+    try:
+        finalize([writer.close()], out, [TASK], posixpath.join(out, ".tmp-r-stale"), "r-stale",
+                 [], [], old)
+        refused = False
+    except Fenced:
+        refused = True
+    result = {"this_protocol": {"stale_commit_refused": refused,
+                                "span_rows": home.read(), "span_rows_expected": rows["spans"]}}
+    span_table = tables(documents(shard, docs, spans))["spans"]
+    for mode in ("append", "replace"):
+        uri = str(work / f"stale-delta-{mode}")
+        write_deltalake(uri, span_table.slice(0, 0))
+        before = DeltaTable(uri)  # the stale job read the table here
+        write_deltalake(uri, span_table, mode="append")  # the newer job's commit
+        try:
+            if mode == "append":
+                write_deltalake(before, span_table, mode="append")
+            else:
+                write_deltalake(before, span_table, mode="overwrite",
+                                predicate=f"source = '{shard}'")
+            refused = False
+        except Exception:  # noqa: BLE001 - deltalake's CommitFailedError
+            refused = True
+        result[f"delta_{mode}"] = {"stale_commit_refused": refused,
+                                   "span_rows": DeltaTable(uri).count(),
+                                   "span_rows_expected": rows["spans"]}
+    return result
+
+
 def measure(runs: int, parts: int, docs: int, spans: int, redo: int, work: Path) -> dict:
     """Both protocols over the same history and the same next night, redo and read."""
     shards = [[f"in/night{r:04d}-{p}.jsonl" for p in range(parts)] for r in range(runs + 1)]
@@ -160,7 +214,8 @@ def measure(runs: int, parts: int, docs: int, spans: int, redo: int, work: Path)
                                 "span_rows": runs * parts * docs * spans}}
     step = max(1, runs // max(1, redo))
     redone = tuple(shards[r][0] for r in range(0, runs, step))[:redo]
-    for name, store in (("home", Home(work / "home")), ("delta", Delta(work / "delta"))):
+    for name, store in (("home", Home(work / "home")), ("delta", Delta(work / "delta")),
+                        ("delta_vacuumed", Delta(work / "delta-vacuumed", vacuum=True))):
         history = []
         for r in range(runs):
             history.append(store.night(r, {s: documents(s, docs, spans) for s in shards[r]}))
@@ -178,7 +233,8 @@ def measure(runs: int, parts: int, docs: int, spans: int, redo: int, work: Path)
         if isinstance(store, Delta):
             result[name]["plain_reader_rows"] = store.plain_read()
             big = tables(documents("in/big.jsonl", 50_000, spans))["spans"]
-            result[name]["killed_writer"] = killed_writer(str(work / "delta" / "spans"), big)
+            result[name]["killed_writer"] = killed_writer(str(store.out / "spans"), big)
+    result["stale"] = stale(work, docs, spans)
     return result
 
 

@@ -12,7 +12,7 @@ import os
 import re
 
 LOG = logging.getLogger("pipeline")
-_WRAPPED = re.compile(r"(?:^|\n)(?:\w+\.)*(\w+(?:Error|Exception|Fault|Missing)): ")
+_WRAPPED = re.compile(r"(?:^|\n)(?:\w+\.)*(\w+(?:Error|Exception|Fault|Missing)|Fenced): ")
 
 
 def configure_logging() -> None:
@@ -70,8 +70,10 @@ class WorkerLines(logging.Filter):
         return True
 
 
-_RESUME = ("Nothing of the unfinished input shards was committed: run the same command again to "
-           "resume (shards already complete are skipped).")
+_NOT_COMMITTED = ("Nothing of this run was committed: run the same command again to resume "
+                  "(shards already complete are skipped).")
+_COMMITTED = ("This run's commit was recorded before it stopped: run the same command again; it "
+              "finishes that commit first, then does what is left.")
 # Where running again alone cannot help: what to do first.
 _ADVICE = {
     "ModelFault": "the model fails on every window of several documents: check the task's "
@@ -79,15 +81,25 @@ _ADVICE = {
     "OutOfMemoryError": "out of memory on a single window: lower --max_tokens, or give the "
                         "job a machine with more memory, then run the same command again",
 }
+_FENCED = ("pipeline.run: the job stopped: another job took this output over while it ran (a "
+           "newer token in {out}/_log/), so this run may not commit there and nothing of it "
+           "was; that job's outputs stand. Two jobs should not share an --output: check which "
+           "one was meant to write there.")
 
 
-def stopped_message(e: BaseException) -> str:
-    """One line for a job that stopped on a fault (of the machine, storage or model): what
-    happened and what to do; never the exception's message (it may quote text)."""
+def stopped_message(e: BaseException, committed: bool = False, output: str = "the output") -> str:
+    """One line for a job that stopped (a fault of the machine, storage or model; an
+    interruption; another job that took the output over): what happened and what to do, and
+    whether this run's commit was recorded (``committed``); never the exception's message (it
+    may quote text)."""
     name = type(e).__name__
     found = _WRAPPED.findall(str(e))  # Beam re-raises a worker's error as "Name: message"
     if found:
         name = found[-1]
+    if name == "Fenced":
+        return _FENCED.format(out=output.rstrip("/"))
+    if isinstance(e, KeyboardInterrupt) or name == "KeyboardInterrupt":
+        return f"pipeline.run: the job was interrupted. {_COMMITTED if committed else _NOT_COMMITTED}"
     if getattr(e, "errno", None) == errno.ENOSPC or f"[Errno {errno.ENOSPC}]" in str(e):
         what = ("a disk is full (no space left on the device): free space where the output, "
                 "its temporary folder or $CLINICAL_NER_CACHE live, then run the same command "
@@ -95,4 +107,5 @@ def stopped_message(e: BaseException) -> str:
     else:
         what = _ADVICE.get(name, "a fault of the machine, the storage or the model, not of a "
                                  "document; CLINICAL_NER_LOG_LEVEL=DEBUG shows where")
-    return f"pipeline.run: the job stopped on {name} ({what}). {_RESUME}"
+    return (f"pipeline.run: the job stopped on {name} ({what}). "
+            f"{_COMMITTED if committed else _NOT_COMMITTED}")

@@ -29,10 +29,11 @@ LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner",
 
 
 def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
-          resume: Resume, run_id: str, record: Mapping, gpu: bool = False,
+          resume: Resume, run_id: str, token: int, record: Mapping, gpu: bool = False,
           linkers: Mapping[str, LinkerSpec] | None = None) -> None:
     """The whole job: read (the shards not yet done), route, segment, infer per task, decode,
-    qualify, link (where the task file has linkers), render, write."""
+    qualify, link (where the task file has linkers), render, write (the run owns the output
+    from ``token`` on)."""
     import apache_beam as beam
 
     from pipeline.summary import run_info, write_run_record
@@ -70,8 +71,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         rows = rows | "Link" >> LinkMentions(linkers, "cuda" if gpu else opts.device,
                                              opts.model_cache)
     rows = rows | "Render" >> beam.ParDo(RenderDoFn(specs, opts.outputs, info))
-    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, opts.outputs,
-                                                      record["started"])
+    totals = (rows, shards) | "Write" >> WriteOutputs(specs, resume, run_id, token,
+                                                      opts.outputs)
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
@@ -185,7 +186,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     from pipeline.tasks import has_random_weights, load_linkers, load_tasks, pin_revisions
     from transforms.io.lock import OutputLock
     from transforms.io.shards import InputError, Resume, check_output_outside, expand_pattern
-    from transforms.outputs.commit import check_layout, recover
+    from transforms.outputs.commit import check_layout, committed, own_output, recover
 
     argv = list(sys.argv[1:] if argv is None else argv)
     options = parse_options(argv)
@@ -221,10 +222,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         if not expand_pattern(opts.input):
             raise InputError(f"no input files match {opts.input!r}")
         OutputLock(opts.output, run_id).check_free()  # a local run is writing there now
+        dry = options.view_as(TestOptions).dry_run  # a graph only: the output left alone
+        token = 0 if dry else own_output(opts.output, run_id, cluster=True)  # older jobs fenced
         return submit(test_pipeline or beam.Pipeline(runner=runner, options=options), opts, specs,
-                      resume, run_id, record, wants_gpu(options), linkers)
+                      resume, run_id, token, record, wants_gpu(options), linkers)
     with OutputLock(opts.output, run_id):  # one job at a time writes an output
-        for line in recover(opts.output, specs):
+        token = own_output(opts.output, run_id)
+        for line in recover(opts.output, specs, run_id, token):
             LOG.warning("output: %s (an earlier run stopped while committing)", line)
         shards = plan_local(options, opts, resume, argv, gpu)
         if not shards["shards/to_do"]:
@@ -233,22 +237,35 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             return None
         p = beam.Pipeline(runner=local_runner(runner), options=options)
         if options.view_as(TestOptions).dry_run:
-            return submit(p, opts, specs, resume, run_id, record, wants_gpu(options), linkers)
-        build(p, opts, specs, resume, run_id, record, wants_gpu(options), linkers)
-        result = p.run()
-        result.wait_until_finish()
+            return submit(p, opts, specs, resume, run_id, token, record, wants_gpu(options),
+                          linkers)
+        build(p, opts, specs, resume, run_id, token, record, wants_gpu(options), linkers)
+        try:
+            result = p.run()
+            result.wait_until_finish()
+        except BaseException as e:  # noqa: BLE001 - said with what became of the commit
+            raise JobStopped(e, opts.output, committed(opts.output, run_id)) from e
     totals = metric_totals(result)
     finish_run_record(opts.output, totals)
     LOG.info("done: outputs under %s\n%s", opts.output, metrics_table(totals))
     return result
 
 
+class JobStopped(Exception):
+    """A local job that stopped on ``cause``; ``committed``: whether its run's commit was
+    recorded before it did."""
+
+    def __init__(self, cause: BaseException, output: str, committed: bool) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause, self.output, self.committed = cause, output, committed
+
+
 def submit(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec],
-           resume: Resume, run_id: str, record: Mapping, gpu: bool,
+           resume: Resume, run_id: str, token: int, record: Mapping, gpu: bool,
            linkers: Mapping[str, LinkerSpec]):
     """Build the job and submit it without waiting (Dataflow, a Flex Template launcher, a
     portable job server): the job writes its own run record when it ends."""
-    build(p, opts, specs, resume, run_id, record, gpu, linkers)
+    build(p, opts, specs, resume, run_id, token, record, gpu, linkers)
     result = p.run()
     LOG.info("submitted: the job writes %s/run.json when it ends", opts.output.rstrip("/"))
     return result
@@ -308,6 +325,11 @@ def main() -> None:
         gc.freeze()
     except (TaskFileError, InputError, OutputBusy, LayoutError) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
+    except JobStopped as e:
+        from pipeline.logs import stopped_message
+
+        LOG.debug("the job stopped", exc_info=e.cause)
+        raise SystemExit(stopped_message(e.cause, e.committed, e.output)) from None
     except Exception as e:  # noqa: BLE001 - a fault that stopped the job: say what to do
         from pipeline.logs import stopped_message
 

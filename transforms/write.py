@@ -108,13 +108,13 @@ class _Sum(beam.CombineFn):
 
 class WriteOutputs(beam.PTransform):
     """Writes each document's rows into parts, commits them with this run's later duplicate
-    ids skipped, marks the shards of this run complete; returns the run's totals (one dict)
-    once every shard is marked."""
+    ids skipped (where the run, by its ``token``, still owns the output), marks the shards of
+    this run complete; returns the run's totals (one dict) once every shard is marked."""
 
-    def __init__(self, tasks: Iterable[str], resume: Resume, run_id: str,
-                 outputs: tuple[str, ...] = (), started: datetime | None = None) -> None:
+    def __init__(self, tasks: Iterable[str], resume: Resume, run_id: str, token: int,
+                 outputs: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self._outputs, self._started = outputs, started
+        self._outputs, self._token = outputs, token
         self._out = resume.output.rstrip("/")
         self._tasks = sorted(tasks)
         self._resume, self._run_id = resume, run_id
@@ -145,7 +145,7 @@ class WriteOutputs(beam.PTransform):
             | "PartList" >> beam.combiners.ToList()
             | "Finalize" >> beam.Map(finalize, self._out, self._tasks, self._tmp, self._run_id,
                                      beam.pvalue.AsList(dups), beam.pvalue.AsList(redone),
-                                     self._started)
+                                     self._token)
         )
         parts_of = written[PARTS] | "PartSources" >> beam.FlatMap(
             lambda p: [(s, p.name) for s in p.sources])

@@ -7,6 +7,7 @@ import apache_beam as beam
 import pytest
 
 from pipeline.run import run
+from transforms.io import fence
 from tests.conftest import read_outputs, run_pipeline, spaccc_files
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,18 @@ def test_same_outputs_as_the_direct_runner(docs, smoke_tasks, tmp_path, runner_a
     assert other == direct
 
 
-def test_dataflow_job_graph_builds_offline(docs, smoke_tasks):
+@pytest.fixture
+def bucket(gcs_emulator):
+    """``gs://bkt`` on the storage emulator: where a launch checks and takes the output."""
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(token="anon", project="test")
+    if not fs.exists("bkt"):
+        fs.mkdir("bkt")
+    return fs
+
+
+def test_dataflow_job_graph_builds_offline(docs, smoke_tasks, bucket):
     result = run(["--runner", "DataflowRunner", "--project", "ehr-ner-test",
                   "--region", "europe-west4", "--temp_location", "gs://bkt/tmp",
                   "--dry_run", "True",
@@ -83,13 +95,16 @@ class _SubmitOnly(beam.runners.runner.PipelineRunner):
         return _Submitted()
 
 
-def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks):
+def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks, bucket):
     options = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west4",
                "--temp_location", "gs://bkt/tmp", "--input", str(docs), "--output",
                "gs://bkt/out", "--tasks", str(smoke_tasks), "--language", "es"]
     result = run(options, save_main_session=False,
                  test_pipeline=beam.Pipeline(runner=_SubmitOnly()))
     assert isinstance(result, _Submitted)
+    # the job owns the output from its launch on: a job launched before it may not commit
+    (entry,) = [e for e in fence.entries(bucket, "bkt/out") if e.kind == fence.OWN][-1:]
+    assert entry.record["cluster"] is True
 
 
 @pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "cpu"])

@@ -10,6 +10,12 @@ Every commit runs under the lock (``transforms.outputs.commit.finalize``): a loc
 holds it (its run id: the commit re-enters it); a job on a cluster (Dataflow, Flink, Spark)
 takes it for its commit, waiting while another job holds it, so two jobs' commits never
 interleave.
+
+The lease only says who is at work, to refuse a second job politely; it decides nothing about
+the outputs. Whether a run may commit is its token's matter (``transforms.io.fence``): a
+holder paused past its lease, or whose clock is wrong, is fenced out there by the job that
+took the lock over. A renewal that fails (a fault of the store) is tried again; a holder that
+could not renew within its lease says so (``lapsed``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from datetime import datetime, timezone
 
 import fsspec
 
-from transforms.io.storage import atomic_output
+from transforms.io.storage import atomic_output, create_only
 
 LOCK = "_lock"
 LEASE_S = 120.0  # a lock not renewed for this long was left by a job that died
@@ -52,13 +58,15 @@ class OutputLock:
     """The lease of one job (``run_id``) on ``output``; a context manager. ``wait_s``: how
     long to wait for another job's lock before giving up. Taking a lock this run already
     holds re-enters it (released by its first holder only). ``lost`` turns true when another
-    job took the lock over (this process stalled past its lease)."""
+    job took the lock over (this process stalled past its lease); ``lapsed`` when renewals
+    failed for a whole lease."""
 
     output: str
     run_id: str
     lease_s: float = LEASE_S
     wait_s: float = 0.0
     lost: bool = False
+    lapsed: bool = False
     _owned: bool = field(default=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -160,15 +168,37 @@ class OutputLock:
 
     def _renew(self) -> None:
         fs, path = self._where
-        while not self._stop.wait(self.lease_s / 4):
-            held = self._held()
-            if held.get("run_id") != self.run_id:  # this process stalled past its lease
-                self.lost = True
-                LOG.warning("output lock: run %s took %s over; this run's commit waits for "
-                            "it", held.get("run_id"), self.output)
-                return
-            with atomic_output(fs, path) as f:  # readers never see it empty
-                f.write(self._record())
+        renewed, failing = time.monotonic(), False
+        while not self._stop.wait(self.lease_s / (16 if failing else 4)):
+            try:
+                held = self._held()
+                if not held:  # gone or being rewritten: read once more before judging
+                    time.sleep(0.5)
+                    held = self._held()
+                if held and held.get("run_id") != self.run_id:  # stalled past its lease
+                    self.lost = True
+                    LOG.warning("output lock: run %s (host %s) took %s over; this run may not "
+                                "commit there", held["run_id"], held["host"], self.output)
+                    return
+                if not held:  # removed as a dead job's: taken again only where still free
+                    create_only(fs, path, self._record())
+                else:
+                    with atomic_output(fs, path) as f:  # readers never see it empty
+                        f.write(self._record())
+            except FileExistsError:
+                continue  # another job created it this instant: read on the next round
+            except Exception as e:  # noqa: BLE001 - a fault of the store: tried again
+                failing = True
+                if time.monotonic() - renewed > self.lease_s and not self.lapsed:
+                    self.lapsed = True
+                    LOG.warning("output lock: not renewed for a whole lease (%s); another job "
+                                "may take %s over, and then this run may not commit",
+                                type(e).__name__, self.output)
+                else:
+                    LOG.warning("output lock: renewal failed (%s); trying again",
+                                type(e).__name__)
+                continue
+            renewed, failing, self.lapsed = time.monotonic(), False, False
 
     def release(self) -> None:
         """Give the lock back (if this holder took it and it is still this job's)."""

@@ -67,6 +67,27 @@ def atomic_output(fs, path: str) -> Iterator:
     move(fs, in_progress(path), path)
 
 
+def create_only(fs, path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data`` only where no file is there, in one step that the store
+    decides (``FileExistsError`` where one is): on a local disk a file written aside and
+    hard-linked into place (never seen half written), on Cloud Storage an upload with
+    ``ifGenerationMatch=0``, on S3 one with ``If-None-Match: *``."""
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if not is_local(fs):
+        with fs.open(path, "xb") as f:
+            f.write(data)
+        return
+    aside = f"{in_progress(path)}-{os.getpid()}-{threading.get_ident()}"
+    with open(aside, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(aside, path)
+    finally:
+        os.unlink(aside)
+
+
 def read_table(fs, path: str):
     """One Parquet file on ``fs`` as a pyarrow Table."""
     import pyarrow.parquet as pq

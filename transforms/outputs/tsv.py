@@ -1,7 +1,8 @@
 """``<out>/<task>.tsv``: the MultiClinAI format ``filename label start_span end_span text``,
 one per task, and ``<out>/_tsv/<task>/<part>.tsv``, each part's rows of it (``<task>.tsv`` is
-their concatenation: a commit appends its parts' rows, under a journal so that a retry does not
-append twice, or rebuilds it when rows were dropped)."""
+their concatenation: a commit adds its parts' rows, under a journal so that a retry does not
+add them twice, or rebuilds it when rows were dropped; either way the file is written aside and
+moved into place)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import posixpath
 from typing import Any, Iterable, Mapping, Sequence
 
-from transforms.io.storage import atomic_output, is_local
+from transforms.io.storage import atomic_output
 from transforms.outputs.base import File, TextOutput
 
 COLUMNS = ("filename", "label", "start_span", "end_span", "text")
@@ -56,16 +57,14 @@ def _journal(root: str, folder: str, task: str) -> str:
 
 
 def _append(fs, tsv: str, size: int, parts: Sequence[str]) -> None:
-    """Append ``parts`` to ``tsv`` after its first ``size`` bytes (a retry rewinds first)."""
-    if is_local(fs):
-        with open(tsv, "r+b") as f:
-            f.truncate(size)
-            f.seek(size)
-            _copy_into(fs, f, parts)
-        return
-    head = fs.cat_file(tsv, start=0, end=size)  # object stores cannot append: rewrite
-    with atomic_output(fs, tsv) as f:
-        f.write(head)
+    """Write ``tsv`` again as its first ``size`` bytes then ``parts`` (a retry starts from the
+    same ``size``), aside, then moved into place: a reader, or a kill, never meets a row cut
+    short (an append in place would show one until it ends)."""
+    with atomic_output(fs, tsv) as f, fs.open(tsv, "rb") as head:
+        left = size
+        while left and (chunk := head.read(min(left, 8 << 20))):
+            f.write(chunk)
+            left -= len(chunk)
         _copy_into(fs, f, parts)
 
 

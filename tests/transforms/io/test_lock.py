@@ -144,3 +144,43 @@ def test_a_lock_file_that_is_no_lock_record_is_taken_over(tmp_path, content):
     path.write_text(content)
     with OutputLock(str(tmp_path / "out"), "r1"):
         assert json.loads(path.read_text())["run_id"] == "r1"
+
+
+def test_a_live_lease_of_another_host_is_kept_where_its_pid_is_no_process_here(tmp_path):
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True)
+    write_lock(tmp_path / "out" / LOCK, host="elsewhere", pid=int(child.stdout))
+    with pytest.raises(OutputBusy, match="host elsewhere"):
+        OutputLock(str(tmp_path / "out"), "new").acquire()
+
+
+def test_a_renewal_that_fails_is_tried_again_and_the_lease_kept(tmp_path, monkeypatch):
+    from transforms.io import lock as lock_module
+
+    real, faults = lock_module.atomic_output, []
+
+    def flaky(fs, path):
+        if len(faults) < 2:  # the store fails the first two renewals
+            faults.append(path)
+            raise ConnectionResetError("the store reset the connection")
+        return real(fs, path)
+
+    monkeypatch.setattr(lock_module, "atomic_output", flaky)
+    out = str(tmp_path / "out")
+    with OutputLock(out, "r1", lease_s=0.8) as held:
+        time.sleep(1.6)  # two leases: renewed after the faults
+        assert len(faults) == 2 and held._thread.is_alive() and not held.lost
+        assert json.loads((tmp_path / "out" / LOCK).read_text())["expires"] > time.time()
+        with pytest.raises(OutputBusy, match="run r1"):
+            OutputLock(out, "r2").acquire()
+
+
+def test_a_holder_whose_lock_file_vanished_takes_it_again_and_is_not_told_run_none(
+        tmp_path, caplog):
+    out = str(tmp_path / "out")
+    with OutputLock(out, "r1", lease_s=0.4) as held:
+        (tmp_path / "out" / LOCK).unlink()
+        time.sleep(1.0)
+        assert not held.lost and json.loads((tmp_path / "out" / LOCK).read_text())[
+            "run_id"] == "r1"
+    assert "None" not in caplog.text

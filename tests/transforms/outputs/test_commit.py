@@ -4,6 +4,8 @@ import io
 import json
 from dataclasses import replace
 
+import fsspec
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -11,8 +13,9 @@ import pytest
 from transforms.core.records import DocumentRows, Row, Shard
 from transforms.io.shards import Resume, pending, write_marker
 from transforms.outputs import enabled, output
-from transforms.outputs.commit import (LayoutError, check_layout, commit_part, finalize, recover,
-                                       run_states, settle)
+from transforms.io import fence
+from transforms.outputs.commit import (LayoutError, check_layout, commit_part, finalize,
+                                       own_output, recover, run_states, settle)
 from transforms.outputs.parts import DocRef, PartWriter
 from transforms.outputs.tsv import HEADER as TSV_HEADER, tsv_line
 
@@ -69,8 +72,17 @@ def document(doc_id, source, spans=(), key=None, position=0, status="annotated",
     return DocumentRows(doc, span_rows, errors, {}, key or source, position)
 
 
-def write_run(out, run_id, docs, redone=(), per_part=100, commit=True, exports=()):
-    """Write ``docs`` into parts as a run's workers would, find its duplicates, commit."""
+def token_of(out, run_id):
+    """The token ``run_id`` took on ``out``."""
+    fs, root = fsspec.core.url_to_fs(str(out))
+    return next(e.seq for e in fence.entries(fs, root)
+                if e.run == run_id and e.kind == fence.OWN)
+
+
+def write_run(out, run_id, docs, redone=(), per_part=100, commit=True, exports=(), token=None):
+    """Take a token (unless given), write ``docs`` into parts as a run's workers would, find
+    its duplicates, commit."""
+    token = own_output(str(out), run_id) if token is None else token
     tmp = f"{out}/.tmp-{run_id}"
     parts, refs, writer = [], [], None
     for d in docs:
@@ -86,7 +98,7 @@ def write_run(out, run_id, docs, redone=(), per_part=100, commit=True, exports=(
         by_id.setdefault(r.doc_id, []).append(r)
     dups = [d for i, rs in by_id.items() for d in duplicates(i, rs)]
     if commit:
-        finalize(parts, str(out), ["t"], tmp, run_id, dups, list(redone))
+        finalize(parts, str(out), ["t"], tmp, run_id, dups, list(redone), token)
     return parts, refs, dups
 
 
@@ -108,8 +120,8 @@ def test_a_run_commits_its_parts_and_the_tsv(tmp_path):
     assert docs == [("a", "annotated"), ("b", "annotated")]
     assert sorted(p.name for p in (out / "spans").iterdir()) == sorted(
         f"spans-{p.name}.parquet" for p in parts)
-    assert run_states(*__import__("fsspec").core.url_to_fs(str(out))) == {
-        "r1": {"committed", "dropped", "completed"}}
+    assert run_states(*fsspec.core.url_to_fs(str(out))) == {
+        "r1": {"committed", "dropped", "moved", "completed"}}
     assert not (out / ".tmp-r1").exists()
 
 
@@ -117,7 +129,7 @@ def test_commit_is_safe_to_retry(tmp_path):
     out = tmp_path / "out"
     parts, _, dups = write_run(out, "r1", [document("a", "in/a.txt", [0])])
     before = (out / "t.tsv").read_bytes()
-    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [])
+    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [], token_of(out, "r1"))
     assert (out / "t.tsv").read_bytes() == before
     assert rows(out)[0] == [("a", 0)]
 
@@ -180,28 +192,26 @@ def test_a_redone_shard_replaces_its_rows_in_earlier_parts_only(tmp_path):
     assert docs == [("a", "annotated"), ("b", "annotated"), ("c", "annotated")]
 
 
-def test_parts_of_a_run_that_never_committed_are_removed(tmp_path):
+@pytest.mark.parametrize("moved", [False, True], ids=["temporary", "moved by an older version"])
+def test_parts_of_a_run_that_never_committed_are_removed(tmp_path, moved):
     out = tmp_path / "out"
     write_run(out, "r1", [document("a", "in/a.txt", [0])])
-    # r2 crashed while committing: its parts were moved, the run was never recorded
+    # r2 crashed before committing (or, in a version before the log, after moving its parts)
     parts, _, _ = write_run(out, "r2", [document("b", "in/b.txt", [4])], commit=False)
-    import fsspec
-
     fs, root = fsspec.core.url_to_fs(str(out))
-    for p in parts:
-        commit_part(fs, root, p, ())
-    assert ("b", 4) in rows(out)[0]
+    for p in parts if moved else ():
+        commit_part(fs, root, p.name, f"{root}/.tmp-r2", {})
+    assert (("b", 4) in rows(out)[0]) == moved
     write_run(out, "r3", [document("c", "in/c.txt", [2])])
     spans, _, tsv = rows(out)
     assert spans == tsv == [("a", 0), ("c", 2)]
+    assert not (out / ".tmp-r2").exists()
 
 
 def test_a_retried_append_does_not_append_twice(tmp_path):
     out = tmp_path / "out"
     write_run(out, "r1", [document("a", "in/a.txt", [0])])
     parts, _, dups = write_run(out, "r2", [document("b", "in/b.txt", [4])], commit=False)
-    import fsspec
-
     from transforms.outputs import tsv
 
     calls = []
@@ -215,16 +225,17 @@ def test_a_retried_append_does_not_append_twice(tmp_path):
     tsv._append = crash_after_appending
     try:
         with pytest.raises(ConnectionResetError):
-            finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [])
+            finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [],
+                     token_of(out, "r2"))
     finally:
         tsv._append = real
     assert calls == [1]
     assert json.loads((out / "_tsv" / "t.journal").read_text())["run"] == "r2"
-    finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [])
+    finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [], token_of(out, "r2"))
     assert rows(out)[2] == [("a", 0), ("b", 4)]
     assert not (out / "_tsv" / "t.journal").exists()
     fs, root = fsspec.core.url_to_fs(str(out))
-    assert run_states(fs, root)["r2"] == {"committed", "dropped", "completed"}
+    assert run_states(fs, root)["r2"] == {"committed", "dropped", "moved", "completed"}
 
 
 def test_an_empty_run_still_writes_typed_tables(tmp_path):
@@ -268,13 +279,8 @@ def test_the_opt_in_outputs_follow_their_documents_through_duplicates_and_reruns
               exports=kinds)
     assert exports_of(out) == (["b", "x"], ["b:5", "x:9"])
     # a run that never committed leaves no export file behind once the next one commits
-    crashed, _, _ = write_run(out, "r3", [exported(document("z", "in/z.txt", [3]))],
-                              commit=False, exports=kinds)
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(str(out))
-    commit_part(fs, root, crashed[0], ())
-    assert "z" in exports_of(out)[0]
+    write_run(out, "r3", [exported(document("z", "in/z.txt", [3]))], commit=False,
+              exports=kinds)
     write_run(out, "r4", [exported(document("c", "in/c.txt", [2]))], exports=kinds)
     assert exports_of(out) == (["b", "c", "x"], ["b:5", "c:2", "x:9"])
 
@@ -320,12 +326,14 @@ def next_run(out, resume, shard_list, docs, run_id, kinds):
     """What the next run does: check the output's layout, recover, then redo the shards
     without a marker."""
     check_layout(str(out))
-    recover(str(out), ["t"], current=run_id)
+    token = own_output(str(out), run_id)
+    recover(str(out), ["t"], run_id, token)
     todo = list(pending(shard_list, resume))
     if todo:
         urls = {s.url for s in todo}
         parts, _, _ = write_run(out, run_id, [d for d in docs if d.document["source"] in urls],
-                                redone=[s for s in todo if s.earlier], exports=kinds)
+                                redone=[s for s in todo if s.earlier], exports=kinds,
+                                token=token)
         for shard in todo:
             write_marker(shard, {}, [p.name for p in parts if shard.url in p.sources], resume,
                          run_id, "now")
@@ -396,7 +404,8 @@ def test_a_write_cut_off_by_a_kill_is_never_read_as_data_and_the_next_run_remove
                 f.write(b"PAR1 half a file")
                 raise Crash
     assert rows(out) == clean  # pandas and pyarrow skip the hidden half-written files
-    assert recover(str(out), ["t"]) == [] and not list(out.rglob("*.inprogress"))
+    assert recover(str(out), ["t"], "r3", own_output(str(out), "r3")) == []
+    assert not list(out.rglob("*.inprogress"))
 
 
 def test_a_rerun_without_a_task_takes_its_rows_out_of_that_task_s_tsv_too(tmp_path):
@@ -407,7 +416,8 @@ def test_a_rerun_without_a_task_takes_its_rows_out_of_that_task_s_tsv_too(tmp_pa
     u_spans = tuple(Row({**s, "task": "u"}) for s in both.spans)
     parts, _, _ = write_run(out, "r1", [replace(both, spans=both.spans + u_spans)],
                             commit=False)
-    finalize(parts, str(out), ["t", "u"], f"{out}/.tmp-r1", "r1", [], [])  # tasks t and u
+    finalize(parts, str(out), ["t", "u"], f"{out}/.tmp-r1", "r1", [], [],
+             token_of(out, "r1"))  # tasks t and u
     write_marker(shard, {}, [p.name for p in parts], resume, "r1", "now")
     assert len(pd.read_csv(out / "u.tsv", sep="\t")) == 2
     resume = Resume(str(out), {"c": 2})  # a task file without u: every shard redone
@@ -417,23 +427,83 @@ def test_a_rerun_without_a_task_takes_its_rows_out_of_that_task_s_tsv_too(tmp_pa
     assert len(pd.read_csv(out / "u.tsv", sep="\t")) == 0  # no rows the spans no longer hold
 
 
-def test_two_jobs_that_did_the_same_shard_leave_the_rows_of_the_last_commit_only(tmp_path):
-    from datetime import datetime, timezone
-
-    import fsspec
-
+def test_a_run_that_committed_without_marking_gives_up_its_rows_to_the_next_owner(tmp_path):
     from transforms.outputs.commit import record_state
 
     out = tmp_path / "out"
-    began = datetime.now(timezone.utc)  # r1 reads its input: no marker of a.txt yet
-    parts, _, _ = write_run(out, "r1", [document("a", "in/a.txt", [1])], commit=False)
-    # meanwhile r2, another job on the same output, does a.txt and b.txt, commits and marks
-    write_run(out, "r2", [document("a", "in/a.txt", [2]), document("b", "in/b.txt", [3])])
+    # r1 committed a.txt and b.txt, then stopped before marking them; r2 takes the output
+    # (its token names r1 as unmarked), and redoes a.txt with no marker to say where its
+    # rows are: r1's row of a.txt goes, of b.txt stays
+    write_run(out, "r1", [document("a", "in/a.txt", [1]), document("b", "in/b.txt", [3])])
+    write_run(out, "r2", [document("a", "in/a.txt", [2])])
     record_state(fsspec.filesystem("file"), str(out), "r2", "marked")
-    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], started=began)
     spans, docs, tsv = rows(out)
-    assert spans == tsv == [("a", 1), ("b", 3)]  # a.txt once, from the last commit
+    assert spans == tsv == [("a", 2), ("b", 3)]
     assert docs == [("a", "annotated"), ("b", "annotated")]
+
+
+def test_a_job_overtaken_by_a_newer_owner_cannot_commit_and_leaves_nothing_visible(tmp_path):
+    out = tmp_path / "out"
+    # r1 took the output, wrote its parts, then paused (SIGSTOP, a VM pause, a long GC) past
+    # its lease; r2 took the output over, did a.txt and b.txt, committed and marked them
+    token1 = own_output(str(out), "r1")
+    parts, _, _ = write_run(out, "r1", [document("a", "in/a.txt", [1])], commit=False,
+                            token=token1)
+    write_run(out, "r2", [document("a", "in/a.txt", [2]), document("b", "in/b.txt", [3])])
+    assert not (out / ".tmp-r1").exists()  # r2 removed r1's work: it can never commit
+    before = rows(out)
+    with pytest.raises(fence.Fenced, match=r"run r2 \(host .*\) took the output over"):
+        finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], token1)
+    assert rows(out) == before == ([("a", 2), ("b", 3)], [("a", "annotated"), ("b", "annotated")],
+                                   [("a", 2), ("b", 3)])
+
+
+def test_a_stale_commit_loses_the_race_for_its_log_entry_to_the_newer_owner(tmp_path,
+                                                                           monkeypatch):
+    """The check and the commit's entry are two steps: a newer owner that takes its token
+    between them takes the entry's number, and the store refuses the stale one."""
+    out = tmp_path / "out"
+    token1 = own_output(str(out), "r1")
+    parts, _, _ = write_run(out, "r1", [document("a", "in/a.txt", [1])], commit=False,
+                            token=token1)
+    real, raced = fence.check_owner, []
+
+    def check_then_pause(fs, root, run, token):
+        real(fs, root, run, token)
+        if run == "r1" and not raced:  # r1 passed its check, then paused: r2 came
+            raced.append(own_output(str(out), "r2"))
+
+    monkeypatch.setattr(fence, "check_owner", check_then_pause)
+    with pytest.raises(fence.Fenced, match="run r2"):
+        finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], token1)
+    fs, root = fsspec.core.url_to_fs(str(out))
+    assert raced and "r1" not in run_states(fs, root)
+    assert not (out / "spans").exists()  # nothing of r1 visible
+
+
+def test_a_retried_commit_that_died_between_moving_two_parts_keeps_every_document(
+        tmp_path, monkeypatch):
+    from transforms.outputs import commit
+
+    out = tmp_path / "out"
+    token = own_output(str(out), "r1")
+    parts, _, dups = write_run(out, "r1", [document(x, f"in/{x}.txt", [i])
+                                           for i, x in enumerate("ab")],
+                               per_part=1, commit=False, token=token)
+    real, moved = commit.commit_part, []
+
+    def die_after_the_first(*args):
+        if moved:
+            raise ConnectionResetError("the worker was lost")
+        real(*args)
+        moved.append(args[2])
+
+    monkeypatch.setattr(commit, "commit_part", die_after_the_first)
+    with pytest.raises(ConnectionResetError):
+        finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [], token)
+    monkeypatch.setattr(commit, "commit_part", real)
+    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [], token)  # Beam retries
+    assert rows(out)[0] == rows(out)[2] == [("a", 0), ("b", 1)]
 
 
 def test_a_commit_waits_for_another_jobs_hold_on_the_output(tmp_path):
@@ -447,11 +517,13 @@ def test_a_commit_waits_for_another_jobs_hold_on_the_output(tmp_path):
     other = OutputLock(str(out), "r0")
     other.acquire()
     with pytest.raises(OutputBusy, match="being written by run r0"):
-        finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], lock_wait_s=0)
+        finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], token_of(out, "r1"),
+                 lock_wait_s=0)
     assert not (out / "spans").exists() or not list((out / "spans").glob("*r1*"))
     threading.Timer(1.0, other.release).start()
     t0 = time.monotonic()
-    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], lock_wait_s=60)
+    finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", [], [], token_of(out, "r1"),
+             lock_wait_s=60)
     assert time.monotonic() - t0 >= 0.9 and rows(out)[0] == [("a", 1)]
     assert not (out / "_lock").exists()  # taken for the commit, given back after it
 

@@ -1,0 +1,131 @@
+"""Jobs that overlap on one output, through the real command: a holder paused past its lease,
+one whose clock is wrong, a cluster job beside a local run. Each ends with the outputs of one
+clean run, the job that lost the output stopped in one line with nothing of it visible."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HERMETIC_ENV, REPO, read_outputs, run_pipeline, spaccc_files
+
+pytestmark = pytest.mark.e2e
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+TAKEN_OVER = "another job took this output over while it ran"
+
+
+@pytest.fixture(scope="module")
+def clean(smoke_tasks, tmp_path_factory):
+    """Eight cases and one clean run of them: what every overlap must end as."""
+    src = tmp_path_factory.mktemp("overlap-in")
+    for f in spaccc_files(8):
+        shutil.copy(f, src / f.name)
+    args = ["--input", str(src), "--tasks", str(smoke_tasks), "--language", "es"]
+    out = tmp_path_factory.mktemp("overlap-clean") / "out"
+    run_pipeline(*args, "--output", str(out))
+    return args, read_outputs(out)
+
+
+def start(*cmd: str, env: dict | None = None) -> subprocess.Popen:
+    """``python -m CMD`` in its own process group; its log lines gathered in ``proc.lines``."""
+    proc = subprocess.Popen([sys.executable, "-m", *cmd], cwd=REPO,
+                            env={**os.environ, **HERMETIC_ENV, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    proc.lines = []
+    threading.Thread(target=lambda: proc.lines.extend(proc.stderr), daemon=True).start()
+    return proc
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the first job ended or stalled before {what}")
+
+
+def expire_lease(out: Path) -> None:
+    """The holder's lease runs out (what two minutes of a paused holder come to)."""
+    lock = out / "_lock"
+    record = json.loads(lock.read_text())
+    lock.write_text(json.dumps({**record, "expires": time.time() - 1}))
+
+
+def ends_fenced(proc: subprocess.Popen) -> None:
+    proc.wait(timeout=300)
+    time.sleep(0.5)  # its last lines read
+    last = proc.lines[-1].strip()
+    assert proc.returncode == 1 and last.startswith("pipeline.run: the job stopped: "), last
+    assert TAKEN_OVER in last
+
+
+@pytest.mark.parametrize("paused", ["before any part", "inferring"])
+def test_a_holder_paused_past_its_lease_cannot_commit_over_the_job_that_took_over(
+        clean, tmp_path, paused):
+    args, want = clean
+    out = tmp_path / "out"
+    one = start("pipeline.run", *args, "--output", str(out))
+    if paused == "before any part":  # it planned its shards: every one to do
+        wait_for(lambda: any("input: 8 shards" in line for line in one.lines), one,
+                 "it planned its shards")
+    else:
+        wait_for(lambda: list(out.glob(".tmp-*/*")), one, "it wrote a part")
+    os.killpg(one.pid, signal.SIGSTOP)  # a VM pause, a long GC: its renewals stop too
+    try:
+        expire_lease(out)
+        run_pipeline(*args, "--output", str(out))  # the next night's job is admitted
+        assert read_outputs(out) == want
+    finally:
+        os.killpg(one.pid, signal.SIGCONT)
+    one.wait(timeout=300)
+    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
+    ends_fenced(one)
+    again = run_pipeline(*args, "--output", str(out))
+    assert "nothing to do" in again.stderr and read_outputs(out) == want
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="needs libfaketime (apt-get install faketime)")
+def test_a_job_whose_clock_is_three_minutes_behind_is_taken_over_without_loss(clean, tmp_path):
+    args, want = clean
+    out = tmp_path / "out"
+    # its lease looks run out to every other machine from the start
+    one = start("pipeline.run", *args, "--output", str(out),
+                env={"LD_PRELOAD": str(FAKETIME), "FAKETIME": "-180",
+                     "DONT_FAKE_MONOTONIC": "1"})
+    wait_for(lambda: list(out.glob(".tmp-*/*")), one, "it wrote a part")
+    os.killpg(one.pid, signal.SIGSTOP)  # so that the second job comes before its commit
+    try:
+        lock = json.loads((out / "_lock").read_text())
+        assert lock["expires"] < time.time()  # a lease already run out, by the store's clock
+        run_pipeline(*args, "--output", str(out))
+    finally:
+        os.killpg(one.pid, signal.SIGCONT)
+    one.wait(timeout=300)
+    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
+    ends_fenced(one)
+
+
+def test_a_local_run_beside_a_cluster_job_takes_the_output_and_the_cluster_job_stops(
+        clean, tmp_path):
+    args, want = clean
+    out = tmp_path / "out"
+    cluster = start("tests.fixtures.cluster_job", *args, "--output", str(out))
+    wait_for(lambda: list(out.glob(".tmp-*/*")), cluster, "it wrote a part")
+    os.killpg(cluster.pid, signal.SIGSTOP)  # the cluster job is slower than the local one
+    try:
+        assert not (out / "_lock").exists()  # a cluster job holds no lease until it commits
+        run_pipeline(*args, "--output", str(out))
+    finally:
+        os.killpg(cluster.pid, signal.SIGCONT)
+    cluster.wait(timeout=300)
+    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
+    ends_fenced(cluster)
