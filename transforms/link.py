@@ -29,6 +29,25 @@ class Linkers(dict):
 
 
 
+READ_TRIES = 3  # a terminology replaced while it is read is read again, this many times at most
+
+
+def _read_stable(spec: LinkerSpec) -> tuple[list, str]:
+    """A linker's terms and the digest of the content they were read from: taken before
+    reading and checked after, so that an index is never cached under the key of a file that
+    was replaced meanwhile (it is read again; ``TerminologyError`` where it keeps changing)."""
+    from transforms.io.terminology import TerminologyError, digest, read_terms
+
+    for _ in range(READ_TRIES):
+        before = digest(spec.terminology)
+        terms = read_terms(spec.terminology, spec.system, spec.filters)
+        if digest(spec.terminology) == before:
+            return terms, before
+    raise TerminologyError(f"linker {spec.name}: terminology {spec.terminology!r} changed "
+                           f"while it was read, {READ_TRIES} times: run again once it is "
+                           "written")
+
+
 class LinkHandler(ModelHandler[Work, Work, Linkers]):
     """Every linker of the task file as one model: loaded (or built, then cached) once per
     worker; a batch of documents in, the same documents with their mentions coded out."""
@@ -40,7 +59,6 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
 
     def load_model(self) -> Linkers:
         from transforms.inference.linking import build_or_load, index_key
-        from transforms.io.terminology import digest, read_terms
 
         device = self._device
         if device == "auto":
@@ -49,8 +67,7 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = Linkers()
         for spec in self._linkers.values():
-            terms = read_terms(spec.terminology, spec.system, spec.filters)
-            content = digest(spec.terminology)
+            terms, content = _read_stable(spec)
             source = repr((spec.terminology, spec.system, sorted(spec.filters.items())))
             models = set(spec.models.values()) | (set() if "*" in spec.models else {None})
             for model in sorted(models, key=str):

@@ -78,3 +78,29 @@ def test_a_bi_encoder_rewritten_in_place_encodes_the_terms_again(tmp_path, monke
     remote = f"local://{encoder}"  # as gs:// or s3://: the worker's copy is loaded
     copied = LinkHandler({"l": replace(spec, models={"*": remote})}, device="cpu").load_model()
     assert np.allclose(copied[("l", remote)].vectors, after.vectors)
+
+
+def test_a_terminology_replaced_while_read_never_caches_the_old_terms_under_the_new_key(
+        tmp_path, monkeypatch):
+    from transforms.io import terminology
+
+    monkeypatch.setenv("CLINICAL_NER_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "terms.tsv"
+    path.write_text("code\tterm\nT1\ttumor\nT2\tpatrón sinusal\nT3\tfiebre\n", encoding="utf-8")
+    spec = LinkerSpec(name="l", labels=("SYMPTOM",), terminology=str(path))
+    real, replaced = terminology.read_terms, []
+
+    def read_then_replaced(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        if not replaced:  # the night's export rewrites the file just after this read
+            path.write_text("code\tterm\nN1\ttumor\n", encoding="utf-8")
+            replaced.append(1)
+        return terms
+
+    monkeypatch.setattr(terminology, "read_terms", read_then_replaced)
+    first = LinkHandler({"l": spec}).load_model()[("l", None)]
+    second = LinkHandler({"l": spec}).load_model()[("l", None)]  # from the cache
+    for linker in (first, second):
+        assert [t.code for t in linker.terms] == ["N1"]
+        (found,) = linker.link(["tumor"], "es")
+        assert [linker.terms[c.term].code for c in found] == ["N1"]

@@ -547,3 +547,27 @@ def test_each_record_is_counted_once_its_duplicate_state_is_decided():
     assert later.shard_counts() == {"documents": 1, "skipped": 1, "spans": 0}
     assert unreadable.duplicate is None and unreadable.status == "failed"
     assert unreadable.counts["documents/duplicate_ids"] == 1
+
+
+def test_a_kill_while_the_tsv_takes_a_run_s_rows_never_leaves_a_row_cut_short(tmp_path,
+                                                                             monkeypatch):
+    from transforms.outputs import tsv
+
+    out = tmp_path / "out"
+    write_run(out, "r1", [document("a", "in/a.txt", [0, 3077])])
+    before = (out / "t.tsv").read_bytes()
+    parts, _, dups = write_run(out, "r2", [document("b", "in/b.txt", [4, 3084])], commit=False)
+    real = tsv._copy_into
+
+    def killed_halfway(fs, dst, paths):
+        data = b"".join(fs.cat(p) for p in paths)
+        dst.write(data[: len(data) // 2 - 3])  # a row cut after its offsets
+        raise Crash("killed while writing")
+
+    monkeypatch.setattr(tsv, "_copy_into", killed_halfway)
+    with pytest.raises(Crash):
+        finalize(parts, str(out), ["t"], f"{out}/.tmp-r2", "r2", dups, [], token_of(out, "r2"))
+    assert (out / "t.tsv").read_bytes() == before  # readers see the last whole file
+    monkeypatch.setattr(tsv, "_copy_into", real)
+    write_run(out, "r3", [document("c", "in/c.txt", [1])])  # the next run finishes r2's commit
+    assert rows(out)[2] == [("a", 0), ("a", 3077), ("b", 4), ("b", 3084), ("c", 1)]
