@@ -146,9 +146,16 @@ def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
     it) without opening a model, config or checkpoint: no hub, no downloads; an ``hf`` task's
     labels are then unknown (empty) and heads are not checked against the checkpoint.
     """
+    from transforms.outputs import clashing_files
+
     raw, base = _read(path), posixpath.dirname(path)
-    return {name: _parse(str(name), cfg, base, open_models)
-            for name, cfg in raw["tasks"].items()}
+    specs = {name: _parse(str(name), cfg, base, open_models)
+             for name, cfg in raw["tasks"].items()}
+    clash = clashing_files(str(name) for name in specs)
+    if clash:
+        raise TaskFileError(f"tasks {clash[1]!r} and {clash[2]!r} would both write {clash[0]} "
+                            "in the output: rename one of them")
+    return specs
 
 
 def load_linkers(path: str, specs: Mapping[str, TaskSpec], open_terminologies: bool = True
@@ -341,6 +348,7 @@ def check_encoder(location: str) -> None:
                                                    "model.safetensors.index.json")):
             raise ValueError(f"the bi-encoder {location!r} has no weights (model.safetensors "
                              "or pytorch_model.bin)")
+        check_pickled_weights(str(folder))  # code in a pickle: refused here, not on a worker
 
 
 def check_pickled_weights(location: str) -> None:

@@ -313,3 +313,15 @@ def test_real_permission_errors_a_file_is_a_dead_letter_a_folder_a_set_up_error(
     last = stopped.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline.run: ") and "cannot list" in last and "ward" in last
     (src / "ward").chmod(0o755)
+
+
+def test_the_same_input_spelt_another_way_is_not_done_again(night, tmp_path):
+    args, first = night
+    src, rest = args[1], args[2:]
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    (tmp_path / "link").symlink_to(src)
+    for spelling in (f"{src}//", f"{src}/.", str(tmp_path / "link")):
+        again = run_pipeline("--input", spelling, *rest, "--output", str(out))
+        assert "nothing to do" in again.stderr, spelling
+    assert read_outputs(out) == read_outputs(first)

@@ -311,3 +311,35 @@ def test_a_task_files_local_models_are_hashed_ahead_of_the_job(tmp_path, monkeyp
     storage.file_digest(tasks)
     assert reads == ["tasks.yaml"]  # (a file not hashed ahead is read)
     digest_models_ahead(str(tmp_path / "missing.yaml")).join()  # load_tasks says what is wrong
+
+
+@pytest.mark.parametrize("second", ["symptom_codes", "Symptom"])
+def test_two_tasks_whose_files_share_a_name_are_refused_in_one_line(tmp_path, second):
+    from pipeline.tasks import main
+
+    task = "    kind: hf\n    model: m\n    languages: [es]\n"
+    path = write(tmp_path, f"tasks:\n  symptom:\n{task}  {second}:\n{task}")
+    with pytest.raises(SystemExit) as stop:
+        main([path])
+    said = str(stop.value)
+    assert "\n" not in said and f"tasks 'symptom' and '{second}' would both write " in said
+    assert "rename one" in said
+
+
+def test_a_bi_encoder_whose_weights_carry_code_is_refused_at_set_up(models, tmp_path):
+    import torch
+
+    from pipeline.tasks import load_linkers
+
+    folder = tmp_path / "pickled-encoder"
+    shutil.copytree(models / "stl_procedure", folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    torch.save({"encoder.weight": torch.zeros(3, 32), "payload": Evil()},
+               folder / "pytorch_model.bin")
+    (models / "terms.tsv").write_text("C1\tfiebre\n")
+    path = str(models / "tasks.yaml")
+    with open(path, "a") as f:
+        f.write(LINKER + f"    model: {folder}\n")
+    with pytest.raises(TaskFileError, match="linker 'codes': .*pytorch_model.bin.*pickled"):
+        load_linkers(path, load_tasks(path))

@@ -60,10 +60,21 @@ def input_format(path: str, forced: str | None = None) -> str | None:
     return None
 
 
+def canonical(path: str) -> str:
+    """A local input root as one spelling names it whatever the command line said (``in//``,
+    ``./in``, a symbolic link to the folder or to the file's folder): a file's identity, and so
+    its shard and its earlier rows, follow from it. A file keeps its own name (a linked file's
+    id is the link's name)."""
+    if os.path.isdir(path):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+
+
 def expand_pattern(pattern: str) -> list[str]:
-    """The roots an ``--input`` names: the folders and files its glob matches (URLs)."""
+    """The roots an ``--input`` names: the folders and files its glob matches (URLs; local
+    ones ``canonical``)."""
     fs, _, paths = fsspec.get_fs_token_paths(pattern)
-    return [p if is_local(fs) else fs.unstrip_protocol(p) for p in sorted(paths)]
+    return sorted({canonical(p) if is_local(fs) else fs.unstrip_protocol(p) for p in paths})
 
 
 def walk(fs, path: str) -> Iterator[tuple[str, dict[str, Mapping[str, Any]]]]:

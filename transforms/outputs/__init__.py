@@ -31,6 +31,20 @@ def enabled(opt_in: Iterable[str] = ()) -> tuple[Output, ...]:
     return tuple(output(n) for n, o in REGISTRY.items() if not o or n in chosen)
 
 
+def clashing_files(tasks: Iterable[str]) -> tuple[str, str, str] | None:
+    """Two tasks whose files at the output's top have one name (``symptom_codes.tsv`` of task
+    ``symptom``'s codes and of a task ``symptom_codes``; case apart, as on macOS and Windows
+    disks): ``(file, task, other task)``, or None."""
+    seen: dict[str, str] = {}
+    for task in tasks:
+        for out in every():
+            for name in out.task_files(task):
+                other = seen.setdefault(name.casefold(), task)
+                if other != task:
+                    return name, other, task
+    return None
+
+
 def every() -> tuple[Output, ...]:
     """Every output (a commit or a recovery handles what any earlier run wrote)."""
     return tuple(output(n) for n in REGISTRY)

@@ -95,6 +95,10 @@ class Output:
     def completed(self, fs, root: str, streams: Sequence[str]) -> None:
         """What remains once the run is recorded complete (``complete`` is not repeated)."""
 
+    def task_files(self, task: str) -> tuple[str, ...]:
+        """The files it writes at the output's top for task ``task`` (names, from its root)."""
+        return ()
+
     def column(self, stream: str) -> str:
         """Its index column for ``stream``."""
         return f"{self.name}/{stream}" if stream else self.name

@@ -83,6 +83,9 @@ class Tsv(TextOutput):
     def keeps(self, row: Mapping[str, Any]) -> bool:
         return True
 
+    def task_files(self, task: str) -> tuple[str, ...]:
+        return (self.target.format(task=task),)
+
     def line(self, row: Mapping[str, Any]) -> str:
         return tsv_line(row)
 

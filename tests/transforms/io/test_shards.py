@@ -110,3 +110,21 @@ def test_an_output_inside_an_input_folder_is_a_set_up_error(tmp_path):
         check_output_outside(str(tmp_path / "in"), str(tmp_path / "in" / "." / "out"))
     check_output_outside(str(tmp_path / "in"), str(tmp_path / "in-out"))  # a sibling: fine
     check_output_outside(str(tmp_path / "in" / "*.txt"), str(tmp_path / "out"))
+
+
+def test_every_spelling_of_a_local_input_names_the_same_shards(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    (src / "ward").mkdir(parents=True)
+    (src / "a.txt").write_text("x")
+    (src / "ward" / "b.txt").write_text("y")
+    (tmp_path / "link").symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    want = sorted(s.url for s in list_files(str(src)))
+    assert want == [f"{src}/a.txt", f"{src}/ward/b.txt"]
+    for spelling in (f"{src}/", f"{tmp_path}//in", f"{src}/.", "in", "./in//", "link",
+                     f"{tmp_path}/link/", f"{src}/ward/../"):
+        assert sorted(s.url for s in list_files(spelling)) == want, spelling
+    for spelling in ("in//a.txt", "link/a.txt", f"{src}/./a.txt"):
+        assert [s.url for s in list_files(spelling)] == [f"{src}/a.txt"], spelling
+    (tmp_path / "today.txt").symlink_to(src / "a.txt")  # a linked file keeps its own name
+    assert [s.url for s in list_files("today.txt")] == [f"{tmp_path}/today.txt"]
