@@ -49,3 +49,21 @@ def test_the_stop_message_says_run_again_alone_only_where_that_can_help():
     oom = stopped_message(RuntimeError("torch.OutOfMemoryError: CUDA out of memory."))
     assert "lower --max_tokens" in oom
     assert "/o/x" not in full  # the message's own text is never repeated
+
+
+def test_the_stop_message_says_whether_the_run_committed_and_an_interruption_is_no_fault():
+    fault = RuntimeError("OSError: [Errno 28] No space left on device: '/o/x'")
+    assert "Nothing of this run was committed" in stopped_message(fault)
+    after = stopped_message(fault, committed=True)
+    assert "commit was recorded before it stopped" in after and "Nothing" not in after
+    stopped = stopped_message(KeyboardInterrupt(), committed=True)
+    assert "was interrupted" in stopped and "fault" not in stopped
+    assert "commit was recorded" in stopped
+
+
+def test_a_job_fenced_out_by_a_newer_one_says_so_and_not_to_run_again():
+    wrapped = RuntimeError("transforms.io.fence.Fenced: run r2 (host h, pid 7) took the output "
+                           "over (log entry 9) after run r1 began [while running 'Finalize']")
+    said = stopped_message(wrapped, output="gs://b/out/")
+    assert "another job took this output over" in said and "gs://b/out/_log/" in said
+    assert "run the same command again" not in said and "\n" not in said

@@ -129,7 +129,11 @@ def _drop(shared: str) -> None:
 def find(local: Path, shared: str | None = None) -> str | None:
     """Make ``local`` a whole entry without building it; returns how (``cached``: it was;
     ``downloaded``: from ``shared``), or None where neither has it whole (``ensure`` builds
-    it). The caller holds a lock among this machine's processes."""
+    it). The caller holds a lock among this machine's processes (so the build and fetch
+    folders of this entry left beside it are of processes killed meanwhile: removed)."""
+    for left in local.parent.glob(f".{local.name}.*-*"):
+        if left.name.rpartition("-")[0] in (f".{local.name}.build", f".{local.name}.fetch"):
+            shutil.rmtree(left, ignore_errors=True)
     if is_whole(local, hashes=True):  # a flipped byte of the same size too: never loaded
         return "cached"
     shutil.rmtree(local, ignore_errors=True)  # partial or damaged: never loaded

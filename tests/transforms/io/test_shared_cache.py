@@ -135,3 +135,30 @@ def test_a_shared_location_that_cannot_be_used_is_a_fault_of_the_storage(tmp_pat
     blocker.write_text("not a folder")
     with pytest.raises(CacheUnavailable, match="model cache"):
         ensure(tmp_path / "a" / "key", builder([]), str(blocker / "sub"))
+
+
+def test_the_build_folder_of_a_process_killed_while_building_is_removed_by_the_next(tmp_path):
+    import signal
+    import time
+
+    entry = tmp_path / "cache" / "key"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from transforms.io.shared_cache import ensure
+
+        def build(folder):
+            (folder / "encoder.bin").write_bytes(b"x" * 4096)
+            time.sleep(600)  # killed here, mid-conversion
+
+        ensure(Path({str(entry)!r}), build)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    deadline = time.time() + 60
+    while not list(entry.parent.glob(".key.build-*/encoder.bin")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in entry.parent.glob(".key.*")] == [f".key.build-{proc.pid}"]
+    assert ensure(entry, builder([])) == "converted"
+    assert [p.name for p in entry.parent.iterdir()] == ["key"]
