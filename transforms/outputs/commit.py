@@ -411,6 +411,17 @@ def committed(out: str, run_id: str) -> bool:
         return False
 
 
+def commit_state(out: str) -> tuple[int, tuple[str, ...]]:
+    """Where ``out``'s commits stand: the log's last entry number (it grows with every owner
+    and commit) and the runs whose commit is recorded but not complete (their rows are being
+    replaced and moved: a reader of the folders may miss some). Two equal states with no run in
+    progress bracket a read that saw exactly the committed rows."""
+    fs, root = fsspec.core.url_to_fs(out)
+    last = max(fence.numbers(fs, root), default=0)
+    return last, tuple(sorted(run for run, st in run_states(fs, root).items()
+                              if "committed" in st and "completed" not in st))
+
+
 def mark_run(out: str, run_id: str) -> None:
     """Record that every shard of the run has its marker."""
     fs, root = fsspec.core.url_to_fs(out)

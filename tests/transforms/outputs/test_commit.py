@@ -14,8 +14,8 @@ from transforms.core.records import DocumentRows, Row, Shard
 from transforms.io.shards import Resume, pending, write_marker
 from transforms.outputs import enabled, output
 from transforms.io import fence
-from transforms.outputs.commit import (LayoutError, check_layout, commit_part, finalize,
-                                       own_output, recover, run_states, settle)
+from transforms.outputs.commit import (LayoutError, check_layout, commit_part, commit_state,
+                                       finalize, own_output, recover, run_states, settle)
 from transforms.outputs.parts import DocRef, PartWriter
 from transforms.outputs.tsv import HEADER as TSV_HEADER, tsv_line
 
@@ -108,6 +108,12 @@ def rows(out):
     tsv = pd.read_csv(out / "t.tsv", sep="\t", keep_default_na=False)
     return (sorted(zip(spans.doc_id, spans.start)), sorted(zip(docs.doc_id, docs.status)),
             sorted(zip(tsv.filename, tsv.start_span)))
+
+
+def plain_spans(out):
+    """The span rows a plain Parquet reader gets from ``out/spans/`` (none where no file)."""
+    spans = pd.read_parquet(out / "spans") if (out / "spans").exists() else pd.DataFrame()
+    return sorted(zip(spans.doc_id, spans.start)) if len(spans.columns) else []
 
 
 def test_a_run_commits_its_parts_and_the_tsv(tmp_path):
@@ -370,6 +376,10 @@ def test_a_forced_rerun_killed_at_any_change_loses_nothing(tmp_path, monkeypatch
             finished = False
         finally:
             ctx.__exit__(None, None, None)
+        spans = plain_spans(out)  # what a plain reader gets until the next run: never twice
+        assert len(spans) == len(set(spans)) and set(spans) <= set(clean[0][0]), k
+        if not commit_state(str(out))[1]:  # and, where no commit is in progress, every row
+            assert outputs(out) == clean, f"killed at change {k}: no commit said in progress"
         next_run(out, resume, shard_list, docs, "r3", kinds)  # then the same command again
         assert outputs(out) == clean, f"killed at change {k}"
         forced = list(pending(shard_list, Resume(str(out), {"c": 1}, force=True)))
