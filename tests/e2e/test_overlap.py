@@ -2,6 +2,7 @@
 one whose clock is wrong, a cluster job beside a local run. Each ends with the outputs of one
 clean run, the job that lost the output stopped in one line with nothing of it visible."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -60,8 +61,20 @@ def expire_lease(out: Path) -> None:
     lock.write_text(json.dumps({**record, "expires": time.time() - 1}))
 
 
-def ends_fenced(proc: subprocess.Popen) -> None:
+@contextlib.contextmanager
+def paused(proc: subprocess.Popen):
+    """``proc``'s process group stopped (``SIGSTOP``: its lease renewals too) in the block."""
+    os.killpg(proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+
+
+def ends_fenced(proc: subprocess.Popen, out: Path, want) -> None:
+    """``proc`` stops, fenced out, and the output holds one clean run's rows."""
     proc.wait(timeout=300)
+    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
     time.sleep(0.5)  # its last lines read
     last = proc.lines[-1].strip()
     assert proc.returncode == 1 and last.startswith("pipeline.run: the job stopped: "), last
@@ -79,16 +92,11 @@ def test_a_holder_paused_past_its_lease_cannot_commit_over_the_job_that_took_ove
                  "it planned its shards")
     else:
         wait_for(lambda: list(out.glob(".tmp-*/*")), one, "it wrote a part")
-    os.killpg(one.pid, signal.SIGSTOP)  # a VM pause, a long GC: its renewals stop too
-    try:
+    with paused(one):  # a VM pause, a long GC
         expire_lease(out)
         run_pipeline(*args, "--output", str(out))  # the next night's job is admitted
         assert read_outputs(out) == want
-    finally:
-        os.killpg(one.pid, signal.SIGCONT)
-    one.wait(timeout=300)
-    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
-    ends_fenced(one)
+    ends_fenced(one, out, want)
     again = run_pipeline(*args, "--output", str(out))
     assert "nothing to do" in again.stderr and read_outputs(out) == want
 
@@ -102,16 +110,11 @@ def test_a_job_whose_clock_is_three_minutes_behind_is_taken_over_without_loss(cl
                 env={"LD_PRELOAD": str(FAKETIME), "FAKETIME": "-180",
                      "DONT_FAKE_MONOTONIC": "1"})
     wait_for(lambda: list(out.glob(".tmp-*/*")), one, "it wrote a part")
-    os.killpg(one.pid, signal.SIGSTOP)  # so that the second job comes before its commit
-    try:
+    with paused(one):  # so that the second job comes before its commit
         lock = json.loads((out / "_lock").read_text())
         assert lock["expires"] < time.time()  # a lease already run out, by the store's clock
         run_pipeline(*args, "--output", str(out))
-    finally:
-        os.killpg(one.pid, signal.SIGCONT)
-    one.wait(timeout=300)
-    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
-    ends_fenced(one)
+    ends_fenced(one, out, want)
 
 
 def test_a_local_run_beside_a_cluster_job_takes_the_output_and_the_cluster_job_stops(
@@ -120,12 +123,7 @@ def test_a_local_run_beside_a_cluster_job_takes_the_output_and_the_cluster_job_s
     out = tmp_path / "out"
     cluster = start("tests.fixtures.cluster_job", *args, "--output", str(out))
     wait_for(lambda: list(out.glob(".tmp-*/*")), cluster, "it wrote a part")
-    os.killpg(cluster.pid, signal.SIGSTOP)  # the cluster job is slower than the local one
-    try:
+    with paused(cluster):  # the cluster job is slower than the local one
         assert not (out / "_lock").exists()  # a cluster job holds no lease until it commits
         run_pipeline(*args, "--output", str(out))
-    finally:
-        os.killpg(cluster.pid, signal.SIGCONT)
-    cluster.wait(timeout=300)
-    assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
-    ends_fenced(cluster)
+    ends_fenced(cluster, out, want)

@@ -104,15 +104,20 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_an_hf_folder_whose_weights_carry_code_is_refused_at_set_up(models, tmp_path):
+def pickled_copy(models, dest):
+    """The test model folder with its weights as a pickle that carries code."""
     import torch
 
-    folder = tmp_path / "pickled"
-    shutil.copytree(models / "stl_procedure", folder)
-    for f in folder.glob("*.safetensors"):
+    shutil.copytree(models / "stl_procedure", dest)
+    for f in dest.glob("*.safetensors"):
         f.unlink()
     torch.save({"classifier.weight": torch.zeros(3, 32), "payload": Evil()},
-               folder / "pytorch_model.bin")
+               dest / "pytorch_model.bin")
+    return dest
+
+
+def test_an_hf_folder_whose_weights_carry_code_is_refused_at_set_up(models, tmp_path):
+    folder = pickled_copy(models, tmp_path / "pickled")
     body = f"tasks:\n  p:\n    kind: hf\n    model: {folder}\n    languages: [es]\n"
     with pytest.raises(TaskFileError, match="task 'p': .*pytorch_model.bin.*pickled Python"):
         load_tasks(write(tmp_path, body))
@@ -327,16 +332,9 @@ def test_two_tasks_whose_files_share_a_name_are_refused_in_one_line(tmp_path, se
 
 
 def test_a_bi_encoder_whose_weights_carry_code_is_refused_at_set_up(models, tmp_path):
-    import torch
-
     from pipeline.tasks import load_linkers
 
-    folder = tmp_path / "pickled-encoder"
-    shutil.copytree(models / "stl_procedure", folder)
-    for f in folder.glob("*.safetensors"):
-        f.unlink()
-    torch.save({"encoder.weight": torch.zeros(3, 32), "payload": Evil()},
-               folder / "pytorch_model.bin")
+    folder = pickled_copy(models, tmp_path / "pickled-encoder")
     (models / "terms.tsv").write_text("C1\tfiebre\n")
     path = str(models / "tasks.yaml")
     with open(path, "a") as f:

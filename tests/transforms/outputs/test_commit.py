@@ -512,8 +512,15 @@ def test_a_retried_commit_that_died_between_moving_two_parts_keeps_every_documen
     with pytest.raises(ConnectionResetError):
         finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [], token)
     monkeypatch.setattr(commit, "commit_part", real)
+    from transforms.outputs.tsv import Tsv
+
+    completed, complete = [], Tsv.complete
+    monkeypatch.setattr(Tsv, "complete", lambda self, fs, root, run, streams, mine: (
+        completed.append(mine), complete(self, fs, root, run, streams, mine)))
     finalize(parts, str(out), ["t"], f"{out}/.tmp-r1", "r1", dups, [], token)  # Beam retries
     assert rows(out)[0] == rows(out)[2] == [("a", 0), ("b", 1)]
+    # the retry finishes its own commit: it adds its parts, it does not rebuild the history
+    assert completed and all(m == [p.name for p in parts] for m in completed)
 
 
 def test_a_commit_waits_for_another_jobs_hold_on_the_output(tmp_path):
