@@ -11,7 +11,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pipeline.cli import check_command_line
@@ -240,11 +242,23 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             return submit(p, opts, specs, resume, run_id, token, record, wants_gpu(options),
                           linkers)
         build(p, opts, specs, resume, run_id, token, record, wants_gpu(options), linkers)
+        interrupted = []  # Beam reports a Ctrl-C as its own RuntimeError: told apart here
+
+        def on_ctrl_c(signum, frame):
+            interrupted.append(signum)
+            signal.default_int_handler(signum, frame)
+
+        main = threading.current_thread() is threading.main_thread()  # signals: there only
+        previous = signal.signal(signal.SIGINT, on_ctrl_c) if main else None
         try:
             result = p.run()
             result.wait_until_finish()
         except BaseException as e:  # noqa: BLE001 - said with what became of the commit
-            raise JobStopped(e, opts.output, committed(opts.output, run_id)) from e
+            cause = KeyboardInterrupt() if interrupted else e
+            raise JobStopped(cause, opts.output, committed(opts.output, run_id)) from e
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
     totals = metric_totals(result)
     finish_run_record(opts.output, totals)
     LOG.info("done: outputs under %s\n%s", opts.output, metrics_table(totals))

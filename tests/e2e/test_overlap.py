@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import HERMETIC_ENV, REPO, read_outputs, run_pipeline, spaccc_files
@@ -127,3 +128,43 @@ def test_a_local_run_beside_a_cluster_job_takes_the_output_and_the_cluster_job_s
         assert not (out / "_lock").exists()  # a cluster job holds no lease until it commits
         run_pipeline(*args, "--output", str(out))
     ends_fenced(cluster, out, want)
+
+
+def commit_entry(out: Path) -> bool:
+    """Whether a run's commit entry is in the output's log."""
+    for entry in out.glob("_log/*.json"):
+        try:
+            if json.loads(entry.read_text())["kind"] == "commit":
+                return True
+        except (OSError, ValueError):
+            pass
+    return False
+
+
+@pytest.mark.parametrize("moment", ["inferring", "committed"])
+def test_ctrl_c_says_what_became_of_the_commit_and_the_next_run_completes(clean, tmp_path,
+                                                                         moment):
+    args, want = clean
+    out = tmp_path / "out"
+    one = start("pipeline.run", *args, "--output", str(out))
+    if moment == "inferring":
+        wait_for(lambda: list(out.glob(".tmp-*/*")), one, "it wrote a part")
+        one.send_signal(signal.SIGINT)  # Ctrl-C: the main process
+    else:
+        wait_for(lambda: commit_entry(out), one, "its commit entry")
+        with paused(one):
+            one.send_signal(signal.SIGINT)  # delivered once it runs again
+    one.wait(timeout=120)
+    time.sleep(0.5)
+    last = one.lines[-1].strip()
+    assert one.returncode == 1 and last.startswith("pipeline.run: the job was interrupted. ")
+    assert "fault" not in last
+    if moment == "inferring":
+        assert "Nothing of this run was committed" in last
+    else:
+        assert "This run's commit was recorded before it stopped" in last
+        if list(out.glob("spans/*.parquet")):  # never a row twice, whatever the moment
+            spans = pd.read_parquet(out / "spans")
+            assert not spans.duplicated(["doc_id", "task", "start", "end"]).any()
+    run_pipeline(*args, "--output", str(out))
+    assert read_outputs(out) == want
