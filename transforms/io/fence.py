@@ -130,15 +130,27 @@ def check_owner(fs, root: str, run: str, token: int) -> None:
                      f" after run {run} began: it may not commit there")
 
 
+class _Recorded(Exception):
+    """The run's commit is in the log already (another try of the same step wrote it)."""
+
+
 def commit(fs, root: str, run: str, token: int, record: Mapping) -> int:
-    """Record ``run``'s commit as the next entry, where it still owns the output; its
-    number. Raises ``Fenced`` where it does not."""
+    """Record ``run``'s commit as the next entry, where it still owns the output (once: a
+    second try finds the first's entry); its number. Raises ``Fenced`` where it does not own
+    the output."""
+    found: list[int] = []
 
     def owner_check() -> Mapping:
         check_owner(fs, root, run, token)
+        found.extend(e.seq for e in entries(fs, root, token) if e.kind == COMMIT and e.run == run)
+        if found:
+            raise _Recorded
         return record
 
-    return _append(fs, root, COMMIT, run, owner_check)
+    try:
+        return _append(fs, root, COMMIT, run, owner_check)
+    except _Recorded:
+        return found[0]
 
 
 def prune(fs, root: str, below: int) -> None:
