@@ -328,8 +328,13 @@ def main() -> None:
 
     configure_logging()
     tasks = _value(sys.argv[1:], "tasks")
-    if tasks and "://" not in tasks:
-        from pipeline.tasks import digest_models_ahead
+    if tasks and "://" not in tasks and os.path.isfile(tasks):  # (else said after the options)
+        from pipeline.tasks import check_task_file, digest_models_ahead
+
+        try:
+            check_task_file(tasks)  # before Beam and torch load: a mistake said at once
+        except TaskFileError as e:
+            raise SystemExit(f"pipeline.run: {e}") from None
 
         digest_models_ahead(tasks)  # while Beam and torch import
     try:

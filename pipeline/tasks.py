@@ -32,8 +32,10 @@ Parsing imports neither torch nor Beam until a model file must be opened.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import logging
+import os
 import posixpath
 import re
 import threading
@@ -49,6 +51,9 @@ from transforms.core.spec import KINDS, LinkerSpec, TaskSpec, normalize_lang
 from transforms.io.storage import localize, tree_digest
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_COMMON_KEYS = ("kind", "model", "languages", "revision", "tokenizer", "qualifies")
+TASK_KEYS = {"hf": _COMMON_KEYS,
+             "mtl": (*_COMMON_KEYS, "encoder", "heads", "labels", "entity")}
 _HEAD_ENTITY = re.compile(r"^([A-Za-z]+)(?:_[a-z]{2})?(?:_ner)?$")
 LOG = logging.getLogger("pipeline")
 RANDOM_WEIGHTS_MARKER = "SMOKE_TEST_RANDOM_WEIGHTS"
@@ -156,6 +161,20 @@ def load_tasks(path: str, open_models: bool = True) -> dict[str, TaskSpec]:
         raise TaskFileError(f"tasks {clash[1]!r} and {clash[2]!r} would both write {clash[0]} "
                             "in the output: rename one of them")
     return specs
+
+
+def check_task_file(path: str) -> None:
+    """A task file's structure (tasks and linkers) and that its local model paths exist,
+    without opening a model or a terminology: the job's first check, before Beam and torch
+    load (well under a second; ``load_tasks`` then checks the models themselves)."""
+    specs = load_tasks(path, open_models=False)
+    load_linkers(path, specs, open_terminologies=False)
+    base = posixpath.dirname(path)
+    for spec in specs.values():
+        for location in dict.fromkeys(x for x in (spec.model, spec.encoder, spec.tokenizer) if x):
+            if "://" not in location and not is_hub_id(location) and not Path(location).exists():
+                raise TaskFileError(f"task {spec.name!r}: {location!r} does not exist"
+                                    f"{_relative_note(location, location, base)}")
 
 
 def load_linkers(path: str, specs: Mapping[str, TaskSpec], open_terminologies: bool = True
@@ -270,6 +289,12 @@ def _parse(name: str, cfg: Any, base: str, open_models: bool) -> TaskSpec:
     kind = cfg.get("kind")
     if kind not in KINDS:
         raise fail(f"unknown kind {kind!r}; use one of {list(KINDS)}")
+    unknown = sorted(map(str, set(cfg) - set(TASK_KEYS[kind])))
+    if unknown:
+        said = [f"{k!r} (did you mean {near[0]!r}?)" if (near := difflib.get_close_matches(
+            k, TASK_KEYS[kind], 1)) else repr(k) for k in unknown]
+        raise fail(f"unknown key(s) {', '.join(said)}; a task of kind {kind} has "
+                   f"{list(TASK_KEYS[kind])}")
     if not cfg.get("model"):
         raise fail("`model:` is missing: a model directory, hub id or checkpoint path")
     model = _resolve(str(cfg["model"]), base)
@@ -281,8 +306,17 @@ def _parse(name: str, cfg: Any, base: str, open_models: bool) -> TaskSpec:
     except TaskFileError:
         raise
     except (ValueError, OSError) as e:
-        raise fail(str(e)) from e
+        raise fail(f"{e}{_relative_note(str(cfg['model']), model, base)}") from e
     return spec
+
+
+def _relative_note(given: str, resolved: str, base: str) -> str:
+    """Where a relative ``model:`` that was not found was looked for (else nothing)."""
+    if "://" in given or given.startswith("/") or Path(resolved).exists():
+        return ""
+    return (f" (a relative path is looked for in the task file's folder "
+            f"{os.path.abspath(base or '.')!r}, then in the working directory {os.getcwd()!r}; "
+            "else it is taken for a hub id)")
 
 
 def _qualifies(value: Any, spec: TaskSpec) -> dict[str, str]:

@@ -341,3 +341,31 @@ def test_a_bi_encoder_whose_weights_carry_code_is_refused_at_set_up(models, tmp_
         f.write(LINKER + f"    model: {folder}\n")
     with pytest.raises(TaskFileError, match="linker 'codes': .*pytorch_model.bin.*pickled"):
         load_linkers(path, load_tasks(path))
+
+
+@pytest.mark.parametrize("body, said", [
+    ("    kind: hf\n    modle: m\n    languages: [es]\n",
+     "task 'symptom': unknown key(s) 'modle' (did you mean 'model'?); a task of kind hf has"),
+    ("    kind: mtl\n    model: m.pt\n    heads: {es: symptom_es_ner}\n    encoders: e\n",
+     "unknown key(s) 'encoders' (did you mean 'encoder'?)"),
+    ("    kind: hf\n    model: ./models/nothere\n    languages: [es]\n",
+     "'./models/nothere' does not exist (a relative path is looked for in the task file's "
+     "folder '{folder}', then in the working directory"),
+])
+def test_a_task_file_mistake_is_named_by_the_job_in_one_line_before_it_loads(tmp_path, body,
+                                                                           said):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    path = write(tmp_path, f"tasks:\n  symptom:\n{body}")
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline.run", "--input",
+                          str(tmp_path), "--output", str(tmp_path / "out"), "--tasks", path],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and last.startswith("pipeline.run: ")
+    assert said.format(folder=tmp_path) in last
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"apache_beam", "torch", "transformers"}  # said before they load
