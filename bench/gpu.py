@@ -525,8 +525,9 @@ def accelerator_error(plan: Plan, notes: list[dict], shared: Path, work: Path,
     # several documents: the model is broken, which stops the job too
     markers = ACCELERATOR_ERRORS if plan.device == "cuda" else ("ModelFault",)
     row["stopped_on"] = next((m for m in markers if m in log), None)
+    bookkeeping = (".tmp", "_runs", "_log")  # not outputs: the run's own records
     committed = [str(p.relative_to(out)) for p in out.rglob("*")
-                 if p.is_file() and not p.relative_to(out).parts[0].startswith((".tmp", "_runs"))
+                 if p.is_file() and not p.relative_to(out).parts[0].startswith(bookkeeping)
                  and p.name != "run.json"] if out.exists() else []
     row.update(committed=committed, ok=bool(row["rc"] != 0 and not row["timed_out"]
                                             and row["stopped_on"] and not committed))
