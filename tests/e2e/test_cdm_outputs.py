@@ -25,16 +25,18 @@ def metadata(i: int, text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def cdm_input(tmp_path_factory):
-    """Six real SPACCC cases as CDM documents (one with its text in a .txt beside it, one
-    missing a mandatory field), and a task file: the probe's two tasks and a random-weight
+    """Eight real SPACCC cases as CDM documents (one with its text in a .txt beside it, one
+    missing a mandatory field, one in French, one without text), and a task file: the probe's two tasks and a random-weight
     negation tagger qualifying them."""
     from tests.fixtures.models import build_hf
 
     d = tmp_path_factory.mktemp("cdm")
     (d / "in").mkdir()
     records = {}
-    for i, f in enumerate(spaccc_files(6)):
-        md = metadata(i, read_text(f))
+    for i, f in enumerate(spaccc_files(8)):
+        md = metadata(i, read_text(f) if i != 7 else " \n\t ")  # 7: a note with no text
+        if i == 6:  # in a language no task takes
+            md["report_language"] = "fr"
         if i == 1:  # its text is the .txt file beside it
             (d / "in" / f"note{i}.txt").write_text(md["text"], encoding="utf-8")
             md["text"] = ""
@@ -82,7 +84,7 @@ def test_cdm_records_round_trip_and_every_output_validates(cdm_input, tmp_path):
         doc = written[record_id if record_id != 5004 else "note4.json"]
         assert problems(doc) == []  # types and vocabularies of the CDM
         got = doc["nlp_output"]["record_metadata"]
-        if record_id == 5004:
+        if record_id in (5004, 5006, 5007):  # failed, skipped: not analysed
             assert doc["nlp_output"]["processing_success"] is False
             assert doc["nlp_output"]["annotations"] == []
             continue
@@ -105,6 +107,7 @@ def test_cdm_records_round_trip_and_every_output_validates(cdm_input, tmp_path):
     documents = pd.read_parquet(out / "documents").set_index("doc_id")
     assert documents.loc["note4.json", "reason"] == (
         "read: CDM record: nlp_output.record_metadata.patient_id is missing")
+    assert documents.loc[["5006", "5007"], "status"].tolist() == ["skipped", "skipped"]
 
     # NOTE_NLP: the v5.4 columns, a row per mention, its CSV twin
     table = pq.read_table(out / "note_nlp" / "parquet")

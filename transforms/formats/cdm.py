@@ -288,8 +288,8 @@ def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:
 def response(document: Mapping[str, Any], text: str | None,
              mentions: Sequence[Mapping[str, Any]], info: RunInfo) -> dict:
     """One document's ``NlpResponse``: its metadata as read plus this run's processing fields,
-    an ``Annotation`` per mention, and ``processing_success`` false when the document
-    failed."""
+    an ``Annotation`` per mention, and ``processing_success`` true only where the document was
+    annotated (a failed or skipped one was not analysed: not "nothing found")."""
     tasks = [t for t in (document.get("tasks") or "").split(",") if t]
     return {
         "nlp_output": {
@@ -299,7 +299,7 @@ def response(document: Mapping[str, Any], text: str | None,
                 "nlp_processing_pipeline_name": info.pipeline,
                 "nlp_processing_pipeline_version": info.version},
             "annotations": [annotation(m, info) for m in mentions],
-            "processing_success": document["status"] != "failed"},
+            "processing_success": document["status"] == "annotated"},
         "nlp_service_info": {
             "service_app_name": info.pipeline, "service_language": "en",
             "service_version": info.version,

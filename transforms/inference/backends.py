@@ -38,16 +38,24 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+SLICE = 256  # rows of a CPU's probe round: 1/SLICE of each product's
+
+
 def matmul_rate(dtype: torch.dtype, shapes: Sequence[tuple[int, int, int]],
                 seconds: float = 0.15, device: str = "cpu") -> float:
     """FLOP/s on matrix products of ``shapes`` (m, k, n) in ``dtype`` on ``device`` (a CPU:
     this process's threads; CUDA: timed with CUDA events), each product once per round, as
-    many rounds as fill about ``seconds`` (at least one) by the time of a warm round."""
+    many rounds as fill about ``seconds`` (at least one) by the time of a warm round. On a CPU
+    a round is first timed on a slice of the rows, and the products are cut to as many rows as
+    fit ``seconds`` in one round: a dtype the CPU only emulates (bf16 or fp16 near 1 GFLOP/s)
+    would otherwise take minutes for one round of a base-size layer's."""
     dev = torch.device(device)
-    mats = [(torch.randn(m, k, device=dev).to(dtype), torch.randn(k, n, device=dev).to(dtype))
-            for m, k, n in shapes]
 
-    def timed(rounds: int) -> float:
+    def products(rows: int) -> list:
+        return [(torch.randn(max(1, m // rows), k, device=dev).to(dtype),
+                 torch.randn(k, n, device=dev).to(dtype)) for m, k, n in shapes]
+
+    def timed(mats: list, rounds: int) -> float:
         if dev.type == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -61,11 +69,22 @@ def matmul_rate(dtype: torch.dtype, shapes: Sequence[tuple[int, int, int]],
             return begin.elapsed_time(end) / 1e3
         return time.perf_counter() - start
 
-    round_s = timed(1)  # warm-up: kernels chosen, caches and clocks
-    if dev.type == "cuda":  # its first round also paid for the library's handles and kernels
-        round_s = timed(1)
+    rows, mats = 1, None
+    if dev.type == "cpu":
+        mats = products(SLICE)
+        timed(mats, 1)  # kernels chosen
+        round_s = timed(mats, 1)
+        whole = round_s * SLICE  # a full round's time, estimated
+        while whole > seconds and rows < SLICE:
+            rows, whole = rows * 2, whole / 2
+    if rows < SLICE:
+        mats = products(rows)
+        round_s = timed(mats, 1)  # warm-up: kernels chosen, caches and clocks
+        if dev.type == "cuda":  # its first round also paid for the library's handles, kernels
+            round_s = timed(mats, 1)
     rounds = max(1, round(seconds / max(round_s, 1e-9)))
-    return sum(2.0 * m * k * n for m, k, n in shapes) * rounds / timed(rounds)
+    flops = sum(2.0 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in mats)
+    return flops * rounds / timed(mats, rounds)
 
 
 @functools.cache

@@ -57,6 +57,26 @@ def test_the_matmul_timing_measures_real_products():
     assert backends.matmul_rate(torch.float32, [(64, 64, 256)], seconds=0.01) > 1e6
 
 
+@pytest.mark.parametrize("flops_per_s", [1e9, 1e12], ids=["emulated", "native"])
+def test_a_dtype_the_cpu_only_emulates_is_timed_in_about_the_time_asked(monkeypatch,
+                                                                        flops_per_s):
+    """A CPU that runs bf16 at 1 GFLOP/s: one round of a base-size layer over 8,192 tokens is
+    116 GFLOP, two minutes; the timing must not take minutes, and still give the rate."""
+    from transforms.inference.rates import layer_shapes
+
+    clock = [0.0]
+    real = torch.matmul
+
+    def product(a, b):  # a product on a small matrix, as long on the clock as the real one
+        clock[0] += 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / flops_per_s
+        return real(a[:1], b)
+
+    monkeypatch.setattr(torch, "matmul", product)
+    monkeypatch.setattr(backends.time, "perf_counter", lambda: clock[0])
+    rate = backends.matmul_rate(torch.bfloat16, layer_shapes(8192), seconds=1.0)
+    assert rate == pytest.approx(flops_per_s) and clock[0] < 4.0
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_openvino_gives_the_torch_labels_and_converts_once_per_machine(
         hf_dir, cache, precision, monkeypatch):
