@@ -229,14 +229,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         return submit(test_pipeline or beam.Pipeline(runner=runner, options=options), opts, specs,
                       resume, run_id, token, record, wants_gpu(options), linkers)
     with OutputLock(opts.output, run_id):  # one job at a time writes an output
-        token = own_output(opts.output, run_id)
-        for line in recover(opts.output, specs, run_id, token):
-            LOG.warning("output: %s (an earlier run stopped while committing)", line)
+        token = None  # taken where there is something to recover or to do: a check leaves
+        if recover(opts.output, specs, run_id, None):  # the output as it was
+            token = own_output(opts.output, run_id)
+            for line in recover(opts.output, specs, run_id, token):
+                LOG.warning("output: %s (an earlier run stopped while committing)", line)
         shards = plan_local(options, opts, resume, argv, gpu)
         if not shards["shards/to_do"]:
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")
             record_check(shards, **record)
             return None
+        token = token or own_output(opts.output, run_id)
         p = beam.Pipeline(runner=local_runner(runner), options=options)
         if options.view_as(TestOptions).dry_run:
             return submit(p, opts, specs, resume, run_id, token, record, wants_gpu(options),

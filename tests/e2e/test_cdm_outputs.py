@@ -26,7 +26,7 @@ def metadata(i: int, text: str) -> dict:
 @pytest.fixture(scope="module")
 def cdm_input(tmp_path_factory):
     """Eight real SPACCC cases as CDM documents (one with its text in a .txt beside it, one
-    missing a mandatory field, one in French, one without text), and a task file: the probe's two tasks and a random-weight
+    missing a mandatory field, one in Italian, one without text), and a task file: the probe's two tasks and a random-weight
     negation tagger qualifying them."""
     from tests.fixtures.models import build_hf
 
@@ -36,7 +36,7 @@ def cdm_input(tmp_path_factory):
     for i, f in enumerate(spaccc_files(8)):
         md = metadata(i, read_text(f) if i != 7 else " \n\t ")  # 7: a note with no text
         if i == 6:  # in a language no task takes
-            md["report_language"] = "fr"
+            md["report_language"] = "it"
         if i == 1:  # its text is the .txt file beside it
             (d / "in" / f"note{i}.txt").write_text(md["text"], encoding="utf-8")
             md["text"] = ""

@@ -124,8 +124,8 @@ def test_the_outputs_equal_those_written_before_the_house_was_rebuilt(tmp_path):
         if name == "cdm":  # in order of their notes (their records' ids)
             got_docs, want_docs = ([json.loads(doc) for doc in docs] for docs in (rows, want))
             assert _same(sorted(got_docs, key=_note), sorted(want_docs, key=_note))
-        else:
-            assert rows == want, name
+        else:  # a probability's fourth decimal may round the other way on another CPU
+            assert _same(rows, want), name
 
 
 if __name__ == "__main__":

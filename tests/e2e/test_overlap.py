@@ -82,13 +82,13 @@ def ends_fenced(proc: subprocess.Popen, out: Path, want) -> None:
     assert TAKEN_OVER in last
 
 
-@pytest.mark.parametrize("paused", ["before any part", "inferring"])
+@pytest.mark.parametrize("moment", ["before any part", "inferring"])
 def test_a_holder_paused_past_its_lease_cannot_commit_over_the_job_that_took_over(
-        clean, tmp_path, paused):
+        clean, tmp_path, moment):
     args, want = clean
     out = tmp_path / "out"
     one = start("pipeline.run", *args, "--output", str(out))
-    if paused == "before any part":  # it planned its shards: every one to do
+    if moment == "before any part":  # it planned its shards: every one to do
         wait_for(lambda: any("input: 8 shards" in line for line in one.lines), one,
                  "it planned its shards")
     else:

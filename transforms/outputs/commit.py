@@ -312,27 +312,31 @@ def _complete(fs, root: str, run_id: str, tasks: Sequence[str], mine: Sequence[s
         fs.rm(record["tmp"], recursive=True)
 
 
-def recover(out: str, tasks: Iterable[str], current: str, token: int) -> list[str]:
+def recover(out: str, tasks: Iterable[str], current: str, token: int | None) -> list[str]:
     """Undo or finish what earlier runs left over ``out``, by run ``current``, the output's
     owner from ``token`` on (``Fenced`` where a newer job owns it): runs that committed are
     finished (``_complete``); the temporary folders of the others are removed (a run with an
     older token can never commit), and any part of theirs in place (left by a version before
-    the log). Returns what it did."""
+    the log). Returns what it did; with no ``token``, what there is to do, doing nothing (a run
+    with nothing to do takes no token where there is nothing to recover)."""
     fs, root = fsspec.core.url_to_fs(out)
     if not fs.exists(root):
         return []
     owner = (current, token)
-    fence.check_owner(fs, root, *owner)
+    act = token is not None
+    if act:
+        fence.check_owner(fs, root, *owner)
     done = []
     states = run_states(fs, root)
     for run, st in sorted(states.items()):
         if run != current and "committed" in st and "completed" not in st:
-            _complete(fs, root, run, sorted(tasks), None, owner)
+            if act:
+                _complete(fs, root, run, sorted(tasks), None, owner)
             done.append(f"finished the commit of run {run}")
     for name, paths in _final_parts(fs, root).items():
         run = run_of(name)
         if run != current and "committed" not in states.get(run, ()):
-            for path in paths:
+            for path in paths if act else ():
                 fs.rm(path)
             done.append(f"removed the uncommitted part {name}")
     folders = {f.folder.format(stream="*") for o in every() for f in o.files}
@@ -340,11 +344,14 @@ def recover(out: str, tasks: Iterable[str], current: str, token: int) -> list[st
     for folder in (*folders, INDEX.folder, RUNS, ""):
         for path in fs.glob(posixpath.join(root, folder, ".*.inprogress")):
             if not path.endswith(f"/.{LOCK}.inprogress"):  # a live holder's renewal
-                fs.rm(path)  # a write cut off by a kill (hidden: no reader took it for data)
+                if act:  # a write cut off by a kill (hidden: no reader took it for data)
+                    fs.rm(path)
+                done.append(f"removed {posixpath.relpath(path, root)}")
     for path in fs.glob(posixpath.join(root, ".tmp-*")):
         if posixpath.basename(path) != f".tmp-{current}":
-            fence.check_owner(fs, root, *owner)
-            fs.rm(path, recursive=True)
+            if act:
+                fence.check_owner(fs, root, *owner)
+                fs.rm(path, recursive=True)
             done.append(f"removed {posixpath.basename(path)}")
     return done
 
