@@ -180,9 +180,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     import apache_beam as beam
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions, TestOptions
 
-    from pipeline.options import (AnnotateOptions, check_accelerators, check_launch_python,
-                                  check_runner, cpu_precisions, parse_options, uses_gpu,
-                                  wants_gpu)
+    from pipeline.options import (AnnotateOptions, check_accelerators, check_credentials,
+                                  check_launch_python, check_runner, cpu_precisions,
+                                  parse_options, uses_gpu, wants_gpu)
     from pipeline.summary import finish_run_record, job_config, metric_totals, metrics_table, now
     from pipeline.summary import record_check
     from pipeline.tasks import has_random_weights, load_linkers, load_tasks, pin_revisions
@@ -198,6 +198,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     check_runner(options)
     check_accelerators(options)
     check_launch_python(options)
+    check_credentials(options)
     runner = options.view_as(StandardOptions).runner
     local = runs_here(options) and test_pipeline is None
     gpu = uses_gpu(options, local)
@@ -324,6 +325,7 @@ def main() -> None:
     """Console entry point: the command line checked before anything loads, then the job."""
     check_command_line(sys.argv[1:])
     from pipeline.logs import configure_logging
+    from pipeline.options import CredentialsMissing
     from pipeline.tasks import TaskFileError
     from transforms.io.lock import OutputBusy
     from transforms.io.shards import InputError
@@ -345,7 +347,7 @@ def main() -> None:
         # The job is over and its outputs committed: the interpreter's last collection would
         # walk every object of torch, Beam and the model for nothing (1.5 s of a 20 s job).
         gc.freeze()
-    except (TaskFileError, InputError, OutputBusy, LayoutError) as e:
+    except (TaskFileError, InputError, OutputBusy, LayoutError, CredentialsMissing) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
     except JobStopped as e:
         from pipeline.logs import stopped_message

@@ -339,3 +339,24 @@ def test_every_command_s_help_names_it_and_shows_no_markup(module, prog):
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith(f"usage: {prog}")
     assert "`" not in out.stdout
+
+
+def test_dataflow_without_credentials_stops_in_one_line_before_anything_is_staged(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+               NO_GCE_CHECK="True", GCE_METADATA_HOST="127.0.0.1:9",
+               GCE_METADATA_IP="127.0.0.1:9")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("Fiebre.")
+    out = subprocess.run([sys.executable, "-m", "pipeline.run", "--input", str(tmp_path / "in"),
+                          "--output", "gs://made-up-bucket/out", "--tasks",
+                          str(REPO / "tasks" / "probe-es.yaml"), "--runner", "DataflowRunner",
+                          "--project", "made-up", "--region", "europe-west4",
+                          "--temp_location", "gs://made-up-bucket/tmp"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and last.startswith("pipeline.run: --runner DataflowRunner: ")
+    assert "gcloud auth application-default login" in last
+    assert "Traceback" not in out.stderr and "anonymous" not in out.stderr.lower()
