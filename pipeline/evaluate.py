@@ -89,6 +89,22 @@ def scope(preds: list[Path], documents: Path | None, listed: Path | None
                  "include those the model found nothing in)"
 
 
+def say_failed(args: argparse.Namespace, scored: set[str]) -> None:
+    """Name the scored documents that failed in the run (its ``documents/`` manifests say):
+    their gold counts as missed."""
+    manifests = [args.documents] if args.documents else [
+        p / "documents" if p.is_dir() else p.parent / "documents" for p in args.pred]
+    tables = [pd.read_parquet(m) for m in manifests if m.exists()]
+    failed = sorted({str(d) for t in tables if "status" in t
+                     for d in t.doc_id[t.status == "failed"]} & scored)
+    if failed:
+        named = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10
+                                          else "")
+        print(f"pipeline.evaluate: {len(failed)} of the {len(scored)} scored documents failed "
+              f"in the run, so their gold counts as missed: {named} (the run's documents/ "
+              "says why)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate",
@@ -108,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--all_documents", action="store_true",
                     help="Score the union of the gold's and the predictions' documents, as the "
                          "official scorer does (gold of documents never run counts as missed).")
+    ap.add_argument("--all_labels", action="store_true",
+                    help="Count predictions of labels the gold has no mention of as false "
+                         "positives, as the official scorer does (default: left out, and said).")
     ap.add_argument("--table", action="store_true", help="Print a table instead of JSON.")
     ap.add_argument("--k", type=int, default=5,
                     help="Linking accuracy@k: the gold code among the first k candidates.")
@@ -119,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                  if "code" in gold else None)
         ids, how = (None, "every document of the gold and the predictions") \
             if args.all_documents else scope(args.pred, args.documents, args.doc_list)
-    except (EvaluationInputError, FileNotFoundError) as e:
+    except (EvaluationInputError, FileNotFoundError, pd.errors.ParserError) as e:
         sys.exit(f"pipeline.evaluate: {e}")
+    gold_labels = set(gold.label.dropna())  # of every gold document: scored or not
     if not args.all_documents:
         ids = ids if ids is not None else set(pred.filename.astype(str))
         left = ~gold.filename.astype(str).isin(ids)
@@ -130,6 +150,16 @@ def main(argv: list[str] | None = None) -> None:
         gold, pred = gold[~left], pred[pred.filename.astype(str).isin(ids)]
         if codes is not None:
             codes = codes[codes.filename.astype(str).isin(ids)]
+        say_failed(args, ids)
+    unlabelled = sorted(set(pred.label.dropna()) - gold_labels)
+    if unlabelled and not args.entity and not args.all_labels:
+        dropped = pred.label.isin(unlabelled)
+        print(f"pipeline.evaluate: the gold has no {', '.join(map(str, unlabelled))} mention: "
+              f"those {int(dropped.sum())} predictions are left out (--all_labels counts them "
+              "as false positives, as the official scorer does)", file=sys.stderr)
+        pred = pred[~dropped]
+        if codes is not None:
+            codes = codes[~codes.label.isin(unlabelled)]
     result = score(gold, pred, args.entity)
     manifest = args.documents or next((p / "documents" for p in args.pred if p.is_dir()), None)
     if args.entity:

@@ -186,7 +186,8 @@ def breakdown(gold: pd.DataFrame, pred: pd.DataFrame, by: str,
 
 def load_codes(path: str | Path) -> pd.DataFrame:
     """Predicted codes: a pipeline output directory's span rows (each mention's code and its
-    candidate codes, best first), or a TSV with a ``code`` column (its code alone)."""
+    candidate codes, best first; for a task's TSV in an output directory, its mentions' rows),
+    or a TSV with a ``code`` column (its code alone)."""
     path = Path(path)
     if path.is_dir() and (path / "spans").exists():
         spans = pd.read_parquet(path / "spans", columns=["doc_id", "label", "start", "end",
@@ -196,6 +197,9 @@ def load_codes(path: str | Path) -> pd.DataFrame:
                              "code": spans.code, "candidates": [
                                  list(c) if c is not None else [] for c in spans.link_candidates]})
     pred = load_tsv(path)
+    if "code" not in pred and (path.parent / "spans").exists():  # a task's TSV in its output
+        key = ["filename", "label", "start_span", "end_span"]
+        return load_codes(path.parent).merge(pred[key].drop_duplicates(), on=key)
     if "code" not in pred:
         raise EvaluationInputError(f"{path} has no `code` column and no spans/ to read codes from")
     pred["code"] = pred.code.where(pred.code != NO_CODE)

@@ -230,3 +230,41 @@ def test_linking_is_scored_on_the_same_documents_and_label_as_the_spans(tmp_path
     strict = result["linking"]["strict_with_code"]
     assert (strict["tp"], strict["fp"], strict["fn"]) == (1, 0, 0)  # d1's S mention only
     assert result["linking"]["found"] == 1
+
+
+def test_labels_without_gold_are_left_out_and_said(tmp_path):
+    run = run_folder(tmp_path)  # predictions of SYMPTOM and PROC
+    symptoms = [g for g in GOLD if g[1] == "SYMPTOM"]
+    (tmp_path / "gold.tsv").write_text(tsv(symptoms).getvalue())
+    got, said = evaluate("--reference", tmp_path / "gold.tsv", "--pred", run)
+    no_proc = [p for p in PRED if p[1] != "PROC"]
+    assert got == score(load_tsv(tsv(symptoms)), load_tsv(tsv(no_proc)))
+    assert "the gold has no PROC mention: those 1 predictions are left out" in said
+    scorer, said = evaluate("--reference", tmp_path / "gold.tsv", "--pred", run, "--all_labels")
+    assert scorer == score(load_tsv(tsv(symptoms)), load_tsv(tsv(PRED))) and "PROC" not in said
+
+
+def test_documents_that_failed_in_the_run_are_named(tmp_path):
+    run = run_folder(tmp_path)
+    docs = pd.read_parquet(run / "documents")
+    docs["status"] = ["failed", "annotated", "failed"]
+    docs.to_parquet(run / "documents" / "documents-0.parquet")
+    (tmp_path / "gold.tsv").write_text(tsv(GOLD).getvalue())
+    _, said = evaluate("--reference", tmp_path / "gold.tsv", "--pred", run)
+    assert "2 of the 3 scored documents failed in the run, so their gold counts as missed: " \
+        "d1, d3" in said
+
+
+def test_a_tasks_tsv_is_scored_for_linking_with_the_codes_of_its_output(tmp_path):
+    run = run_folder(tmp_path)
+    (run / "spans").mkdir()
+    pd.DataFrame({"doc_id": ["d1", "d1"], "label": ["SYMPTOM", "PROC"], "start": [0, 20],
+                  "end": [10, 30], "code": ["C1", "P1"],
+                  "link_candidates": [["C1", "C2"], ["P1"]]}).to_parquet(run / "spans" / "s.parquet")
+    cols = ("doc_id", "label", "start", "end", "text")
+    (tmp_path / "gold.tsv").write_text(f"{TSV_HEADER}\tcode\n" + "".join(
+        f"{tsv_line(dict(zip(cols, g)))}\t{c}\n" for g, c in zip(GOLD, ("C1", "C2", "C2", "P9"))))
+    (run / "symptom.tsv").write_text(tsv([p for p in PRED if p[1] == "SYMPTOM"]).getvalue())
+    got, _ = evaluate("--reference", tmp_path / "gold.tsv", "--pred", run / "symptom.tsv")
+    assert got["linking"]["found"] == 1 and got["linking"]["accuracy@1"] == 1.0
+    assert got["linking"]["strict_with_code"]["fp"] == 0  # PROC's code is not this TSV's
