@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import posixpath
 import signal
 import sys
 import threading
@@ -135,6 +136,7 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     listed = list(list_files(opts.input, opts.input_format))
     if not listed:
         raise InputError(f"no input files match {opts.input!r}")
+    check_note_ids(listed, opts)
     todo = list(pending(listed, resume))
     LOG.info("input: %d shards, %d complete (skipped), %d to do", len(listed),
              len(listed) - len(todo), len(todo))
@@ -152,6 +154,23 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
         opts.torch_threads = max(1, cores // max(1, workers))
     return {"shards/listed": len(listed), "shards/complete_skipped": len(listed) - len(todo),
             "shards/to_do": len(todo)}
+
+
+def check_note_ids(listed: Sequence, opts: AnnotateOptions) -> None:
+    """``--write note_nlp`` over ``.txt`` files alone, none named by an integer: no document
+    could have a NOTE_NLP row (a ``.txt`` file's id is its name). A set-up error, before any
+    document is read."""
+    from transforms.io.shards import InputError, input_format
+
+    if "note_nlp" not in opts.outputs or opts.note_id_field:
+        return
+    if all(input_format(s.url, opts.input_format) == "txt" for s in listed) and not any(
+            posixpath.basename(s.url)[:-4].isdigit() for s in listed):
+        raise InputError(
+            f"--write note_nlp: none of the {len(listed)} .txt files is named by an integer "
+            f"(e.g. {posixpath.basename(listed[0].url)}), and a .txt file's name is its note "
+            "id: name them by their OMOP note id, or give JSON Lines or Parquet records with "
+            "one (--note_id_field)")
 
 
 def _value(argv: Sequence[str], name: str) -> str | None:
@@ -266,7 +285,31 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     totals = metric_totals(result)
     finish_run_record(opts.output, totals)
     LOG.info("done: outputs under %s\n%s", opts.output, metrics_table(totals))
+    say_left_out(totals.counters if totals else {}, opts.output)
     return result
+
+
+class OutputsIncomplete(RuntimeError):
+    """Most annotated documents were left out of an output the user asked for."""
+
+
+def say_left_out(counters: Mapping[str, int], output: str) -> None:
+    """One line per opt-in output that left annotated documents out (NOTE_NLP without integer
+    note ids): a warning, or ``OutputsIncomplete`` (exit status 1, the outputs committed)
+    where it left out most of them."""
+    from transforms.outputs import output as kind
+
+    annotated = counters.get("documents/annotated", 0)
+    for name, n in sorted(counters.items()):
+        if not (name.startswith("documents/left_out_of_") and n):
+            continue
+        out = name.removeprefix("documents/left_out_of_")
+        line = (f"--write {out}: {n} of {annotated} annotated documents were left out of it "
+                f"({kind(out).fix}); the other outputs hold them, and "
+                f"{output.rstrip('/')}/errors/ says why (stage {out})")
+        if 2 * n > annotated:
+            raise OutputsIncomplete(line)
+        LOG.warning(line)
 
 
 class JobStopped(Exception):
@@ -347,7 +390,8 @@ def main() -> None:
         # The job is over and its outputs committed: the interpreter's last collection would
         # walk every object of torch, Beam and the model for nothing (1.5 s of a 20 s job).
         gc.freeze()
-    except (TaskFileError, InputError, OutputBusy, LayoutError, CredentialsMissing) as e:
+    except (TaskFileError, InputError, OutputBusy, LayoutError, CredentialsMissing,
+            OutputsIncomplete) as e:
         raise SystemExit(f"pipeline.run: {e}") from None
     except JobStopped as e:
         from pipeline.logs import stopped_message

@@ -72,26 +72,22 @@ class Renderer:
             failures.append(Failure(doc.key, "", "read", doc.reason.removeprefix("read: ")))
         # the qualifiers' cues and scopes are not mentions of the opt-in outputs
         mentions = [r for r in work.mentions if not self._specs[r["task"]].qualifies]
+        doc = self._state(work.doc, failures)
+        document = document_row(doc, len(work.mentions))
         extra: dict[str, tuple] = {}
-        refused: set[str] = set()
-        while True:  # again from the start when an output fails the document: all say so
-            doc = self._state(work.doc, failures)
-            document = document_row(doc, len(work.mentions))
-            for out in self._opt_in:
-                if out.name in refused:
-                    extra[out.name] = ()
-                    continue
-                try:
-                    extra[out.name] = out.render(doc, document, mentions, self._info)
-                except ValueError as e:  # this document cannot be written there
-                    failures.append(Failure(doc.key, "", out.name, str(e)))
-                    refused.add(out.name)
-                    break
-            else:
-                break
+        left_out: list[Failure] = []
+        for out in self._opt_in:
+            try:
+                extra[out.name] = out.render(doc, document, mentions, self._info)
+            except ValueError as e:  # written without this document: it is not failed for it
+                extra[out.name] = ()
+                left_out.append(Failure(doc.key, "", out.name, str(e)))
+        found = counts(work, doc, self._specs)
+        for f in left_out:
+            found[f"documents/left_out_of_{f.stage}"] = 1
         return DocumentRows(document, work.mentions,
-                            tuple(error_row(doc, f) for f in failures),
-                            counts(work, doc, self._specs), doc.key, doc.position, extra)
+                            tuple(error_row(doc, f) for f in failures + left_out), found,
+                            doc.key, doc.position, extra)
 
     @staticmethod
     def _state(doc: Document, failures: list[Failure]) -> Document:

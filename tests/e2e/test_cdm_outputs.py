@@ -127,3 +127,42 @@ def test_cdm_records_round_trip_and_every_output_validates(cdm_input, tmp_path):
     assert sorted(again.note_nlp_id) == sorted(notes.note_nlp_id)
     assert len(cdm_documents(out)) == len(records)
     assert sum(1 for f in (out / "cdm").glob("*.jsonl") for _ in f.open()) == len(records)
+
+
+@pytest.mark.e2e
+def test_note_nlp_without_note_ids_is_said_before_reading_or_leaves_documents_out(
+        smoke_tasks, tmp_path):
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    texts = [read_text(f) for f in spaccc_files(4)]
+    for i, text in enumerate(texts):
+        (txt / f"S000{i}-case.txt").write_text(text, encoding="utf-8")
+    common = ["--tasks", str(smoke_tasks), "--language", "es", "--write", "cdm,note_nlp"]
+    stopped = run_pipeline("--input", str(txt), "--output", str(tmp_path / "o1"), *common,
+                           check=False)
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert stopped.returncode == 1 and "none of the 4 .txt files is named by an integer" in last
+    assert not (tmp_path / "o1" / "documents").exists()  # said before any document was read
+
+    def records(ids):
+        folder = tmp_path / f"jsonl-{ids[1]}"
+        folder.mkdir()
+        (folder / "notes.jsonl").write_text("".join(
+            json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts)))
+        return folder
+
+    for ids, rc in ((["101", "102", "103", "S4"], 0), (["101", "S2", "S3", "S4"], 1)):
+        out = tmp_path / f"out-{rc}"
+        ran = run_pipeline("--input", str(records(ids)), "--output", str(out), *common,
+                           check=False)
+        docs = pd.read_parquet(out / "documents")
+        assert ran.returncode == rc and set(docs.status) == {"annotated"}  # none failed
+        notes = pd.read_parquet(out / "note_nlp" / "parquet")
+        assert set(notes.note_id) == {int(i) for i in ids if i.isdigit()}
+        assert len(cdm_documents(out)) == 4 and len(pd.read_csv(out / "symptom.tsv", sep="\t"))
+        left = sum(not i.isdigit() for i in ids)
+        said = [line for line in ran.stderr.splitlines() if "--write note_nlp: " in line]
+        assert said and f"{left} of 4 annotated documents were left out of it" in said[-1]
+        errors = pd.read_parquet(out / "errors")
+        assert sorted(errors.doc_id) == sorted(i for i in ids if not i.isdigit())
+        assert set(errors.stage) == {"note_nlp"}

@@ -71,8 +71,11 @@ def test_the_opt_in_outputs_carry_the_mentions_not_the_qualifiers_scopes():
             for r in rows.extra["note_nlp"]] == [(4711, "dolor abdominal", "N"),
                                                  (4711, "fiebre", "N")]
     unnumbered = annotate(SPECS, False, ("cdm", "note_nlp"))(work(("symptom",), QUALIFIED))
-    assert unnumbered.document["status"] == "failed" and unnumbered.extra["note_nlp"] == ()
-    assert unnumbered.errors[0]["stage"] == "note_nlp"
-    # the CDM document, rendered before NOTE_NLP failed it, says it failed too
+    # left out of NOTE_NLP only: still annotated, its CDM document written, the reason kept
+    assert unnumbered.document["status"] == "annotated" and unnumbered.extra["note_nlp"] == ()
+    assert [(e["stage"], e["error"]) for e in unnumbered.errors] == [
+        ("note_nlp", "no integer note id in `the document id`")]
+    assert unnumbered.counts["documents/left_out_of_note_nlp"] == 1
     (cdm,) = unnumbered.extra["cdm"]
-    assert cdm["nlp_output"]["processing_success"] is False
+    assert cdm["nlp_output"]["processing_success"] is True
+    assert len(cdm["nlp_output"]["annotations"]) == 2

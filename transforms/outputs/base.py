@@ -65,7 +65,7 @@ class Output:
 
     name: str
     files: tuple[File, ...]
-
+    fix = ""  # an opt-in output that leaves documents out: what they need to be written
     def rows(self, doc: DocumentRows) -> Mapping[str, Sequence]:
         """A document's rows, by stream (``""`` for an output of one stream)."""
         raise NotImplementedError
