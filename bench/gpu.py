@@ -187,12 +187,14 @@ def ceiling(plan: Plan) -> dict:
     from transforms.inference.rates import layer_shapes
     from transforms.inference.backends import matmul_rate
 
+    from pipeline.bench import figure  # never 0: a CPU that emulates bf16 (a dry run) is slow
+
     n = plan.matmul
     cube = matmul_rate(torch.bfloat16, [(n, n, n)], seconds=1.0, device=plan.device)
     layer = matmul_rate(torch.bfloat16, layer_shapes(plan.layer_tokens), seconds=1.0,
                         device=plan.device)
-    return {"bf16_cube_n": n, "bf16_cube_tflops": round(cube / 1e12, 1),
-            "bf16_layer_tokens": plan.layer_tokens, "bf16_layer_tflops": round(layer / 1e12, 1)}
+    return {"bf16_cube_n": n, "bf16_cube_tflops": figure(cube / 1e12),
+            "bf16_layer_tokens": plan.layer_tokens, "bf16_layer_tflops": figure(layer / 1e12)}
 
 
 def e3c_notes(shared: Path) -> list[dict]:

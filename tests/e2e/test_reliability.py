@@ -259,11 +259,16 @@ def test_a_second_job_on_the_same_output_is_refused_in_one_line(night, tmp_path)
     env = {**os.environ, **HERMETIC_ENV}
     cmd = [sys.executable, "-m", "pipeline.run", *args, "--output", str(out)]
     one = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+                           stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "_lock").exists() and one.poll() is None:
         time.sleep(0.05)
-    two = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    os.killpg(one.pid, signal.SIGSTOP)  # still at work when the second comes, however slow
+    try:
+        two = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        os.killpg(one.pid, signal.SIGCONT)
     assert one.wait(timeout=300) == 0
     assert two.returncode == 1
     last = two.stderr.strip().splitlines()[-1]
