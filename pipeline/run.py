@@ -368,11 +368,7 @@ def main() -> None:
     """Console entry point: the command line checked before anything loads, then the job."""
     check_command_line(sys.argv[1:])
     from pipeline.logs import configure_logging
-    from pipeline.options import CredentialsMissing
     from pipeline.tasks import TaskFileError
-    from transforms.io.lock import OutputBusy
-    from transforms.io.shards import InputError
-    from transforms.outputs.commit import LayoutError
 
     configure_logging()
     tasks = _value(sys.argv[1:], "tasks")
@@ -385,6 +381,10 @@ def main() -> None:
             raise SystemExit(f"pipeline.run: {e}") from None
 
         digest_models_ahead(tasks)  # while Beam and torch import
+    from pipeline.options import CredentialsMissing  # (imports Beam)
+    from transforms.io.lock import OutputBusy
+    from transforms.io.shards import InputError
+    from transforms.outputs.commit import LayoutError
     try:
         run(sys.argv[1:])
         # The job is over and its outputs committed: the interpreter's last collection would

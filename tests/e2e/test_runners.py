@@ -95,7 +95,18 @@ class _SubmitOnly(beam.runners.runner.PipelineRunner):
         return _Submitted()
 
 
-def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks, bucket):
+@pytest.fixture
+def gcloud_login(monkeypatch):
+    """This machine as one where ``gcloud auth application-default login`` was run: the
+    credentials found are anonymous ones, which the storage emulator takes."""
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    monkeypatch.setattr(google.auth, "default",
+                        lambda *args, **kwargs: (AnonymousCredentials(), "p"))
+
+
+def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks, bucket, gcloud_login):
     options = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west4",
                "--temp_location", "gs://bkt/tmp", "--input", str(docs), "--output",
                "gs://bkt/out", "--tasks", str(smoke_tasks), "--language", "es"]
