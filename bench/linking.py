@@ -12,6 +12,14 @@
 3. The whole job over the quick start's 100 cases with a linker off and on, run in turn: the
    first pair's "on" builds the terminology's index (a terminology's first night), the others
    load it (every later night); the medians of those.
+4. Calibration: what each least similarity (``min_score``) keeps, per method. On HPO as an
+   open set (the concepts of one held-out synonym in five are left out of the index entirely:
+   their synonyms must stay uncoded): the share of codes given that are right (precision), of
+   the in-terminology synonyms coded right (recall) and of the out-of-terminology ones coded
+   (all wrong). On SPACCC (the index: the gold mention strings of the 650 cases the probe was
+   trained on): of the 100 held-out cases' gold mentions that are not a term exactly, the share
+   coded; of their words outside every gold mention ("normal", "general"), the share coded
+   (all wrong). The default n-gram threshold (``NGRAM_MIN_SCORE``) is chosen from this table.
 
 Figures are for this machine, one run each; compare ratios within a run.
 """
@@ -143,6 +151,92 @@ def job(tmp: Path, linked: bool) -> float:
     return round(time.perf_counter() - started, 2)
 
 
+THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def hpo_open_set(terms: list, held: list[tuple[str, str]], seed: int = 0
+                 ) -> tuple[list, list[tuple[str, str, bool]]]:
+    """HPO's index without the concepts of one held-out synonym in five, and each held-out
+    ``(synonym, code, in the index)``."""
+    codes = sorted({code for _, code in held})
+    left_out = set(random.Random(seed).sample(codes, len(codes) // 5))
+    return ([t for t in terms if t.code not in left_out],
+            [(m, code, code not in left_out) for m, code in held])
+
+
+def spaccc_sets() -> tuple[list, list[str], list[str]]:
+    """SPACCC's index (the training cases' gold mention strings, a code each), the held-out
+    cases' gold mentions that are not a term exactly, and their words (four letters or more)
+    outside every gold mention; each distinct."""
+    from transforms.core.link import Term, normalize
+
+    held = set((PROBE / "heldout.txt").read_text().split())
+    gold: dict[str, list[tuple[int, int, str]]] = {}
+    for name in ("gold_symptom.tsv", "gold_procedure.tsv"):
+        for line in (SPACCC / name).read_text(encoding="utf-8").splitlines()[1:]:
+            doc, _, start, end, text = line.split("\t")[:5]
+            gold.setdefault(doc, []).append((int(start), int(end), text))
+    forms = sorted({normalize(t) for doc, spans in gold.items() if doc not in held
+                    for *_, t in spans} - {""})
+    known = set(forms)
+    mentions, others = set(), set()
+    for doc in sorted(held):
+        text = (SPACCC / "txt" / f"{doc}.txt").read_text(encoding="utf-8")
+        inside = bytearray(len(text))
+        for start, end, mention in gold.get(doc, ()):
+            inside[start:end] = b"\1" * (end - start)
+            if normalize(mention) not in known:
+                mentions.add(mention)
+        others.update(m.group() for m in re.finditer(r"[^\W\d_]{4,}", text)
+                      if not any(inside[m.start():m.end()]))
+    terms = [Term(code=f"T{i}", term=f, system="SPACCC") for i, f in enumerate(forms)]
+    return terms, sorted(mentions), sorted(others)
+
+
+def best_scores(linker, mentions: list[str]) -> list[tuple[str | None, float]]:
+    """Each mention's best code and its score, ranked by ``linker`` with no threshold."""
+    return [(linker.terms[c[0].term].code, c[0].score) if c else (None, 0.0)
+            for c in linker.link(mentions)]
+
+
+def calibration(model: str | None, hpo: tuple, spaccc: tuple) -> list[dict]:
+    """Per threshold, what one method (n-grams; with ``model``, the bi-encoder alone) keeps on
+    HPO's open set and on SPACCC (see the module's docstring)."""
+    (index, queries), (terms, mentions, others) = hpo, spaccc
+    options = {"ngrams": False} if model else {}
+    hpo_found = best_scores(build(index, model, **options)[0], [m for m, _, _ in queries])
+    spaccc_linker = build(terms, model, **options)[0]
+    on_mentions = [score for _, score in best_scores(spaccc_linker, mentions)]
+    on_others = [score for _, score in best_scores(spaccc_linker, others)]
+    inside = sum(known for _, _, known in queries)
+    rows = []
+    for low in THRESHOLDS:
+        given = [(code == gold, known) for (code, score), (_, gold, known)
+                 in zip(hpo_found, queries) if code is not None and score >= low]
+        right = sum(ok for ok, _ in given)
+        rows.append({"min_score": low,
+                     "hpo_precision": round(right / len(given), 3) if given else None,
+                     "hpo_recall": round(right / inside, 3),
+                     "hpo_outside_coded": round(sum(not known for _, known in given)
+                                                / (len(queries) - inside), 3),
+                     "spaccc_mentions_coded": round(sum(x >= low for x in on_mentions)
+                                                    / len(on_mentions), 3),
+                     "spaccc_other_words_coded": round(sum(x >= low for x in on_others)
+                                                       / len(on_others), 3)})
+    return rows
+
+
+def print_calibration(method: str, rows: list[dict], default: float | None) -> None:
+    """The calibration table on stderr, the default's row marked."""
+    print(f"{method}: min_score | HPO precision, recall, out-of-terminology coded | SPACCC "
+          "mentions coded, other words coded", file=sys.stderr)
+    for r in rows:
+        mark = "  <- default" if r["min_score"] == default else ""
+        print(f"  {r['min_score']:<4} | {r['hpo_precision']}, {r['hpo_recall']}, "
+              f"{r['hpo_outside_coded']} | {r['spaccc_mentions_coded']}, "
+              f"{r['spaccc_other_words_coded']}{mark}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.linking", description=__doc__)
     ap.add_argument("--encoder", default=str(PROBE / "procedure"),
@@ -150,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="10000,1000000", help="Character n-gram index sizes.")
     ap.add_argument("--dense_sizes", default="10000,100000", help="Dense index sizes.")
     ap.add_argument("--skip_job", action="store_true", help="Leave out the whole-job timing.")
+    ap.add_argument("--calibration_only", action="store_true",
+                    help="Only the calibration of min_score (about a minute).")
     ap.add_argument("--job_runs", type=int, default=4,
                     help="Pairs of jobs (off, on) run in turn: the first builds the linker's "
                          "index; the medians are of the others (default: 4).")
@@ -158,8 +254,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.job_runs < 2:
         ap.error("--job_runs must be 2 or more (the first pair builds the index)")
+    from transforms.core.link import NGRAM_MIN_SCORE
+
     report: dict = {"machine": os.uname().machine, "cores": os.cpu_count()}
     terms, held = hpo_terms(args.concepts)
+    hpo, spaccc = hpo_open_set(terms, held), spaccc_sets()
+    report["calibration"] = {"ngram": calibration(None, hpo, spaccc),
+                             "dense": calibration(args.encoder, hpo, spaccc),
+                             "ngram_default": NGRAM_MIN_SCORE, "encoder": args.encoder}
+    print_calibration("ngram", report["calibration"]["ngram"], NGRAM_MIN_SCORE)
+    print_calibration(f"dense ({args.encoder})", report["calibration"]["dense"], None)
+    if args.calibration_only:
+        print(json.dumps(report, indent=1))
+        return
     report["hpo"] = {"terms": len(terms), "held_out_synonyms": len(held)}
     ngrams, seconds = build(terms)
     report["hpo"]["ngram"] = {**accuracy(ngrams, held), "build_s": seconds}

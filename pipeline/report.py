@@ -48,7 +48,23 @@ class RunOutputs:
     texts: pd.DataFrame | None  # label, text, n (None: texts must not be shown)
     record: dict[str, Any]
     qualified: pd.DataFrame  # label, <flag>_known, <flag> (mentions a qualifier ran on, flagged)
-    codes: pd.DataFrame  # label, code, code_term, n: mentions a linker covers (code null: none)
+    codes: pd.DataFrame  # label, code, code_term, band, n: mentions a linker covers (code
+    # null: none; band: the code's score band, BANDS)
+
+
+# A code's score bands, best first: an exact match, then character n-gram or bi-encoder
+# similarities (fused codes, ranked by reciprocal rank fusion, have no similarity)
+BANDS = (("exact", None), ("0.9 to 1", 0.9), ("0.7 to 0.9", 0.7), ("0.5 to 0.7", 0.5),
+         ("below 0.5", 0.0))
+
+
+def _bands(table: pa.Table) -> pa.Array:
+    """Each row's score band (null where it has no code; ``fused`` for fused ranks)."""
+    method = table["link_method"].to_pylist()
+    score = table["link_score"].to_pylist()
+    return pa.array([None if m is None else m if m in ("exact", "fused")
+                     else next(name for name, low in BANDS[1:] if (s or 0.0) >= low)
+                     for m, s in zip(method, score)], pa.string())
 
 
 def _count(table: pa.Table, keys: list[str]) -> pd.DataFrame:
@@ -67,8 +83,8 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
     documents = read_parquet_dir(f"{out}/documents", [
         "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"]).to_pandas()
     mentions, texts, qualified, codes = [], [], [], []
-    columns = ["label", "lang", *FLAGS, "code", "code_term", "link_candidates"] + (
-        ["text"] * with_texts)
+    columns = ["label", "lang", *FLAGS, "code", "code_term", "link_score", "link_method",
+               "link_candidates"] + ["text"] * with_texts
     for t in iter_parquet_dir(f"{out}/spans", columns):
         mentions.append(_count(t, ["label", "lang"]))
         if with_texts:
@@ -76,14 +92,15 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
         qualified.append(_flag_counts(t))
         if "link_candidates" in t.column_names:
             covered = t.filter(pc.invert(pc.is_null(t["link_candidates"])))
-            codes.append(_count(covered.select(["label", "code", "code_term"]),
-                                ["label", "code", "code_term"]))
+            covered = covered.select(["label", "code", "code_term"]).append_column(
+                "band", _bands(covered))
+            codes.append(_count(covered, ["label", "code", "code_term", "band"]))
     record = json.loads(fs.cat(f"{root}/run.json")) if fs.exists(f"{root}/run.json") else {}
     flag_columns = [c for flag in FLAGS for c in (f"{flag}_known", flag)]
     return RunOutputs(out, documents, _sum(mentions, ["label", "lang"]),
                       _sum(texts, ["label", "text"]) if with_texts else None, record,
                       _sum(qualified, ["label"], flag_columns),
-                      _sum(codes, ["label", "code", "code_term"]))
+                      _sum(codes, ["label", "code", "code_term", "band"]))
 
 
 def _flag_counts(table: pa.Table) -> pd.DataFrame:
@@ -263,22 +280,38 @@ def _qualifiers_html(qualified: pd.DataFrame) -> str:
 
 
 def _codes_html(codes: pd.DataFrame, top: int = 10) -> str:
-    """Per label a linker covers: the share of its mentions coded, and its most frequent
-    codes."""
+    """Per label a linker covers: the share of its mentions coded, the codes by score band
+    (how far each code is from its mention), and the most frequent codes."""
     if codes.empty:
         return ('<p class="muted">No linker ran (a task file\'s <code>linkers:</code> codes '
                 'mentions against a terminology).</p>')
     out = []
+    order = [name for name, _ in BANDS] + ["fused"]
     for label, rows in codes.groupby("label", sort=True):
         coded = rows[rows.code.notna()]
         total, n = int(rows.n.sum()), int(coded.n.sum())
-        best = coded.sort_values(["n", "code"], ascending=[False, True]).head(top)
+        bands = coded.groupby("band").n.sum()
+        best = coded.groupby(["code", "code_term"], as_index=False, dropna=False).n.sum()
+        best = best.sort_values(["n", "code"], ascending=[False, True]).head(top)
         out.append(f"<div><h3>{html.escape(str(label))}: {n / total:.1%} coded ({n:,} of "
                    f"{total:,})</h3>"
-                   + _table(["code", "term", "mentions"],
+                   + _table(["score of the code", "mentions", "of the coded"],
+                            [(band, int(bands[band]), f"{bands[band] / n:.1%}")
+                             for band in order if band in bands])
+                   + _table(["code", "the code's term", "mentions coded"],
                             [(r.code, r.code_term, int(r.n)) for r in best.itertuples()])
                    + "</div>")
     return f'<div class="texts">{"".join(out)}</div>'
+
+
+def _thresholds_html(record: dict[str, Any]) -> str:
+    """The least similarity each linker of the last run coded with."""
+    linkers = record.get("config", {}).get("linkers", {})
+    said = [f"{html.escape(name)}: " + ", ".join(
+        f"{method} {low:g}" for method, low in (spec.get("min_score") or {}).items())
+        for name, spec in sorted(linkers.items()) if isinstance(spec.get("min_score"), dict)]
+    return (f'<p class="muted">Least similarity that codes (a task file\'s '
+            f'<code>min_score:</code>): {"; ".join(said)}.</p>' if said else "")
 
 
 def _tiles(run: RunOutputs) -> str:
@@ -356,7 +389,7 @@ def render(run: RunOutputs, gold: dict[str, Any] | None) -> str:
 <section><h2>Evaluation (MultiClinAI strict and character F1)</h2>{evaluation_html}</section>
 <section><h2>Negated and uncertain mentions per label</h2>{_qualifiers_html(run.qualified)}
 </section>
-<section><h2>Codes per label</h2>{_codes_html(run.codes)}</section>
+<section><h2>Codes per label</h2>{_codes_html(run.codes)}{_thresholds_html(record)}</section>
 <section><h2>Most frequent mention texts per label</h2><div class="texts">{texts}</div></section>
 <section><h2>Tasks and models</h2>{models}</section>
 <section><details><summary><b>Counters and distributions of the last run</b></summary>

@@ -23,7 +23,8 @@ linkers:                     # optional: code the mentions of some labels
     terminology: vocab/      # an OMOP vocabulary folder (CONCEPT.csv...) or a TSV code<TAB>term
     filters: {vocabulary_id: [SNOMED], standard_concept: [S]}   # OMOP only
     model: {es: ICB-UMA/ClinLinker-KB-GP, "*": cambridgeltl/SapBERT-UMLS-2020AB-all-lang-from-XLMR}
-    # system: ICD10    # a TSV's code system; top: 10 codes kept; ngrams: true; min_score: 0
+    # system: ICD10    # a TSV's code system; top: 10 codes kept; ngrams: true;
+    # min_score: 0.9 (n-grams alone; a model's: 0)
 ```
 Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encoder``).
 Parsing imports neither torch nor Beam until a model file must be opened.
@@ -251,10 +252,11 @@ def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec
         raise fail("`ngrams:` must be true or false")
     if not ngrams and not models:
         raise fail("`ngrams: false` needs a `model:` (a bi-encoder) to link with")
-    top, min_score = cfg.get("top", 10), cfg.get("min_score", 0.0)
+    top, min_score = cfg.get("top", 10), cfg.get("min_score")
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= 100:
         raise fail("`top:` must be a whole number of codes from 1 to 100")
-    if not isinstance(min_score, (int, float)) or not 0 <= min_score <= 1:
+    if min_score is not None and (not isinstance(min_score, (int, float))
+                                  or isinstance(min_score, bool) or not 0 <= min_score <= 1):
         raise fail("`min_score:` must be a similarity from 0 to 1")
     return LinkerSpec(
         name=name, labels=tuple(labels), terminology=_resolve(str(cfg["terminology"]), base),
@@ -262,7 +264,7 @@ def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec
         filters={str(k): tuple(map(str, v if isinstance(v, list) else [v]))
                  for k, v in filters.items()},
         models=models, ngrams=ngrams, top=top,
-        min_score=float(min_score))
+        min_score=None if min_score is None else float(min_score))
 
 
 def _resolve(location: str, base: str) -> str:

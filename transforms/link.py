@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.core.link import link_columns, unlinked
+from transforms.core.link import DENSE, NGRAM, link_columns, unlinked
 from transforms.core.records import Row, Work
 from transforms.core.spec import LinkerSpec
 
@@ -74,7 +74,8 @@ class LinkHandler(ModelHandler[Work, Work, Linkers]):
                 ngrams = spec.ngrams or model is None
                 loaded[(spec.name, model)] = build_or_load(
                     terms, index_key(source, model, content, ngrams), model, device,
-                    ngrams=ngrams, shared=self._shared, top=spec.top, min_score=spec.min_score)
+                    ngrams=ngrams, shared=self._shared, top=spec.top,
+                    min_score=spec.threshold(NGRAM if model is None else DENSE))
         return loaded
 
     def run_inference(self, batch: Sequence[Work], model: Linkers,

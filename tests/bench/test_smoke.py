@@ -25,7 +25,7 @@ BENCHES = {
     "language": (["--lingua_sample", "5"], ()),
     "startup": (["--runs", "1"], ("help", "typo")),
     "linking": (["--concepts", "500", "--sizes", "2000", "--dense_sizes", "1000",
-                 "--skip_job"], ("hpo", "ngram_speed", "dense_speed")),
+                 "--skip_job"], ("calibration", "hpo", "ngram_speed", "dense_speed")),
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import SPACCC, run_pipeline
 from tests.fixtures.terminology import HELDOUT, task_file
-from transforms.core.link import normalize
+from transforms.core.link import NGRAM_MIN_SCORE, normalize
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,11 @@ def test_every_mention_that_is_a_term_gets_that_terms_code(terms, tmp_path):
     assert set(known.link_method) == {"exact"} and (known.link_score == 1).all()
     assert set(known.code_system) == {"SPACCC"}
     others = spans[[normalize(t) not in forms for t in spans.text]]
-    assert set(others.link_method.dropna()) == {"ngram"} and others.code.notna().mean() > 0.9
+    assert set(others.link_method.dropna()) == {"ngram"}
+    # by default only near matches code (NGRAM_MIN_SCORE); the others stay uncoded
+    assert (others.link_score.dropna() >= NGRAM_MIN_SCORE).all()
+    assert 0 < others.code.notna().sum() < len(others) / 4
+    assert (others[others.code.isna()].link_candidates.map(len) == 0).all()
     for task in ("symptom", "procedure"):
         codes = pd.read_csv(out / f"{task}_codes.tsv", sep="\t", keep_default_na=False)
         mine = spans[spans.task == task]
@@ -47,6 +51,24 @@ def test_every_mention_that_is_a_term_gets_that_terms_code(terms, tmp_path):
     page = open(write_report(str(out)), encoding="utf-8").read()
     coded = spans[spans.label == "SYMPTOM"].code.notna()
     assert f"SYMPTOM: {coded.mean():.1%} coded ({coded.sum():,} of {len(coded):,})" in page
+    symptoms = spans[(spans.label == "SYMPTOM") & spans.code.notna()]
+    exact = int((symptoms.link_method == "exact").sum())
+    assert (f"<tr><td>exact</td><td class=\"num\">{exact:,}</td><td class=\"num\">"
+            f"{exact / len(symptoms):.1%}</td></tr>") in page
+    assert "spaccc: ngram 0.9, dense 0" in page
+
+
+def test_min_score_0_codes_every_mention_as_near_as_it_finds(terms, tmp_path):
+    folder, forms = terms
+    src = tmp_path / "in"
+    src.mkdir()
+    for doc_id in HELDOUT[:10]:
+        shutil.copy(SPACCC / "txt" / f"{doc_id}.txt", src / f"{doc_id}.txt")
+    out = tmp_path / "out"
+    run_pipeline("--input", str(src), "--output", str(out), "--tasks",
+                 str(task_file(folder, "terms.tsv", "    min_score: 0\n")), "--language", "es")
+    spans = pd.read_parquet(out / "spans")
+    assert spans.code.notna().mean() > 0.9 and spans.link_score.min() < NGRAM_MIN_SCORE
 
 
 def test_an_omop_vocabulary_codes_note_nlp_and_the_cdm_with_its_concepts(terms, tmp_path):
@@ -79,3 +101,7 @@ def test_an_omop_vocabulary_codes_note_nlp_and_the_cdm_with_its_concepts(terms, 
     assert len(coded_cdm) == len(coded)
     assert {a["controlled_vocabulary_namespace"] for a in coded_cdm} == {"SNOMED CT"}
     assert {a["nel_component_type"] for a in coded_cdm} == {"lexical similarity"}
+    assert sorted(a["concept_confidence"] for a in coded_cdm) == pytest.approx(
+        sorted(coded.link_score), abs=1e-6)
+    assert all(a["concept_confidence"] is None for a in annotations
+               if not a["controlled_vocabulary_concept_identifier"])

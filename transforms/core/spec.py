@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
 
+from transforms.core.link import NGRAM, NGRAM_MIN_SCORE
 from transforms.core.spans import LabelScheme, bio_scheme
 
 KINDS = ("hf", "mtl")
@@ -100,7 +101,8 @@ class LinkerSpec:
     bi-encoder per language (``models``; ``"*"``: any other language; none: character
     n-grams alone). ``ngrams``: whether character n-grams run beside a model (their ranks
     fused with its); ``top``: candidate codes kept per mention; ``min_score``: the least
-    similarity a lone method's best candidate needs to code a mention."""
+    similarity a lone method's candidates need to code a mention (None: ``threshold``'s
+    default)."""
 
     name: str
     labels: tuple[str, ...]
@@ -110,7 +112,15 @@ class LinkerSpec:
     models: Mapping[str, str] = field(default_factory=dict)
     ngrams: bool = True
     top: int = 10
-    min_score: float = 0.0
+    min_score: float | None = None
+
+    def threshold(self, method: str) -> float:
+        """The least similarity of ``method`` (``ngram`` or ``dense``) that codes alone:
+        ``min_score``, else the calibrated n-gram one; a bi-encoder's similarities are its
+        own, uncalibrated here (0: none)."""
+        if self.min_score is not None:
+            return self.min_score
+        return NGRAM_MIN_SCORE if method == NGRAM else 0.0
 
     def model(self, lang: str | None) -> str | None:
         """The bi-encoder for mentions of ``lang`` (None: character n-grams alone)."""

@@ -275,7 +275,9 @@ def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:
             "concept_class": concept_class(span["label"]),
             "start_offset": span["start"], "end_offset": span["end"],
             "concept_mention_string": span["text"],
-            "concept_confidence": None if span["score"] is None else round(span["score"], 6),
+            # the linking score, as the DT4H service writes it (its docs/cdm_open_questions.md:
+            # one field cannot carry two measurements; the NER score is in the span tables)
+            "concept_confidence": span.get("link_score") if span.get("code") else None,
             "ner_component_type": "transformer",
             "ner_component_version": info.models.get(span["task"]),
             "negation": _yes_no(span.get("negated")),

@@ -168,8 +168,10 @@ class Linker:
     """Codes mention strings against one terminology: exact normalised match first; else
     the nearest terms by character n-grams, by a dense encoder, or both with their ranks
     fused. A term with a language codes the mentions of that language only. ``top``:
-    candidate codes kept per mention; ``min_score``: below it (for one method alone) a
-    mention stays uncoded."""
+    candidate codes kept per mention; ``min_score``: a candidate below it (of one method
+    alone; fused ranks are not similarities) is dropped, and a mention without any stays
+    uncoded (jobs pass ``LinkerSpec.threshold``; 0 here ranks everything, as the bench
+    needs)."""
 
     def __init__(self, terms: Sequence[Term], forms: Sequence[str], index: NgramIndex | None,
                  encoder: DenseEncoder | None = None, vectors: np.ndarray | None = None,

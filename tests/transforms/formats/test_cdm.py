@@ -93,7 +93,16 @@ def test_a_response_validates_and_carries_the_record_unchanged():
         "yes", 0.9, "no")
     assert (second["negation"], second["uncertainty"]) == (None, None)  # not assessed: null
     assert first["ner_component_type"] == "transformer"
-    assert first["ner_component_version"] == "abc123" and first["concept_confidence"] == 0.75
+    assert first["ner_component_version"] == "abc123"
+    assert first["concept_confidence"] is None  # the linking score: no linker, no code
+    coded = response(document, TEXT, [{**mentions[0], "code": "C1", "code_term": "tos",
+                                       "code_system": "HPO", "link_score": 0.93,
+                                       "link_method": "ngram"}], info)
+    (linked,) = coded["nlp_output"]["annotations"]
+    assert (linked["concept_confidence"], linked["nel_component_type"],
+            linked["nel_component_version"], linked["controlled_vocabulary_namespace"]) == (
+        0.93, "lexical similarity", "ngram", "HPO")
+    assert problems(coded) == []
     assert out["nlp_service_info"]["service_model"] == (
         "symptom=m.pt@abc123; negation=negation@unknown")
     failed = response({**document, "status": "failed"}, None, [], info)
