@@ -32,15 +32,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-_THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}")
+
+
+def _short(x: float, _=None) -> str:
+    """An axis number that stays short: 1,600; 25k; 1.2M."""
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:.3g}M"
+    return f"{x / 1e3:.3g}k" if abs(x) >= 1e4 else f"{x:,.0f}"
+
+
+_THOUSANDS = FuncFormatter(_short)
 
 TOP_TEXTS = 15
 
 
 @dataclass
 class RunOutputs:
-    """What the report reads from an output directory: the documents table, span counts (the
-    spans themselves are read a file at a time), and ``run.json``."""
+    """What the report reads from an output directory: the documents table, the span counts
+    of annotated documents (the spans themselves are read a file at a time), and
+    ``run.json``."""
 
     out: str
     documents: pd.DataFrame
@@ -50,6 +60,7 @@ class RunOutputs:
     qualified: pd.DataFrame  # label, <flag>_known, <flag> (mentions a qualifier ran on, flagged)
     codes: pd.DataFrame  # label, code, code_term, band, n: mentions a linker covers (code
     # null: none; band: the code's score band, BANDS)
+    left_out: int = 0  # mentions of documents that are not annotated (in none of the above)
 
 
 # A code's score bands, best first: an exact match, then character n-gram or bi-encoder
@@ -82,10 +93,15 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
         raise FileNotFoundError(f"{out}: no documents/ here; is it a pipeline output?")
     documents = read_parquet_dir(f"{out}/documents", [
         "doc_id", "lang", "n_chars", "tasks", "status", "reason", "n_spans"]).to_pandas()
+    annotated = pa.array(documents.doc_id[documents.status == "annotated"], pa.string())
     mentions, texts, qualified, codes = [], [], [], []
-    columns = ["label", "lang", *FLAGS, "code", "code_term", "link_score", "link_method",
-               "link_candidates"] + ["text"] * with_texts
+    columns = ["doc_id", "label", "lang", *FLAGS, "code", "code_term", "link_score",
+               "link_method", "link_candidates"] + ["text"] * with_texts
+    left_out = 0  # mentions of documents that failed after their spans were found
     for t in iter_parquet_dir(f"{out}/spans", columns):
+        kept = t.filter(pc.is_in(t["doc_id"], value_set=annotated))
+        left_out += len(t) - len(kept)
+        t = kept
         mentions.append(_count(t, ["label", "lang"]))
         if with_texts:
             texts.append(_count(t, ["label", "text"]))
@@ -100,7 +116,7 @@ def load_outputs(out: str, with_texts: bool = True) -> RunOutputs:
     return RunOutputs(out, documents, _sum(mentions, ["label", "lang"]),
                       _sum(texts, ["label", "text"]) if with_texts else None, record,
                       _sum(qualified, ["label"], flag_columns),
-                      _sum(codes, ["label", "code", "code_term", "band"]))
+                      _sum(codes, ["label", "code", "code_term", "band"]), left_out)
 
 
 def _flag_counts(table: pa.Table) -> pd.DataFrame:
@@ -168,6 +184,7 @@ def _histogram(values: pd.Series, title: str, xlabel: str) -> str:
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center", transform=ax.transAxes)
     else:
         ax.hist(values, bins=40, color="C0")
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
         ax.xaxis.set_major_formatter(_THOUSANDS)
         ax.axvline(values.median(), color="C1", linestyle="--",
                    label=f"median {values.median():,.0f}")
@@ -304,6 +321,33 @@ def _codes_html(codes: pd.DataFrame, top: int = 10) -> str:
     return f'<div class="texts">{"".join(out)}</div>'
 
 
+def _not_annotated_html(run: RunOutputs, examples: int = 3) -> str:
+    """Documents skipped or failed, by reason (a few of their ids each), and the mentions of
+    failed documents left out of every figure."""
+    docs = run.documents[run.documents.status != "annotated"]
+    if docs.empty:
+        return '<p class="muted">Every document was annotated.</p>'
+    rows = [(status, reason, ", ".join(sorted(group.doc_id.astype(str))[:examples]), len(group))
+            for (status, reason), group in docs.fillna({"reason": "?"}).groupby(
+                ["status", "reason"], sort=True)]
+    rows.sort(key=lambda r: (r[0] != "failed", -r[3], r[1]))
+    note = (f'<p class="muted">{run.left_out:,} mentions found in documents that then failed '
+            "are left out of every figure above.</p>" if run.left_out else "")
+    return _table(["state", "reason", "for example", "documents"], rows, numeric_from=3) + note
+
+
+def _demonstration_html(record: dict[str, Any]) -> str:
+    """A warning where a task of the last run marks its model as a demonstration one."""
+    tasks = sorted(name for name, t in record.get("config", {}).get("tasks", {}).items()
+                   if t.get("demonstration"))
+    if not tasks:
+        return ""
+    return ('<div class="warn"><b>Made with a demonstration model</b> (task '
+            f'{html.escape(", ".join(tasks))}): its mentions show the pipeline at work, they '
+            "are not clinical annotations. Annotate real notes with the DT4H models "
+            "(<code>tasks/dt4h.yaml</code>).</div>")
+
+
 def _thresholds_html(record: dict[str, Any]) -> str:
     """The least similarity each linker of the last run coded with."""
     linkers = record.get("config", {}).get("linkers", {})
@@ -320,7 +364,7 @@ def _tiles(run: RunOutputs) -> str:
     throughput = record.get("throughput", {})
     tiles = [("documents", f"{len(docs):,}"),
              *((s, f"{int(states.get(s, 0)):,}") for s in ("annotated", "skipped", "failed")),
-             ("mentions", f"{int(run.mentions.n.sum()):,}"),
+             ("mentions in annotated documents", f"{int(run.mentions.n.sum()):,}"),
              ("languages", f"{docs.lang.nunique():,}")]
     if record:
         counts, seconds = record.get("counts", {}), record.get("seconds") or 0
@@ -348,7 +392,8 @@ border-radius:6px;padding:12px 16px;margin-top:14px;box-shadow:0 1px 2px #0002}
 .card svg{width:100%;height:auto}h2{font-size:16px;margin:0 0 8px}table{border-collapse:collapse;
 font-size:13px}th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
 .num{text-align:right;font-variant-numeric:tabular-nums}.texts{display:flex;flex-wrap:wrap;
-gap:24px}.muted{color:#777}details summary{cursor:pointer}
+gap:24px}.muted{color:#777}details summary{cursor:pointer}.warn{background:#fff4d6;
+border-left:4px solid #d08c00;padding:10px 16px;margin-bottom:14px;border-radius:4px}
 """
 
 
@@ -384,8 +429,9 @@ def render(run: RunOutputs, gold: dict[str, Any] | None) -> str:
 <title>Clinical NER report: {html.escape(run.out)}</title><style>{_CSS}</style></head>
 <body><header><h1>Clinical NER report</h1><p>{html.escape(run.out)} &middot;
 {html.escape(subtitle)}</p></header><main>
-<div class="tiles">{_tiles(run)}</div>
+{_demonstration_html(record)}<div class="tiles">{_tiles(run)}</div>
 <div class="grid">{plots}</div>
+<section><h2>Documents not annotated, by reason</h2>{_not_annotated_html(run)}</section>
 <section><h2>Evaluation (MultiClinAI strict and character F1)</h2>{evaluation_html}</section>
 <section><h2>Negated and uncertain mentions per label</h2>{_qualifiers_html(run.qualified)}
 </section>

@@ -122,7 +122,8 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec],
                          "model": model_version(s.model, s.revision), "encoder": s.encoder,
                          "tokenizer": s.tokenizer, "heads": dict(s.heads),
                          "labels": {str(h): list(v) for h, v in s.labels.items()},
-                         **({"qualifies": dict(s.qualifies)} if s.qualifies else {})}
+                         **({"qualifies": dict(s.qualifies)} if s.qualifies else {}),
+                         **({"demonstration": True} if s.demonstration else {})}
                   for name, s in sorted(specs.items())},
         "options": {**{k: getattr(opts, k) for k in OUTPUT_OPTIONS},
                     **({k: getattr(opts, k) for k in OPT_IN_OPTIONS} if opts.write else {}),

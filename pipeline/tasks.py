@@ -26,7 +26,8 @@ linkers:                     # optional: code the mentions of some labels
     # system: ICD10    # a TSV's code system; top: 10 codes kept; ngrams: true;
     # min_score: 0.9 (n-grams alone; a model's: 0)
 ```
-Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encoder``).
+Optional for both kinds: ``tokenizer`` (default: the model directory, or ``encoder``) and
+``demonstration: true`` (a model for demonstrations, not real notes: the report says so).
 Parsing imports neither torch nor Beam until a model file must be opened.
 """
 
@@ -52,7 +53,8 @@ from transforms.core.spec import KINDS, LinkerSpec, TaskSpec, normalize_lang
 from transforms.io.storage import localize, tree_digest
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_COMMON_KEYS = ("kind", "model", "languages", "revision", "tokenizer", "qualifies")
+_COMMON_KEYS = ("kind", "model", "languages", "revision", "tokenizer", "qualifies",
+                "demonstration")
 TASK_KEYS = {"hf": _COMMON_KEYS,
              "mtl": (*_COMMON_KEYS, "encoder", "heads", "labels", "entity")}
 _HEAD_ENTITY = re.compile(r"^([A-Za-z]+)(?:_[a-z]{2})?(?:_ner)?$")
@@ -304,7 +306,11 @@ def _parse(name: str, cfg: Any, base: str, open_models: bool) -> TaskSpec:
         if cfg.get("revision") is not None and not isinstance(cfg["revision"], str):
             raise ValueError("`revision:` must be a branch, tag or commit, as a string")
         spec = (_parse_hf if kind == "hf" else _parse_mtl)(name, cfg, model, base, open_models)
-        spec = dataclasses.replace(spec, qualifies=_qualifies(cfg.get("qualifies"), spec))
+        demonstration = cfg.get("demonstration", False)
+        if not isinstance(demonstration, bool):
+            raise ValueError("`demonstration:` must be true or false")
+        spec = dataclasses.replace(spec, qualifies=_qualifies(cfg.get("qualifies"), spec),
+                                   demonstration=demonstration or has_random_weights(model))
     except TaskFileError:
         raise
     except (ValueError, OSError) as e:

@@ -129,3 +129,44 @@ def test_counts_read_as_counts_and_times_to_the_second():
     assert _when(None) == "?"
     row = _table(["label", "n", "f1"], [["SYMPTOM", 1252126.0, 0.16584]])
     assert ">1,252,126<" in row and ">0.1658<" in row and "1252126.0000" not in row
+
+
+def test_axes_keep_their_numbers_short_and_few():
+    from pipeline.report import _histogram, _short
+
+    assert [_short(x) for x in (0, 1600, 25_000, 150_000, 1_200_000)] == [
+        "0", "1,600", "25k", "150k", "1.2M"]
+    svg = _histogram(pd.Series([900, 2_000, 3_500, 200_000]), "Document length", "characters")
+    ticks = [t for t in ("0", "25k", "50k", "75k", "100k", "125k", "150k", "175k", "200k")
+             if f"<!-- {t} -->" in svg]
+    assert 2 <= len(ticks) <= 7 and "<!-- 200,000 -->" not in svg
+
+
+def test_failed_documents_are_named_with_their_reasons_and_their_mentions_left_out(
+        annotated, tmp_path):
+    import json
+
+    out, _ = annotated
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    spans = pd.read_parquet(copy / "spans")
+    failed = sorted(spans.doc_id.unique())[:2]  # one task failed on them, the other's spans kept
+    for part in (copy / "documents").glob("*.parquet"):
+        docs = pd.read_parquet(part)
+        hit = docs.doc_id.isin(failed)
+        docs.loc[hit, "status"] = "failed"
+        docs.loc[hit, "reason"] = "symptom decode: predictions of another length"
+        docs.to_parquet(part, index=False)
+    page = open(write_report(str(copy)), encoding="utf-8").read()
+    kept = int((~spans.doc_id.isin(failed)).sum())
+    assert f'<div class="v">{kept:,}</div><div class="k">mentions in annotated documents' in page
+    assert (f"<td>failed</td><td>symptom decode: predictions of another length</td>"
+            f"<td>{', '.join(failed)}</td><td class=\"num\">2</td>") in page
+    assert f"{len(spans) - kept:,} mentions found in documents that then failed" in page
+    # the smoke models have random weights: the report says it was not made by real models
+    assert "Made with a demonstration model</b> (task procedure, symptom)" in page
+    record = json.loads((copy / "run.json").read_text())
+    for task in record["config"]["tasks"].values():
+        task.pop("demonstration")
+    (copy / "run.json").write_text(json.dumps(record))
+    assert "demonstration model" not in open(write_report(str(copy)), encoding="utf-8").read()

@@ -65,6 +65,8 @@ def test_relative_paths_resolve_next_to_the_task_file(models, tmp_path, monkeypa
      "    qualifies: {PROCEDURE: denied}\n", "a scope label sets one of \\['negated', "),
     ("tasks:\n  p:\n    kind: hf\n    model: stl_procedure\n    languages: [es]\n"
      "    qualifies: [NSCO]\n", "`qualifies:` must map scope labels to flags"),
+    ("tasks:\n  p:\n    kind: hf\n    model: stl_procedure\n    languages: [es]\n"
+     "    demonstration: yes please\n", "task 'p': `demonstration:` must be true or false"),
     ("tasks: []\n", "non-empty mapping"),
     ("tasks:\n  bad/name:\n    kind: hf\n", "file names"),
 ])

@@ -74,6 +74,7 @@ class TaskSpec:
     max_positions: int | None = None
     shapes: tuple[int, int] | None = None  # the encoder's hidden and intermediate sizes
     qualifies: Mapping[str, str] = field(default_factory=dict)
+    demonstration: bool = False  # a model for demonstrations, never for real notes
 
     @property
     def windows_key(self) -> str:
