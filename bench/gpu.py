@@ -235,7 +235,7 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
 
     from bench.backends import as_works, bench_spec, infer_groups, loaded
     from pipeline.bench import Counted
-    from transforms.core.spec import GPU_BATCH
+    from transforms.core.spec import CPU_BATCH, GPU_BATCH
     from transforms.handlers import InferenceConfig, TaskInference
 
     started = time.perf_counter()
@@ -246,8 +246,9 @@ def model_path(plan: Plan, notes: list[dict], ceiling_tflops: float | None,
     default = GPU_BATCH.tokens if plan.device == "cuda" else plan.budgets[-1]
     for budget, compiled in [*((b, False) for b in plan.budgets), (default, True)]:
         started = time.perf_counter()
-        infer = TaskInference(bench_spec(), InferenceConfig(batch_tokens=budget,
-                                                            max_batch_windows=1 << 16))
+        infer = TaskInference(bench_spec(), InferenceConfig(
+            batch_tokens=budget, max_batch_windows=1 << 16,
+            batch_mix=(GPU_BATCH if plan.device == "cuda" else CPU_BATCH).mix))  # as the job
         passes = []
         try:
             if compiled:

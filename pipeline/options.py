@@ -33,9 +33,11 @@ class AnnotateOptions(PipelineOptions):
 
     def apply_device_defaults(self, gpu: bool) -> None:
         """Fill the options whose default depends on whether the models run on a GPU: the
-        batch budget, and one model copy shared by a worker's processes (each process's own
+        device (``auto`` becomes ``cuda``), the batch budget, and one model copy shared by a worker's processes (each process's own
         copy would hold GPU memory and a CUDA context, all time-slicing one GPU)."""
         budget = GPU_BATCH if gpu else CPU_BATCH
+        if gpu and self.device == "auto":
+            self.device = "cuda"  # decided once, for every stage and worker (CUDA is there)
         if self.batch_tokens is None:
             self.batch_tokens = max(budget.tokens, self.max_tokens)
         if self.max_batch_windows is None:
@@ -91,7 +93,9 @@ def inference_config(opts: AnnotateOptions, require_cuda: bool = False) -> Infer
     return InferenceConfig(
         precision=method.precision(opts.precision), backend=method.backend(opts.backend),
         batch_tokens=method.batch_tokens(opts.batch_tokens),
-        max_batch_windows=opts.max_batch_windows, pad_to=method.pad_to, compile=opts.compile,
+        max_batch_windows=opts.max_batch_windows,
+        batch_mix=(GPU_BATCH if require_cuda or opts.device == "cuda" else CPU_BATCH).mix,
+        pad_to=method.pad_to, compile=opts.compile,
         device="cuda" if require_cuda else opts.device,
         threads=opts.torch_threads, model_cache=opts.model_cache)
 

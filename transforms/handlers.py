@@ -32,7 +32,7 @@ from transforms.batch import token_batches
 from transforms.core.windows import padded_length
 from transforms.core.faults import is_machine_fault, is_out_of_memory
 from transforms.core.records import Failure, Predictions, Work
-from transforms.core.spec import CPU_BATCH, GPU_BATCH, TaskSpec
+from transforms.core.spec import CPU_BATCH, TaskSpec
 
 LOG = logging.getLogger("pipeline")
 Group = tuple[Work, ...]
@@ -67,6 +67,10 @@ class InferenceConfig:
     backend: str = "auto"  # where the encoder runs on a CPU: auto, torch, openvino
     batch_tokens: int = CPU_BATCH.tokens
     max_batch_windows: int = CPU_BATCH.windows
+    # how far a longer window may pad a batch's others before it starts a new one (None: fill
+    # to the budget, a GPU's rule); from the job's device, never from the model object (Beam's
+    # large_model proxy has the model's methods only)
+    batch_mix: int | None = CPU_BATCH.mix
     pad_to: int | None = None  # --reference_compat pads every window to 512
     compile: bool = False
     device: str = "auto"  # auto (CUDA when present), cpu, or cuda (an error without it)
@@ -108,10 +112,8 @@ class TaskInference:
         pad_to = self.config.pad_to
         length = (lambda s: pad_to) if pad_to else (lambda s: padded_length(s.length))
         slots.sort(key=lambda s: s.length)  # stays in this order within a padded length
-        on_gpu = getattr(getattr(model, "device", None), "type", "cpu") == "cuda"
         for batch in token_batches(slots, length, self.config.batch_tokens,
-                                   self.config.max_batch_windows,
-                                   (GPU_BATCH if on_gpu else CPU_BATCH).mix):
+                                   self.config.max_batch_windows, self.config.batch_mix):
             for slot, result in self._run(group, key, heads, batch, model):
                 if isinstance(result, str):
                     errors.setdefault(slot.item, result)

@@ -9,7 +9,7 @@ from tests.conftest import BeamCounters
 from transforms.handlers import InferenceConfig, ModelFault, TaskInference
 from transforms.core.records import Document, Failure, Work
 from transforms.segment import pack
-from transforms.core.spec import TaskSpec
+from transforms.core.spec import CPU_BATCH, GPU_BATCH, TaskSpec
 
 SPEC = TaskSpec(name="t", kind="mtl", model="m.pt", languages=("es", "it"), tokenizer="tok",
                 heads={"es": ("t_es",), "it": ("t_it", "u_it")},
@@ -90,9 +90,55 @@ def test_on_a_cpu_a_longer_window_starts_a_batch_where_it_would_pad_the_others()
     run(group, cpu, batch_tokens=4096)
     assert cpu.calls == [(3, 14), (1, 40)]  # 40 pads to 64: 3 x 32 more sub-words than 64
     gpu = Model()
-    gpu.device = torch.device("cuda")  # a GPU fills its batches to the budget
-    run(group, gpu, batch_tokens=4096)
+    run(group, gpu, batch_tokens=4096, batch_mix=GPU_BATCH.mix)  # a GPU fills to the budget
     assert gpu.calls == [(4, 40)]
+
+
+class Logged(Model):
+    """``Model`` whose batch log is read through a method (a proxy has no attributes)."""
+
+    def logged(self):
+        return self.calls
+
+
+def test_through_beams_large_model_proxy_a_gpu_job_batches_as_in_process():
+    """With ``large_model`` (the GPU default) every worker reaches the model through Beam's
+    proxy, which has the model's methods only: the batching rule comes from the job's
+    configuration, so the batches are the ones the model gets in process."""
+    from uuid import uuid4
+
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    group = (doc_work("a", [10, 12, 14]), doc_work("b", [40]), doc_work("c", [20, 9], "it"))
+    config = {"batch_tokens": 4096, "batch_mix": GPU_BATCH.mix}
+    here = Logged()
+    expected = run(group, here, **config)
+    proxy = MultiProcessShared(Logged, tag=f"handlers-{uuid4()}", always_proxy=True).acquire()
+    assert not hasattr(proxy, "calls")  # what made GPU jobs batch by the CPU's rule
+    got = run(group, proxy, **config)
+    assert proxy.logged() == here.calls == [(6, 40)]
+    for a, b in zip(got, expected):
+        for name, p in a.predictions.items():
+            assert (p.label_ids == b.predictions[name].label_ids).all()
+
+
+def test_the_batching_rule_follows_the_jobs_device():
+    from pipeline.options import AnnotateOptions, inference_config
+
+    def options(*args):
+        opts = AnnotateOptions(["--input", "i", "--output", "o", "--tasks", "t", *args])
+        return opts
+
+    gpu = options()
+    gpu.apply_device_defaults(True)  # a local run that found CUDA, or an accelerator
+    assert gpu.device == "cuda" and inference_config(gpu).batch_mix == GPU_BATCH.mix
+    cpu = options()
+    cpu.apply_device_defaults(False)
+    assert cpu.device == "auto" and inference_config(cpu).batch_mix == CPU_BATCH.mix
+    assert inference_config(cpu, require_cuda=True).batch_mix == GPU_BATCH.mix
+    kept = options("--device", "cpu")  # the models kept on the CPU of a GPU machine
+    kept.apply_device_defaults(False)
+    assert inference_config(kept).batch_mix == CPU_BATCH.mix
 
 
 def test_a_window_the_model_rejects_fails_only_its_document():
