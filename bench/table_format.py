@@ -11,7 +11,7 @@ it times one more night, a forced redo of ``--redo`` shards scattered over the h
 counts what a reader that does not speak Delta (pandas, pyarrow, a Parquet glob) gets from the
 Delta folder after the redo and after a writer killed (``kill -9``) during its write. Last, two
 jobs that overlap: a stale job that commits the same shards after a newer one, on each protocol
-(``stale``). Prints one JSON object; the README's "Why not a table format" quotes it.
+(``stale``). Prints one JSON object; docs/reliability.md's "Why not a table format" quotes it.
 """
 
 from __future__ import annotations

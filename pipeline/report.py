@@ -73,8 +73,9 @@ def _bands(table: pa.Table) -> pa.Array:
     """Each row's score band (null where it has no code; ``fused`` for fused ranks)."""
     method = table["link_method"].to_pylist()
     score = table["link_score"].to_pylist()
-    return pa.array([None if m is None else m if m in ("exact", "fused")
-                     else next(name for name, low in BANDS[1:] if (s or 0.0) >= low)
+    return pa.array([None if m is None else m if m in ("exact", "fused")  # float32 scores:
+                     else next((name for name, low in BANDS[1:]  # 0.9 is read 0.89999998
+                                if round(s or 0.0, 6) >= low), BANDS[-1][0])
                      for m, s in zip(method, score)], pa.string())
 
 
@@ -332,7 +333,9 @@ def _not_annotated_html(run: RunOutputs, examples: int = 3) -> str:
                 ["status", "reason"], sort=True)]
     rows.sort(key=lambda r: (r[0] != "failed", -r[3], r[1]))
     note = (f'<p class="muted">{run.left_out:,} mentions found in documents that then failed '
-            "are left out of every figure above.</p>" if run.left_out else "")
+            "are left out of this report's counts, plots and tables; the evaluation scores "
+            "every span the run wrote, as <code>pipeline.evaluate</code> does.</p>"
+            if run.left_out else "")
     return _table(["state", "reason", "for example", "documents"], rows, numeric_from=3) + note
 
 
@@ -352,7 +355,8 @@ def _thresholds_html(record: dict[str, Any]) -> str:
     """The least similarity each linker of the last run coded with."""
     linkers = record.get("config", {}).get("linkers", {})
     said = [f"{html.escape(name)}: " + ", ".join(
-        f"{method} {low:g}" for method, low in (spec.get("min_score") or {}).items())
+        f"{html.escape(method)} {'none (ranks, not similarities)' if low is None else f'{low:g}'}"
+        for method, low in spec["min_score"].items())
         for name, spec in sorted(linkers.items()) if isinstance(spec.get("min_score"), dict)]
     return (f'<p class="muted">Least similarity that codes (a task file\'s '
             f'<code>min_score:</code>): {"; ".join(said)}.</p>' if said else "")

@@ -15,7 +15,6 @@ from typing import Any, Mapping
 import fsspec
 
 from transforms.formats.cdm import RunInfo
-from transforms.core.link import DENSE, NGRAM
 from transforms.core.spec import LinkerSpec, TaskSpec
 from transforms.io.storage import store_version, tree_digest, write_atomically
 from transforms.io.terminology import digest
@@ -136,7 +135,7 @@ def job_config(opts: Any, specs: Mapping[str, TaskSpec],
                                "models": {lang: model_version(m)["fingerprint"]
                                           for lang, m in spec.models.items()},
                                "ngrams": spec.ngrams, "top": spec.top,
-                               "min_score": {m: spec.threshold(m) for m in (NGRAM, DENSE)}}
+                               "min_score": spec.thresholds()}
                         for name, spec in sorted(linkers.items())}} if linkers else {}),
     }
 

@@ -260,6 +260,10 @@ def _parse_linker(name: str, cfg: Any, base: str, known: set[str]) -> LinkerSpec
     if min_score is not None and (not isinstance(min_score, (int, float))
                                   or isinstance(min_score, bool) or not 0 <= min_score <= 1):
         raise fail("`min_score:` must be a similarity from 0 to 1")
+    if min_score is not None and "*" in models and ngrams:
+        raise fail("`min_score:` thresholds a lone method's similarities; with a model for "
+                   "every language and `ngrams: true` their ranks are fused, which no threshold "
+                   "applies to: set `ngrams: false` to threshold the model's similarity")
     return LinkerSpec(
         name=name, labels=tuple(labels), terminology=_resolve(str(cfg["terminology"]), base),
         system=str(cfg["system"]) if cfg.get("system") else None,

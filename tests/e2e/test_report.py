@@ -170,3 +170,14 @@ def test_failed_documents_are_named_with_their_reasons_and_their_mentions_left_o
         task.pop("demonstration")
     (copy / "run.json").write_text(json.dumps(record))
     assert "demonstration model" not in open(write_report(str(copy)), encoding="utf-8").read()
+
+
+def test_a_code_is_in_the_band_of_its_score_as_stored():
+    import pyarrow as pa
+
+    from pipeline.report import _bands
+
+    table = pa.table({"link_method": ["exact", "ngram", "ngram", "ngram", "fused", None],
+                      "link_score": pa.array([1.0, 0.9, 0.75, 0.1, 0.03, None], pa.float32())})
+    assert _bands(table).to_pylist() == ["exact", "0.9 to 1", "0.7 to 0.9", "below 0.5",
+                                         "fused", None]  # float32's 0.9 is 0.89999998

@@ -1,3 +1,4 @@
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -263,6 +264,8 @@ LINKER = "linkers:\n  codes:\n    labels: [SYMPTOM]\n    terminology: terms.tsv\
     (LINKER + "    model: missing-encoder/\n", "missing-encoder"),
     (LINKER + "    model: xlm-roberta-base-tiny\n", "bi-encoder .*has no weights"),
     (LINKER + "    ngrams: 'false'\n", "`ngrams:` must be true or false"),
+    (LINKER + "    model: stl_procedure\n    min_score: 0.5\n", "their ranks are fused, which no "
+     "threshold applies to: set `ngrams: false`"),
     (LINKER + "    ngrams: false\n", "`ngrams: false` needs a `model:`"),
     (LINKER + "    filters: {vocabulary_id: [SNOMED]}\n", "`filters:` are for an OMOP"),
     (LINKER + "    filters: {standard_concept: }\n", "`filters:` must map"),
@@ -290,6 +293,11 @@ def test_a_linker_is_listed_and_its_paths_resolve_next_to_the_task_file(models, 
     (linker,) = load_linkers(path, load_tasks(path)).values()
     assert linker.terminology == str(models / "terms.tsv") and linker.top == 3
     assert linker.model("es") == linker.model("it") == str(models / "stl_procedure")
+    assert linker.thresholds() == {"fused": None}  # a model beside the n-grams everywhere
+    assert dataclasses.replace(linker, models={"es": "m"}).thresholds() == {
+        "ngram": 0.9, "fused": None}  # the other languages: n-grams alone
+    assert dataclasses.replace(linker, ngrams=False, min_score=0.7).thresholds() == {
+        "dense": 0.7}
     main([path])
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"{path}: linker codes: codes SYMPTOM with {models / 'terms.tsv'}; "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
 
-from transforms.core.link import NGRAM, NGRAM_MIN_SCORE
+from transforms.core.link import DENSE, FUSED, NGRAM, NGRAM_MIN_SCORE
 from transforms.core.spans import LabelScheme, bio_scheme
 
 KINDS = ("hf", "mtl")
@@ -114,6 +114,17 @@ class LinkerSpec:
     ngrams: bool = True
     top: int = 10
     min_score: float | None = None
+
+    def thresholds(self) -> dict[str, float | None]:
+        """The least similarity of each method this linker codes with: ``ngram`` for the
+        languages without a model, ``dense`` where a model runs alone, ``fused`` (None: fused
+        ranks are not similarities) where a model runs beside the n-grams."""
+        out: dict[str, float | None] = {}
+        if "*" not in self.models:
+            out[NGRAM] = self.threshold(NGRAM)
+        if self.models:
+            out.update({DENSE: self.threshold(DENSE)} if not self.ngrams else {FUSED: None})
+        return out
 
     def threshold(self, method: str) -> float:
         """The least similarity of ``method`` (``ngram`` or ``dense``) that codes alone:

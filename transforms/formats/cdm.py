@@ -276,8 +276,10 @@ def annotation(span: Mapping[str, Any], info: RunInfo) -> dict:
             "start_offset": span["start"], "end_offset": span["end"],
             "concept_mention_string": span["text"],
             # the linking score, as the DT4H service writes it (its docs/cdm_open_questions.md:
-            # one field cannot carry two measurements; the NER score is in the span tables)
-            "concept_confidence": span.get("link_score") if span.get("code") else None,
+            # one field cannot carry two measurements; the NER score is in the span tables);
+            # none for a fused code, whose score is a rank fusion's, not a 0-1 confidence
+            "concept_confidence": (span.get("link_score") if span.get("code")
+                                   and span.get("link_method") != "fused" else None),
             "ner_component_type": "transformer",
             "ner_component_version": info.models.get(span["task"]),
             "negation": _yes_no(span.get("negated")),

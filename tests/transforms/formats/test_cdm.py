@@ -103,6 +103,11 @@ def test_a_response_validates_and_carries_the_record_unchanged():
             linked["nel_component_version"], linked["controlled_vocabulary_namespace"]) == (
         0.93, "lexical similarity", "ngram", "HPO")
     assert problems(coded) == []
+    fused = response(document, TEXT, [{**mentions[0], "code": "C1", "link_score": 0.0323,
+                                       "link_method": "fused"}], info)
+    (ranked,) = fused["nlp_output"]["annotations"]
+    assert ranked["concept_confidence"] is None  # a rank fusion's sum is no confidence
+    assert ranked["nel_component_version"] == "fused"
     assert out["nlp_service_info"]["service_model"] == (
         "symptom=m.pt@abc123; negation=negation@unknown")
     failed = response({**document, "status": "failed"}, None, [], info)
