@@ -17,9 +17,12 @@
    their synonyms must stay uncoded): the share of codes given that are right (precision), of
    the in-terminology synonyms coded right (recall) and of the out-of-terminology ones coded
    (all wrong). On SPACCC (the index: the gold mention strings of the 650 cases the probe was
-   trained on): of the 100 held-out cases' gold mentions that are not a term exactly, the share
-   coded; of their words outside every gold mention ("normal", "general"), the share coded
-   (all wrong). The default n-gram threshold (``NGRAM_MIN_SCORE``) is chosen from this table.
+   trained on), the probe's mentions of the 100 held-out cases, as the job finds them: the
+   share of codes given that are right (a mention's right code is its gold mention's string's,
+   where its span is a gold mention's and that string is a term; none is right for the others,
+   "normal", "general"...) and the share coded; and the share of the held-out cases' words
+   outside every gold mention that get a code (all wrong). The default n-gram threshold
+   (``NGRAM_MIN_SCORE``) is chosen from this table.
 
 Figures are for this machine, one run each; compare ratios within a run.
 """
@@ -164,10 +167,14 @@ def hpo_open_set(terms: list, held: list[tuple[str, str]], seed: int = 0
             [(m, code, code not in left_out) for m, code in held])
 
 
-def spaccc_sets() -> tuple[list, list[str], list[str]]:
-    """SPACCC's index (the training cases' gold mention strings, a code each), the held-out
-    cases' gold mentions that are not a term exactly, and their words (four letters or more)
-    outside every gold mention; each distinct."""
+def spaccc_sets(spans: Path) -> tuple[list, list[tuple[str, str | None]], list[str]]:
+    """SPACCC's index (the training cases' gold mention strings, a code each); the probe's
+    mentions of the held-out cases (``spans``: its span table) with the code each should get
+    (its gold mention's string's, where its span is a gold mention's and that string a term;
+    else none is right); and the held-out cases' words (four letters or more) outside every
+    gold mention, distinct."""
+    import pandas as pd
+
     from transforms.core.link import Term, normalize
 
     held = set((PROBE / "heldout.txt").read_text().split())
@@ -178,25 +185,33 @@ def spaccc_sets() -> tuple[list, list[str], list[str]]:
             gold.setdefault(doc, []).append((int(start), int(end), text))
     forms = sorted({normalize(t) for doc, spans in gold.items() if doc not in held
                     for *_, t in spans} - {""})
-    known = set(forms)
-    mentions, others = set(), set()
+    terms = [Term(code=f"T{i}", term=f, system="SPACCC") for i, f in enumerate(forms)]
+    code_of = {t.term: t.code for t in terms}
+    strings = {(doc, start, end): text for doc, spans in gold.items()
+               for start, end, text in spans}
+    found = pd.read_parquet(spans, columns=["doc_id", "start", "end", "text"])
+    mentions = [(text, code_of.get(normalize(strings.get((doc, start, end), ""))))
+                for doc, start, end, text in zip(found.doc_id, found.start, found.end,
+                                                 found.text)]
+    others = set()
     for doc in sorted(held):
         text = (SPACCC / "txt" / f"{doc}.txt").read_text(encoding="utf-8")
         inside = bytearray(len(text))
-        for start, end, mention in gold.get(doc, ()):
+        for start, end, _ in gold.get(doc, ()):
             inside[start:end] = b"\1" * (end - start)
-            if normalize(mention) not in known:
-                mentions.add(mention)
         others.update(m.group() for m in re.finditer(r"[^\W\d_]{4,}", text)
                       if not any(inside[m.start():m.end()]))
-    terms = [Term(code=f"T{i}", term=f, system="SPACCC") for i, f in enumerate(forms)]
-    return terms, sorted(mentions), sorted(others)
+    return terms, mentions, sorted(others)
 
 
 def best_scores(linker, mentions: list[str]) -> list[tuple[str | None, float]]:
     """Each mention's best code and its score, ranked by ``linker`` with no threshold."""
     return [(linker.terms[c[0].term].code, c[0].score) if c else (None, 0.0)
             for c in linker.link(mentions)]
+
+
+def _share(n: int, of: int) -> float | None:
+    return round(n / of, 3) if of else None
 
 
 def calibration(model: str | None, hpo: tuple, spaccc: tuple) -> list[dict]:
@@ -206,34 +221,36 @@ def calibration(model: str | None, hpo: tuple, spaccc: tuple) -> list[dict]:
     options = {"ngrams": False} if model else {}
     hpo_found = best_scores(build(index, model, **options)[0], [m for m, _, _ in queries])
     spaccc_linker = build(terms, model, **options)[0]
-    on_mentions = [score for _, score in best_scores(spaccc_linker, mentions)]
+    on_mentions = best_scores(spaccc_linker, [m for m, _ in mentions])
     on_others = [score for _, score in best_scores(spaccc_linker, others)]
     inside = sum(known for _, _, known in queries)
     rows = []
     for low in THRESHOLDS:
         given = [(code == gold, known) for (code, score), (_, gold, known)
                  in zip(hpo_found, queries) if code is not None and score >= low]
-        right = sum(ok for ok, _ in given)
+        coded = [code == right for (code, score), (_, right) in zip(on_mentions, mentions)
+                 if code is not None and score >= low]
         rows.append({"min_score": low,
-                     "hpo_precision": round(right / len(given), 3) if given else None,
-                     "hpo_recall": round(right / inside, 3),
-                     "hpo_outside_coded": round(sum(not known for _, known in given)
-                                                / (len(queries) - inside), 3),
-                     "spaccc_mentions_coded": round(sum(x >= low for x in on_mentions)
-                                                    / len(on_mentions), 3),
-                     "spaccc_other_words_coded": round(sum(x >= low for x in on_others)
-                                                       / len(on_others), 3)})
+                     "hpo_precision": _share(sum(ok for ok, _ in given), len(given)),
+                     "hpo_recall": _share(sum(ok for ok, _ in given), inside),
+                     "hpo_outside_coded": _share(sum(not known for _, known in given),
+                                                 len(queries) - inside),
+                     "spaccc_precision": _share(sum(coded), len(coded)),
+                     "spaccc_coded": _share(len(coded), len(mentions)),
+                     "spaccc_other_words_coded": _share(sum(x >= low for x in on_others),
+                                                        len(on_others))})
     return rows
 
 
 def print_calibration(method: str, rows: list[dict], default: float | None) -> None:
     """The calibration table on stderr, the default's row marked."""
-    print(f"{method}: min_score | HPO precision, recall, out-of-terminology coded | SPACCC "
-          "mentions coded, other words coded", file=sys.stderr)
+    print(f"{method}: min_score | HPO: precision, recall, out-of-terminology coded | SPACCC, "
+          "the probe's mentions: precision, coded; words outside mentions coded",
+          file=sys.stderr)
     for r in rows:
         mark = "  <- default" if r["min_score"] == default else ""
         print(f"  {r['min_score']:<4} | {r['hpo_precision']}, {r['hpo_recall']}, "
-              f"{r['hpo_outside_coded']} | {r['spaccc_mentions_coded']}, "
+              f"{r['hpo_outside_coded']} | {r['spaccc_precision']}, {r['spaccc_coded']}; "
               f"{r['spaccc_other_words_coded']}{mark}", file=sys.stderr, flush=True)
 
 
@@ -258,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
 
     report: dict = {"machine": os.uname().machine, "cores": os.cpu_count()}
     terms, held = hpo_terms(args.concepts)
-    hpo, spaccc = hpo_open_set(terms, held), spaccc_sets()
+    with tempfile.TemporaryDirectory() as tmp:  # the probe's mentions of the held-out cases
+        job(Path(tmp), False)
+        spaccc = spaccc_sets(Path(tmp) / "out-False" / "spans")
+    hpo = hpo_open_set(terms, held)
     report["calibration"] = {"ngram": calibration(None, hpo, spaccc),
                              "dense": calibration(args.encoder, hpo, spaccc),
                              "ngram_default": NGRAM_MIN_SCORE, "encoder": args.encoder}
