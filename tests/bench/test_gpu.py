@@ -37,6 +37,9 @@ def test_the_dry_run_runs_every_stage_of_the_gpu_run(tmp_path):
         assert {k for k in job["counts"] if k.startswith("documents/lang_")} == {
             "documents/lang_es", "documents/lang_en", "documents/lang_it"}
         assert len([k for k in job["counts"] if k.startswith("tokens/real_")]) == tasks
+        # heads biased to O: about as many mentions as a real model finds (bias_to_o), not
+        # the ten times a random head gives, whose decoding and writing the host would pay
+        assert 8 < job["spans_per_document"] / tasks < 30, job["spans_per_document"]
     oom = stages["fault_out_of_memory"]
     sizes = [n for n, _ in oom["calls"]]
     assert oom["ok"] and sizes[0] == DRY.oom_windows and oom["calls"][0][1] != "ok"
