@@ -42,8 +42,17 @@ def start(*cmd: str, env: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     proc.lines = []
-    threading.Thread(target=lambda: proc.lines.extend(proc.stderr), daemon=True).start()
+    proc.reader = threading.Thread(target=lambda: proc.lines.extend(proc.stderr), daemon=True)
+    proc.reader.start()
     return proc
+
+
+def last_line(proc: subprocess.Popen) -> str:
+    """The last line ``proc`` wrote, once it ended and all it wrote is read (a loaded machine
+    may read its stderr late: no fixed wait)."""
+    proc.wait(timeout=300)
+    proc.reader.join(timeout=120)
+    return proc.lines[-1].strip()
 
 
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180) -> None:
@@ -74,10 +83,8 @@ def paused(proc: subprocess.Popen):
 
 def ends_fenced(proc: subprocess.Popen, out: Path, want) -> None:
     """``proc`` stops, fenced out, and the output holds one clean run's rows."""
-    proc.wait(timeout=300)
+    last = last_line(proc)
     assert read_outputs(out) == want and not list(out.glob(".tmp-*"))
-    time.sleep(0.5)  # its last lines read
-    last = proc.lines[-1].strip()
     assert proc.returncode == 1 and last.startswith("pipeline.run: the job stopped: "), last
     assert TAKEN_OVER in last
 
@@ -88,9 +95,10 @@ def test_a_holder_paused_past_its_lease_cannot_commit_over_the_job_that_took_ove
     args, want = clean
     out = tmp_path / "out"
     one = start("pipeline.run", *args, "--output", str(out))
-    if moment == "before any part":  # it planned its shards: every one to do
-        wait_for(lambda: any("input: 8 shards" in line for line in one.lines), one,
-                 "it planned its shards")
+    if moment == "before any part":  # it planned its shards (every one to do) and took its
+        # token: an entry of the output's log (paused before that, it is simply the newer job)
+        wait_for(lambda: any("input: 8 shards" in line for line in one.lines)
+                 and list(out.glob("_log/*.json")), one, "it planned its shards")
     else:
         wait_for(lambda: list(out.glob(".tmp-*/*")), one, "it wrote a part")
     with paused(one):  # a VM pause, a long GC
@@ -154,9 +162,7 @@ def test_ctrl_c_says_what_became_of_the_commit_and_the_next_run_completes(clean,
         wait_for(lambda: commit_entry(out), one, "its commit entry")
         with paused(one):
             one.send_signal(signal.SIGINT)  # delivered once it runs again
-    one.wait(timeout=120)
-    time.sleep(0.5)
-    last = one.lines[-1].strip()
+    last = last_line(one)
     assert one.returncode == 1 and last.startswith("pipeline.run: the job was interrupted. ")
     assert "fault" not in last
     if moment == "inferring":
