@@ -492,6 +492,7 @@ def oom_halving(plan: Plan) -> dict:
 
     from bench.backends import bench_spec, loaded
     from transforms.handlers import InferenceConfig, TaskInference
+    from transforms.core.predictor import Predictor
     from transforms.core.records import Document, Windows, Work
 
     # a model with clear margins: batches of other sizes may round differently on a GPU
@@ -513,7 +514,7 @@ def oom_halving(plan: Plan) -> dict:
     calls: list[tuple[int, str]] = []
     injected_above = None if plan.device == "cuda" else n // 4
 
-    class Recorded:
+    class Recorded(Predictor):
         def predict(self, windows, *args):
             if injected_above and len(windows) > injected_above:
                 calls.append((len(windows), "out of memory (injected)"))

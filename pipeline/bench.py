@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 from pipeline.options import AnnotateOptions, inference_config, parse_options, uses_gpu
 from pipeline.tasks import TaskFileError, load_tasks, pin_revisions
+from transforms.core.predictor import Predictor, Request, Result
 from transforms.core.records import Document, Work
 from transforms.core.spec import TaskSpec
 from transforms.core.windows import padded_length
@@ -71,10 +72,11 @@ def encoder_shapes(spec: TaskSpec) -> Shapes:
     return Shapes.of(config)
 
 
-class Counted:
+class Counted(Predictor):
     """A model whose batches are counted and timed: real and padded tokens, the encoder's
-    operations (``flops_per_token`` at each batch's padded width), seconds in ``predict``; a
-    batch that fails (and is retried in parts) is not counted."""
+    operations (``flops_per_token`` at each batch's padded width), seconds in the model's
+    calls (a group's batches in one, as the job runs them); a batch that fails (and is retried
+    in parts) is not counted."""
 
     def __init__(self, model, shapes: Shapes) -> None:
         self.model, self.shapes = model, shapes
@@ -82,20 +84,24 @@ class Counted:
         self.real = self.padded = self.largest = 0
         self.ops = self.seconds = 0.0
 
-    def predict(self, windows, positions, heads, pad_to=None):
+    def predict_many(self, batches: Sequence[Request], pad_to: int | None = None
+                     ) -> list[Result | Exception]:
         from transforms.inference.rates import flops_per_token
 
         start = time.perf_counter()
-        out = self.model.predict(windows, positions, heads, pad_to)
+        results = self.model.predict_many(batches, pad_to)
         self.seconds += time.perf_counter() - start
-        width = pad_to or padded_length(max(len(w) for w in windows))
-        real = sum(len(w) for w in windows)
-        self.real += real
-        self.padded += width * len(windows)
-        self.largest = max(self.largest, width * len(windows))
-        s = self.shapes
-        self.ops += real * flops_per_token(s.hidden, s.layers, s.intermediate, width)
-        return out
+        for (windows, _, _), result in zip(batches, results):
+            if isinstance(result, Exception):
+                continue
+            width = pad_to or padded_length(max(len(w) for w in windows))
+            real = sum(len(w) for w in windows)
+            self.real += real
+            self.padded += width * len(windows)
+            self.largest = max(self.largest, width * len(windows))
+            s = self.shapes
+            self.ops += real * flops_per_token(s.hidden, s.layers, s.intermediate, width)
+        return results
 
     def release_memory(self) -> None:
         self.model.release_memory()

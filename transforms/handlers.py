@@ -6,8 +6,10 @@ RunInference as a ``TaskBatch``, whose length is the documents this task's model
 Beam's ``num_inferences`` then counts: a group also carries documents of other tasks and
 languages, and those that failed already). The handler sorts the windows
 of the group's documents by length, cuts them into token-budget batches padded to their
-longest window, runs every head of the task on one encoder pass per batch, and returns the
-group with each document's predictions attached: predictions never leave their document.
+longest window, hands the model all of them in one call (``Predictor.predict_many``: one round
+trip through a proxy, one wait on a GPU), every head of the task on one encoder pass per batch,
+and returns the group with each document's predictions attached: predictions never leave their
+document.
 
 Faults: a batch that fails for a fault of the data is retried window by window and only the
 windows that fail alone fail their document (stage ``inference``). Out of memory retries the
@@ -31,6 +33,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from transforms.batch import token_batches
 from transforms.core.windows import padded_length
 from transforms.core.faults import is_machine_fault, is_out_of_memory
+from transforms.core.predictor import Request, Result
 from transforms.core.records import Failure, Predictions, Work
 from transforms.core.spec import CPU_BATCH, TaskSpec
 
@@ -112,15 +115,19 @@ class TaskInference:
         pad_to = self.config.pad_to
         length = (lambda s: pad_to) if pad_to else (lambda s: padded_length(s.length))
         slots.sort(key=lambda s: s.length)  # stays in this order within a padded length
-        for batch in token_batches(slots, length, self.config.batch_tokens,
-                                   self.config.max_batch_windows, self.config.batch_mix):
-            for slot, result in self._run(group, key, heads, batch, model):
-                if isinstance(result, str):
-                    errors.setdefault(slot.item, result)
+        batches = list(token_batches(slots, length, self.config.batch_tokens,
+                                     self.config.max_batch_windows, self.config.batch_mix))
+        # the group's batches in one call: one round trip through a proxy, one wait on a GPU
+        results = model.predict_many([self._request(group, key, heads, b) for b in batches],
+                                     self.config.pad_to)
+        for batch, result in zip(batches, results):
+            for slot, outcome in self._settle(group, key, heads, batch, model, result):
+                if isinstance(outcome, str):
+                    errors.setdefault(slot.item, outcome)
                     continue
                 windows = group[slot.item].windows[key]
                 a, b = windows.word_bounds[slot.window], windows.word_bounds[slot.window + 1]
-                out[slot.item][0][a:b], out[slot.item][1][a:b] = result
+                out[slot.item][0][a:b], out[slot.item][1][a:b] = outcome
         done = list(group)
         for i, h in heads.items():
             work = group[i]
@@ -132,32 +139,40 @@ class TaskInference:
                                                   spec.name: Predictions(h, *out[i])})
         return tuple(done)
 
+    @staticmethod
+    def _request(group: Group, key: str, heads: dict[int, tuple], batch: list[Slot]
+                 ) -> Request:
+        """What the model runs for ``batch``: its windows, their positions, the heads any of
+        its documents needs."""
+        windows = [group[s.item].windows[key] for s in batch]
+        return ([w.window_ids(s.window) for w, s in zip(windows, batch)],
+                [w.window_positions(s.window) for w, s in zip(windows, batch)],
+                list(dict.fromkeys(h for s in batch for h in heads[s.item])))
+
     def _run(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot], model
              ) -> list[tuple[Slot, Any]]:
-        """``(slot, (labels, probs))`` per window, or ``(slot, error class)`` for a window that
-        the model rejects; faults of the machine are raised."""
-        wanted = tuple(dict.fromkeys(h for s in batch for h in heads[s.item]))
-        windows = [group[s.item].windows[key] for s in batch]
-        try:
-            labels, probs = model.predict(
-                [w.window_ids(s.window) for w, s in zip(windows, batch)],
-                [w.window_positions(s.window) for w, s in zip(windows, batch)],
-                list(wanted), self.config.pad_to)
-        except Exception as e:  # machine faults raise; the rest is sorted out of this block
-            if is_machine_fault(e) and not (is_out_of_memory(e) and len(batch) > 1):
-                raise
-            error = e.with_traceback(None)  # its frames hold the failed batch's tensors
-        else:
-            error = None
-        if error is not None:
-            return self._retry(group, key, heads, batch, model, error)
+        """``batch`` through the model alone (a retry), settled."""
+        request = self._request(group, key, heads, batch)
+        result = model.predict_many([request], self.config.pad_to)[0]
+        return self._settle(group, key, heads, batch, model, result)
+
+    def _settle(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot],
+                model, result: Result | Exception) -> list[tuple[Slot, Any]]:
+        """``(slot, (labels, probs))`` per window of a batch the model ran, or ``(slot, error
+        class)`` for a window that the model rejects; faults of the machine are raised."""
+        if isinstance(result, Exception):
+            if is_machine_fault(result) and not (is_out_of_memory(result) and len(batch) > 1):
+                raise result
+            return self._retry(group, key, heads, batch, model, result)
+        labels, probs = result
+        wanted = list(dict.fromkeys(h for s in batch for h in heads[s.item]))
         real = sum(s.length for s in batch)
         width = self.config.pad_to or padded_length(max(s.length for s in batch))
         self._real.inc(real)
         self._padding.inc(len(batch) * width - real)
         results, offset = [], 0
-        for s, w in zip(batch, windows):
-            n = len(w.window_positions(s.window))
+        for s in batch:
+            n = len(group[s.item].windows[key].window_positions(s.window))
             columns = [wanted.index(h) for h in heads[s.item]]
             results.append((s, (labels[offset:offset + n, columns],
                                 probs[offset:offset + n, columns])))

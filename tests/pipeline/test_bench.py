@@ -162,11 +162,18 @@ def test_a_set_up_error_stops_in_one_line_before_any_model_loads(
 def test_a_batch_that_fails_is_not_counted():
     from pipeline.bench import Counted, Shapes
 
-    class Failing:
-        def predict(self, *args):
-            raise RuntimeError("out of memory")
+    from transforms.core.predictor import Predictor
+
+    class Failing(Predictor):
+        def predict(self, windows, *args):
+            if len(windows) > 1:
+                raise RuntimeError("out of memory")
+            return np.zeros((8, 1), np.int16), np.ones((8, 1), np.float32)
 
     counted = Counted(Failing(), Shapes(hidden=64, layers=2, intermediate=128))
     with pytest.raises(RuntimeError):
-        counted.predict([np.ones(10, np.int64)], [np.arange(1, 9)], [None])
+        counted.predict([np.ones(10, np.int64)] * 2, [np.arange(1, 9)] * 2, [None])
     assert counted.real == counted.padded == 0 and counted.ops == 0
+    results = counted.predict_many([([np.ones(10, np.int64)] * 2, [np.arange(1, 9)] * 2, [None]),
+                                    ([np.ones(10, np.int64)], [np.arange(1, 9)], [None])])
+    assert isinstance(results[0], RuntimeError) and counted.real == 10  # the second batch

@@ -7,6 +7,7 @@ import torch
 
 from tests.conftest import BeamCounters
 from transforms.handlers import InferenceConfig, ModelFault, TaskInference
+from transforms.core.predictor import Predictor
 from transforms.core.records import Document, Failure, Work
 from transforms.segment import pack
 from transforms.core.spec import CPU_BATCH, GPU_BATCH, TaskSpec
@@ -34,7 +35,7 @@ def doc_work(key: str, lengths, lang="es", poison_window=None, tasks=("t",)) -> 
                 {"tok": pack(pieces)})
 
 
-class Model:
+class Model(Predictor):
     """Label = the head's index where the sub-word is 10; logs each batch's shape."""
 
     def __init__(self, raise_on=None, oom_above=None):
@@ -82,6 +83,23 @@ def test_windows_are_sorted_and_cut_by_the_token_budget():
     run((doc_work("a", [30, 10, 10]), doc_work("b", [10, 40])), model, batch_tokens=130)
     # 10, 10, 10, 30 (4 x 32 = 128 tokens), then 40 alone (padded to 64)
     assert model.calls == [(4, 30), (1, 40)]
+
+
+def test_a_groups_batches_reach_the_model_in_one_call():
+    class Counting(Model):
+        def __init__(self):
+            super().__init__()
+            self.many = []
+
+        def predict_many(self, batches, pad_to=None):
+            self.many.append(len(batches))
+            return super().predict_many(batches, pad_to)
+
+    model = Counting()
+    run((doc_work("a", [30, 10, 10]), doc_work("b", [10, 20], poison_window=1)), model)
+    # three batches in one call; the poisoned one (20 with 10) again window by window
+    assert model.many == [3, 1, 1] and model.calls == [(2, 10), (2, 20), (1, 30), (1, 10),
+                                                        (1, 20)]
 
 
 def test_on_a_cpu_a_longer_window_starts_a_batch_where_it_would_pad_the_others():

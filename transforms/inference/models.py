@@ -22,6 +22,7 @@ import torch
 from transforms.inference.backends import (PRECISION_DTYPES, OpenVINOEncoder, conversion_folder,
                                            conversion_key, fastest_cpu_dtype, openvino_available,
                                            openvino_compiled, openvino_encoder)
+from transforms.core.predictor import Predictor, Request, Result
 from transforms.core.windows import padded_length
 from transforms.io.storage import localize, tree_digest
 
@@ -204,11 +205,12 @@ def openvino_choice(backend: str, precision: str, device: torch.device) -> str |
     return "int8" if precision == "auto" else precision
 
 
-class TokenClassifier:
-    """A loaded model of either kind: windows in, label ids and probabilities per head out.
+class TokenClassifier(Predictor):
+    """A loaded model of either kind: batches of windows in, label ids and probabilities per
+    head out (``Predictor``).
 
     Only methods are called on it and only numpy arrays go in and out, so that one copy can
-    be shared by a worker's processes (Beam's ``large_model`` hands out a proxy).
+    be shared by a worker's processes (``--large_model``: Beam hands out a proxy).
     ``source``: the digest of the local files it was read from, the key of its OpenVINO
     conversion (None: built in memory or from the hub, keyed by its weights); ``encoder``: a
     torch module, or a callable with its signature already placed (``runs_as`` says how).
@@ -269,19 +271,31 @@ class TokenClassifier:
         self.encoder = torch.compile(self.encoder, dynamic=True)
 
     @torch.inference_mode()
-    def predict(
-        self,
-        windows: Sequence[np.ndarray],
-        positions: Sequence[np.ndarray],
-        heads: Sequence[str | None],
-        pad_to: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Run ``windows`` (sub-word ids with special tokens) as one padded batch through the
-        encoder, once, and each of ``heads`` at every window's ``positions``.
+    def predict_many(self, batches: Sequence[Request], pad_to: int | None = None
+                     ) -> list[Result | Exception]:
+        """Run each batch (sub-word ids with special tokens) as one padded batch through the
+        encoder, once, and each of its heads at every window's positions: label ids (int16)
+        and probabilities (float32), each ``[positions, heads]`` with the positions of all
+        windows in order, or the exception the batch raised.
 
-        Returns label ids (int16) and probabilities (float32), each ``[positions, heads]``
-        with the positions of all windows in order.
-        """
+        On a GPU every batch is launched before the one wait for them all: the host pads the
+        next batch while the device runs this one, and each result comes back into pinned
+        memory without a wait of its own."""
+        launched: list[tuple[torch.Tensor, int] | Exception] = []
+        for windows, positions, heads in batches:
+            try:
+                launched.append((self._launch(windows, positions, heads, pad_to), len(heads)))
+            except Exception as e:  # noqa: BLE001 - returned: the caller sorts the faults
+                launched.append(e.with_traceback(None))
+        if self.device.type == "cuda" and any(isinstance(x, tuple) for x in launched):
+            torch.cuda.current_stream(self.device).synchronize()  # the group's one wait
+        return [x if isinstance(x, Exception) else _labels_and_probs(x[0].numpy(), x[1])
+                for x in launched]
+
+    def _launch(self, windows: Sequence[np.ndarray], positions: Sequence[np.ndarray],
+                heads: Sequence[str | None], pad_to: int | None) -> torch.Tensor:
+        """One batch's ``[positions, probabilities then label ids]`` on the host (on a GPU:
+        a pinned buffer the copy back is still filling)."""
         ids, mask = pad(windows, self.pad_id, pad_to)
         rows = np.repeat(np.arange(len(positions)), [len(p) for p in positions])
         gather = np.stack([rows, np.concatenate(positions)]).astype(np.int64)
@@ -289,10 +303,13 @@ class TokenClassifier:
         hidden = self.encoder(input_ids=inputs[0], attention_mask=inputs[1])[0]
         picked = hidden[gather_t[0], gather_t[1]].float()
         best = [torch.softmax(self.heads[head](picked), dim=-1).max(dim=-1) for head in heads]
-        # One copy back (probabilities, then label ids, exact in fp32), so one wait per batch.
+        # one tensor back per batch (probabilities, then label ids, exact in fp32)
         out = torch.cat([torch.stack([b.values for b in best], 1),
-                         torch.stack([b.indices for b in best], 1).float()], 1).cpu().numpy()
-        return out[:, len(heads):].astype(np.int16), np.ascontiguousarray(out[:, :len(heads)])
+                         torch.stack([b.indices for b in best], 1).float()], 1)
+        if self.device.type != "cuda":
+            return out
+        return torch.empty(out.shape, dtype=out.dtype, pin_memory=True).copy_(
+            out, non_blocking=True)
 
     def _send(self, array: np.ndarray) -> torch.Tensor:
         """``array`` on the model's device; to a GPU from pinned memory, without waiting."""
@@ -300,6 +317,11 @@ class TokenClassifier:
         if self.device.type != "cuda":
             return tensor
         return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def _labels_and_probs(out: np.ndarray, heads: int) -> Result:
+    """``[positions, probabilities then label ids]`` as (label ids, probabilities)."""
+    return out[:, heads:].astype(np.int16), np.ascontiguousarray(out[:, :heads])
 
 
 def files_digest(*paths: Path) -> str | None:

@@ -95,6 +95,23 @@ def test_mtl_runs_the_encoder_once_per_batch_and_every_head_asked(tmp_path, enco
         offset += len(p)
 
 
+def test_a_groups_batches_in_one_call_each_as_alone_and_a_failing_one_apart(tmp_path):
+    d = build_hf(tmp_path / "stl", TOKENIZER)
+    model = load_hf(str(d), CPU)
+    rng = np.random.default_rng(2)
+    first, second = windows(rng, 3), windows(rng, 2)
+    vocab = model.encoder.config.vocab_size
+    bad = ([np.array([0, vocab + 7, 2])], [np.array([1])])  # an id beyond the vocabulary
+    got = model.predict_many([(*first, [None]), (*bad, [None]), (*second, [None])])
+    assert isinstance(got[1], IndexError) and got[1].__traceback__ is None
+    for result, batch in ((got[0], first), (got[2], second)):
+        want = model.predict(*batch, [None])
+        np.testing.assert_array_equal(result[0], want[0])
+        np.testing.assert_array_equal(result[1], want[1])
+    with pytest.raises(IndexError):
+        model.predict(*bad, [None])
+
+
 def test_hf_predictions_match_the_transformers_model(tmp_path):
     from transformers import AutoModelForTokenClassification
 
