@@ -131,11 +131,11 @@ def launch_body(settings: Settings, day: date, force: bool) -> dict:
     parameters = {"input": settings.export(day), "output": settings.annotations(day),
                   "tasks": settings.tasks, **settings.parameters}
     experiments = ["use_runner_v2"]
-    if settings.gpu:
-        parameters.setdefault("large_model", "true")
+    if settings.gpu:  # a model copy in each SDK process, the processes sharing the GPU by MPS
         parameters.setdefault("batch_tokens", str(settings.batch_tokens))
         parameters.setdefault("device", "cuda")
-        experiments.append(f"worker_accelerator=type:{settings.gpu};count:1;{DRIVER}")
+        experiments.append(f"worker_accelerator=type:{settings.gpu};count:1;{DRIVER};"
+                           "use_nvidia_mps")
     else:  # CPU workers convert the models: once for all of them, in the bucket
         parameters.setdefault("model_cache", f"{settings.bucket.rstrip('/')}/model-cache")
     if force:

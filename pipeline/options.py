@@ -33,8 +33,7 @@ class AnnotateOptions(PipelineOptions):
 
     def apply_device_defaults(self, gpu: bool) -> None:
         """Fill the options whose default depends on whether the models run on a GPU: the
-        device (``auto`` becomes ``cuda``), the batch budget, and one model copy shared by a worker's processes (each process's own
-        copy would hold GPU memory and a CUDA context, all time-slicing one GPU)."""
+        device (``auto`` becomes ``cuda``) and the batch budget."""
         budget = GPU_BATCH if gpu else CPU_BATCH
         if gpu and self.device == "auto":
             self.device = "cuda"  # decided once, for every stage and worker (CUDA is there)
@@ -42,8 +41,6 @@ class AnnotateOptions(PipelineOptions):
             self.batch_tokens = max(budget.tokens, self.max_tokens)
         if self.max_batch_windows is None:
             self.max_batch_windows = budget.windows
-        if self.large_model is None:
-            self.large_model = gpu
 
     def validate_required(self) -> None:
         """Stop with a usage message (exit status 2) when options contradict each other or are

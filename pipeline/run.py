@@ -13,8 +13,10 @@ import logging
 import os
 import posixpath
 import signal
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pipeline.cli import check_command_line
@@ -62,8 +64,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Segment" >> beam.ParDo(SegmentDoFn(specs, opts.method))
         | "Group" >> beam.ParDo(GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens))
     )
-    for name, spec in specs.items():
-        groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu)
+    for i, (name, spec) in enumerate(specs.items()):
+        groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu, last=i == len(specs) - 1)
     rows = (
         groups
         | "Documents" >> beam.FlatMap(lambda group: group)
@@ -79,12 +81,16 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
-def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
-    """RunInference of one task over groups of documents (the GPU step, if any)."""
+def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False,
+          last: bool = True) -> beam.PTransform:
+    """RunInference of one task over groups of documents (the GPU step, if any; a task before
+    the ``last`` keeps the group's turn on the GPU for the next)."""
+    from dataclasses import replace
+
     from pipeline.options import inference_config
     from transforms.handlers import InferTask, TokenClassifierHandler
 
-    config = inference_config(opts, require_cuda)
+    config = replace(inference_config(opts, require_cuda), keeps_turn=not last)
     step = InferTask(TokenClassifierHandler(spec, config, opts.large_model))
     if opts.inference_accelerator:
         step = step.with_resource_hints(accelerator=opts.inference_accelerator)
@@ -123,10 +129,39 @@ def local_runner(runner: str | None):
     return runner
 
 
+def gpu_processes(specs: Mapping[str, TaskSpec], cores: int, reads: int) -> int:
+    """Worker processes of a local GPU job, each with its own copy of every task's model: two
+    a core (while one waits on the GPU another does its host work: ``bench.feed``), at most
+    one a read task, and no more than the GPU's memory holds (each task's model in bf16, half
+    its weight files, plus 1 GiB a process for its CUDA context and activations)."""
+    want = max(1, min(2 * cores, reads))
+    try:
+        gpu_mib = int(subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=30).stdout.split()[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return want
+    each = 1024 + sum(_weights_mib(spec.model) // 2 for spec in specs.values())
+    fit = max(1, int(0.9 * gpu_mib) // each)
+    if fit < want:
+        LOG.info("GPU: %d worker processes, the copies of the models its %d MiB hold "
+                 "(--large_model shares one copy)", fit, gpu_mib)
+    return min(want, fit)
+
+
+def _weights_mib(model: str) -> int:
+    """MiB of a model's weight files where they are local; else xlm-roberta-base's (1,100)."""
+    path = Path(model)
+    files = ([f for f in path.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+             if path.is_dir() else [path] if path.is_file() else [])
+    return sum(f.stat().st_size for f in files) >> 20 if files else 1100
+
+
 def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
-               argv: Sequence[str], gpu: bool) -> dict[str, int]:
+               argv: Sequence[str], gpu: bool, specs: Mapping[str, TaskSpec]
+               ) -> dict[str, int]:
     """For a local run: count the shards listed and to do, and use every core by default: with
-    a GPU one worker process per core (up to one per read task), torch's threads divided among
+    a GPU two worker processes per core (``gpu_processes``), torch's threads divided among
     them; without one, one process whose model has every core."""
     from apache_beam.options.pipeline_options import DirectOptions
 
@@ -146,7 +181,7 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     if not _given(argv, "direct_num_workers"):
         # With a GPU the CPU stages need every core; without one the models do, and one
         # process with all of them runs a model faster than several with a share each.
-        direct.direct_num_workers = max(1, min(cores, tasks)) if gpu else 1
+        direct.direct_num_workers = gpu_processes(specs, cores, tasks) if gpu else 1
     if direct.direct_num_workers > 1 and not _given(argv, "direct_running_mode"):
         direct.direct_running_mode = "multi_processing"
     if opts.torch_threads is None:
@@ -254,7 +289,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
             token = own_output(opts.output, run_id)
             for line in recover(opts.output, specs, run_id, token):
                 LOG.warning("output: %s (an earlier run stopped while committing)", line)
-        shards = plan_local(options, opts, resume, argv, gpu)
+        shards = plan_local(options, opts, resume, argv, gpu, specs)
         if not shards["shards/to_do"]:
             LOG.info("nothing to do: every input shard is complete (--force redoes them)")
             record_check(shards, **record)

@@ -22,6 +22,7 @@ data: that is raised too.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
@@ -36,6 +37,7 @@ from transforms.core.faults import is_machine_fault, is_out_of_memory
 from transforms.core.predictor import Request, Result
 from transforms.core.records import Failure, Predictions, Work
 from transforms.core.spec import CPU_BATCH, TaskSpec
+from transforms.inference import turns
 
 LOG = logging.getLogger("pipeline")
 Group = tuple[Work, ...]
@@ -79,6 +81,7 @@ class InferenceConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, or cuda (an error without it)
     threads: int | None = None  # torch threads of the process that runs the model
     model_cache: str | None = None  # where conversions are shared among machines
+    keeps_turn: bool = False  # on a GPU, a task before the job's last keeps the group's turn
 
 
 class Slot(NamedTuple):
@@ -99,7 +102,19 @@ class TaskInference:
         self._failed = Metrics.counter("windows", f"failed_{spec.name}")
 
     def __call__(self, group: Group, model) -> Group:
-        """The group with this task's predictions (or failures) attached to its documents."""
+        """The group with this task's predictions (or failures) attached to its documents (on
+        a GPU, the turn taken for the group is given back after the job's last task, or on a
+        failure: ``transforms.inference.turns``)."""
+        try:
+            return self._infer(group, model)
+        except BaseException:
+            turns.give_turn()
+            raise
+        finally:
+            if not self.config.keeps_turn:
+                turns.give_turn()
+
+    def _infer(self, group: Group, model) -> Group:
         spec, key = self.spec, self.spec.windows_key
         slots = [Slot(i, k, int(n))
                  for i, work in enumerate(group)
@@ -118,8 +133,7 @@ class TaskInference:
         batches = list(token_batches(slots, length, self.config.batch_tokens,
                                      self.config.max_batch_windows, self.config.batch_mix))
         # the group's batches in one call: one round trip through a proxy, one wait on a GPU
-        results = model.predict_many([self._request(group, key, heads, b) for b in batches],
-                                     self.config.pad_to)
+        results = self._predict(model, [self._request(group, key, heads, b) for b in batches])
         for batch, result in zip(batches, results):
             for slot, outcome in self._settle(group, key, heads, batch, model, result):
                 if isinstance(outcome, str):
@@ -152,9 +166,19 @@ class TaskInference:
     def _run(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot], model
              ) -> list[tuple[Slot, Any]]:
         """``batch`` through the model alone (a retry), settled."""
-        request = self._request(group, key, heads, batch)
-        result = model.predict_many([request], self.config.pad_to)[0]
+        result = self._predict(model, [self._request(group, key, heads, batch)])[0]
         return self._settle(group, key, heads, batch, model, result)
+
+    def _predict(self, model, requests: list[Request]) -> list[Result | Exception]:
+        """The model's results for ``requests``; on a GPU in this thread's turn, given back as
+        soon as the job's last task has its results (they are settled after it)."""
+        if self.config.device != "cuda":
+            return model.predict_many(requests, self.config.pad_to)
+        turns.take_turn()
+        results = model.predict_many(requests, self.config.pad_to)
+        if not self.config.keeps_turn:
+            turns.give_turn()
+        return results
 
     def _settle(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot],
                 model, result: Result | Exception) -> list[tuple[Slot, Any]]:
@@ -239,8 +263,8 @@ class TokenClassifierHandler(ModelHandler[TaskBatch, Group, Any]):
                                 config.model_cache)
         if config.compile and runs_as.startswith("torch"):
             model.compile()
-        LOG.info("task %s: model loaded (%s, %s, %d threads)", spec.name, device, runs_as,
-                 torch.get_num_threads())
+        LOG.info("task %s: model loaded in process %d (%s, %s, %d threads)", spec.name,
+                 os.getpid(), device, runs_as, torch.get_num_threads())
         return model
 
     @property

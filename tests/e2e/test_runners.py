@@ -119,7 +119,7 @@ def test_a_launch_submits_and_returns_without_waiting(docs, smoke_tasks, bucket,
 
 
 @pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "cpu"])
-def test_a_local_run_that_finds_cuda_shares_one_model_copy_and_batches_for_a_gpu(
+def test_a_local_run_that_finds_cuda_gives_each_process_its_models_and_batches_for_a_gpu(
         docs, smoke_tasks, tmp_path, monkeypatch, cuda):
     import os
 
@@ -148,10 +148,12 @@ def test_a_local_run_that_finds_cuda_shares_one_model_copy_and_batches_for_a_gpu
         run(["--input", str(shards), "--output", str(tmp_path / "out"), "--tasks", str(smoke_tasks),
              "--language", "es"], save_main_session=False)
     handler = built["handler"]
-    assert handler.share_model_across_processes() is cuda  # one copy for all worker processes
+    assert handler.share_model_across_processes() is False  # a copy in each process
     assert handler._config.batch_tokens == (32768 if cuda else 8192)
     assert handler._config.max_batch_windows == (1024 if cuda else 256)
-    assert built["workers"] == (4 if cuda else 1)  # with a GPU the CPU stages get the cores
+    assert handler._config.device == ("cuda" if cuda else "auto")  # turns on the GPU
+    # with a GPU the CPU stages get two processes a core, one a read task at most
+    assert built["workers"] == (4 if cuda else 1)
 
 
 @pytest.mark.parametrize("runner_args", [

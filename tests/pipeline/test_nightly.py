@@ -71,10 +71,11 @@ def test_the_launch_request_sets_the_gpu_the_disk_and_only_template_parameters(t
     params, env = body["parameters"], body["environment"]
     assert params["input"] == "gs://b/exports/2026-11-21/"
     assert params["output"] == "gs://b/annotations/2026-11-21/"
-    assert params["force"] == "true" and params["large_model"] == "true"
+    assert params["force"] == "true" and "large_model" not in params  # a copy per process
     assert env["diskSizeGb"] == 100 and env["machineType"] == "g2-standard-8"
     assert env["additionalExperiments"] == [
-        "use_runner_v2", "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:5xx"]
+        "use_runner_v2",
+        "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver:5xx;use_nvidia_mps"]
     assert params["device"] == "cuda"  # no GPU fails at model load, never runs on the CPUs
     assert env["additionalPipelineOptions"] == ["number_of_worker_harness_threads=2"]
     assert "model_cache" not in params  # GPUs run torch: nothing to convert

@@ -179,7 +179,7 @@ def test_int8_is_an_openvino_precision(args, ok):
         assert stop.value.code == 2
 
 
-@pytest.mark.parametrize("gpu,want", [(True, (32768, 1024, True)), (False, (8192, 256, False))])
+@pytest.mark.parametrize("gpu,want", [(True, (32768, 1024, False)), (False, (8192, 256, False))])
 def test_the_device_decides_the_defaults_left_open(gpu, want):
     o = opts()
     o.apply_device_defaults(gpu)
