@@ -20,6 +20,7 @@ BENCHES = {
                     "--batch_tokens", "1024"], ("reference", "pipeline", "speedup_docs_per_s")),
     "whole": (["--docs", "3", "--size", "tiny"], ("pipeline_cold_s", "speedup_warm")),
     "evaluate": (["--spans", "2000"], ()),
+    "feed": (["--smoke"], ("device_busy", "capacity_tokens_per_s")),
     "read": (["--docs", "50"], ()),
     "scale": (["--notes", "40"], ()),
     "language": (["--lingua_sample", "5"], ()),
