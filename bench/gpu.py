@@ -24,11 +24,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -84,11 +86,13 @@ class Plan:
 
 
 GPU = Plan(size="base", device="cuda", matmul=8192, layer_tokens=32768, model_chars=8_000_000,
-           budgets=(16384, 32768, 65536), notes=20_000, job_timeout=120, oom_windows=256,
+           budgets=(16384, 32768, 65536), notes=60_000, job_timeout=150, oom_windows=256,
            profile_notes=4_000)
 DRY = Plan(size="tiny", device="cpu", matmul=256, layer_tokens=512, model_chars=30_000,
            budgets=(1024, 4096), notes=120, job_timeout=90, oom_windows=8, profile_notes=60,
-           job_options=("--direct_num_workers", "2", "--large_model"))
+           job_options=("--direct_num_workers", "2"))
+# the model layouts a whole job is measured in (bench.feed measures them on the CPU)
+LAYOUTS = {"": (), "_shared": ("--large_model", "true")}
 
 
 # -- here: the kit ------------------------------------------------------------------------------
@@ -443,7 +447,7 @@ def whole_job(plan: Plan, notes: list[dict], shared: Path, work: Path, tasks: in
     out = work / f"out-{tasks}-{len(list(work.glob('out-*')))}"
     tasks_file = save_models(work, plan, shared, tasks, texts=[n["text"] for n in notes[:24]])
     row = job(inputs, tasks_file, out, plan, timeout, options, profile)
-    del row["_log"]
+    log = row.pop("_log")
     if profile and profile.exists():
         row["profile"] = hot_spots(profile)
     record = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
@@ -456,7 +460,9 @@ def whole_job(plan: Plan, notes: list[dict], shared: Path, work: Path, tasks: in
                if (annotated := counts.get("documents/annotated")) else None,
                documents_per_s_while_inferring=round(count / inferring) if inferring
                else None, documents_annotated=counts.get("documents/annotated"),
-               counts={k: v for k, v in counts.items() if k.startswith(("documents/", "tokens/"))})
+               counts={k: v for k, v in counts.items()
+                       if k.startswith(("documents/", "tokens/", "windows/"))},
+               models_loaded_in=sorted(set(re.findall(r"model loaded in process (\d+)", log))))
     return row
 
 
@@ -596,14 +602,15 @@ def run_stages(plan: Plan, out: Path, minutes: float, only: tuple[str, ...] = ()
             ("model_path", 90, lambda: model_path(
                 plan, notes, report["stages"].get("ceiling", {}).get("bf16_layer_tflops"),
                 env.get("spec_bf16_tflops"))),
-            ("job_2_tasks", 90, lambda: whole_job(plan, notes, shared, work, 2, timeout())),
+            # each layout (a copy per process, the default; one shared copy), one task on
+            # plan.notes notes and two tasks on half as many
+            *((f"job_{tasks}_task{'s' if tasks > 1 else ''}{name}", 60,
+               functools.partial(lambda t, o: whole_job(plan, notes, shared, work, t, timeout(),
+                                                        plan.notes // t, o), tasks, flags))
+              for tasks in (1, 2) for name, flags in LAYOUTS.items()),
             ("fault_out_of_memory", 20, lambda: oom_halving(plan)),
             ("fault_accelerator_error", 45, lambda: accelerator_error(plan, notes, shared, work,
                                                                         timeout())),
-            ("job_1_task", 60, lambda: whole_job(plan, notes, shared, work, 1, timeout())),
-            ("job_2_tasks_one_process", 60, lambda: whole_job(
-                plan, notes, shared, work, 2, timeout(), plan.profile_notes,
-                ("--direct_num_workers", "1"))),
             ("job_profile", 60, lambda: whole_job(
                 plan, notes, shared, work, 1, timeout(), plan.profile_notes,
                 profile=out / "job_profile.prof")),
@@ -667,8 +674,7 @@ def summary(report: dict) -> str:
                   f"{r['mfu_measured']} | {r['mfu_spec']} |" if "error" not in r
                   else f"| {k} | {r['error']} | | | |" for k, r in m["runs"].items()]
         lines.append("")
-    jobs = [(k, stages[k]) for k in ("job_2_tasks", "job_1_task", "job_2_tasks_one_process",
-                                      "job_profile") if "wall_s" in stages.get(k, {})]
+    jobs = [(k, r) for k, r in stages.items() if k.startswith("job_") and "wall_s" in r]
     if jobs:
         lines += ["Whole job (`python -m pipeline.run`, DirectRunner; documents/s over the "
                   "whole process, start-up included / while the GPU was inferring):", "",

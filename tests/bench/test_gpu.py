@@ -28,11 +28,14 @@ def test_the_dry_run_runs_every_stage_of_the_gpu_run(tmp_path):
         assert budget / 2 < row["largest_batch_tokens"] <= budget, name
         assert row["real_tokens"] == runs[str(DRY.budgets[0])]["real_tokens"] > 0
         assert 0 < row["mfu_measured"] and 0 <= row["padding_fraction"] < 0.5
-    for name, tasks, notes in (("job_1_task", 1, DRY.notes), ("job_2_tasks", 2, DRY.notes),
-                               ("job_2_tasks_one_process", 2, DRY.profile_notes),
+    for name, tasks, notes in (("job_1_task", 1, DRY.notes), ("job_1_task_shared", 1, DRY.notes),
+                               ("job_2_tasks", 2, DRY.notes // 2),
+                               ("job_2_tasks_shared", 2, DRY.notes // 2),
                                ("job_profile", 1, DRY.profile_notes)):
         job = stages[name]
         assert job["ok"] and job["documents_annotated"] == notes == job["notes"]
+        assert job["models_loaded_in"]  # the process ids, from the job's log
+        assert ("--large_model true" in job["options"]) == name.endswith("_shared")
         assert job["counts"]["documents/read"] == notes
         assert {k for k in job["counts"] if k.startswith("documents/lang_")} == {
             "documents/lang_es", "documents/lang_en", "documents/lang_it"}
@@ -53,7 +56,7 @@ def test_the_dry_run_runs_every_stage_of_the_gpu_run(tmp_path):
     assert 0 < hot["transforms/handlers.py(run_inference)"] < hot["pipeline/run.py(run)"]
     assert (tmp_path / "out" / "job_profile.prof").stat().st_size > 0
     text = (tmp_path / "out" / "gpu.md").read_text()
-    assert "fault_out_of_memory: holds" in text and "| 2 | 120 |" in text
+    assert "fault_out_of_memory: holds" in text and f"| 2 | {DRY.notes // 2} |" in text
 
 
 @pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H200", 989.4),
