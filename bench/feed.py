@@ -15,8 +15,8 @@ task and with two:
   core: while one waits on the device another prepares), the default;
 - ``per_process_one_a_core``: the same with a process per core.
 
-Every run takes the job's GPU path: the processes take turns on the device, one group (all its
-tasks) at a time (``transforms/inference/turns.py``).
+Every run takes the job's GPU path: the processes take turns on the device, one call (a group's
+batches for one task) at a time (``transforms/inference/turns.py``).
 
 It prints, per run: the device's busy share (busy seconds over first batch to last), notes/s,
 batches and calls per group, bytes shipped across processes per group, and host milliseconds

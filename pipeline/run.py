@@ -64,8 +64,8 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
         | "Segment" >> beam.ParDo(SegmentDoFn(specs, opts.method))
         | "Group" >> beam.ParDo(GroupDocuments(opts.group_tokens or 8 * opts.batch_tokens))
     )
-    for i, (name, spec) in enumerate(specs.items()):
-        groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu, last=i == len(specs) - 1)
+    for name, spec in specs.items():
+        groups = groups | f"Infer_{name}" >> infer(spec, opts, gpu)
     rows = (
         groups
         | "Documents" >> beam.FlatMap(lambda group: group)
@@ -81,16 +81,12 @@ def build(p: beam.Pipeline, opts: AnnotateOptions, specs: Mapping[str, TaskSpec]
     totals | "RunRecord" >> beam.Map(lambda t: write_run_record(t, **record))
 
 
-def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False,
-          last: bool = True) -> beam.PTransform:
-    """RunInference of one task over groups of documents (the GPU step, if any; a task before
-    the ``last`` keeps the group's turn on the GPU for the next)."""
-    from dataclasses import replace
-
+def infer(spec: TaskSpec, opts: AnnotateOptions, require_cuda: bool = False) -> beam.PTransform:
+    """RunInference of one task over groups of documents (the GPU step, if any)."""
     from pipeline.options import inference_config
     from transforms.handlers import InferTask, TokenClassifierHandler
 
-    config = replace(inference_config(opts, require_cuda), keeps_turn=not last)
+    config = inference_config(opts, require_cuda)
     step = InferTask(TokenClassifierHandler(spec, config, opts.large_model))
     if opts.inference_accelerator:
         step = step.with_resource_hints(accelerator=opts.inference_accelerator)
@@ -129,17 +125,23 @@ def local_runner(runner: str | None):
     return runner
 
 
-def gpu_processes(specs: Mapping[str, TaskSpec], cores: int, reads: int) -> int:
-    """Worker processes of a local GPU job, each with its own copy of every task's model: two
-    a core (while one waits on the GPU another does its host work: ``bench.feed``), at most
-    one a read task, and no more than the GPU's memory holds (each task's model in bf16, half
-    its weight files, plus 1 GiB a process for its CUDA context and activations)."""
+def gpu_processes(specs: Mapping[str, TaskSpec], cores: int, reads: int, shared: bool = False
+                  ) -> int:
+    """Worker processes of a local GPU job: two a core (while one waits on the GPU another
+    does its host work: ``bench.feed``), at most one a read task, and, each with its own copy
+    of every task's model (not ``shared``: ``--large_model``), no more than the GPU's memory
+    holds (each model in bf16, half its weight files, plus 1 GiB a process for its CUDA
+    context and activations)."""
     want = max(1, min(2 * cores, reads))
+    if shared:
+        return want
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
     try:
         gpu_mib = int(subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=30).stdout.split()[0])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            ["nvidia-smi", "-i", visible, "--query-gpu=memory.total",
+             "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=30).stdout.split("\n")[0].strip())
+    except (OSError, ValueError, subprocess.TimeoutExpired):  # no GPU to ask, or [N/A] (MIG)
         return want
     each = 1024 + sum(_weights_mib(spec.model) // 2 for spec in specs.values())
     fit = max(1, int(0.9 * gpu_mib) // each)
@@ -150,10 +152,14 @@ def gpu_processes(specs: Mapping[str, TaskSpec], cores: int, reads: int) -> int:
 
 
 def _weights_mib(model: str) -> int:
-    """MiB of a model's weight files where they are local; else xlm-roberta-base's (1,100)."""
+    """MiB of a model's weights where they are local (its safetensors files, else its torch
+    files, not an OpenVINO conversion); else xlm-roberta-base's fp32 size (1,100)."""
     path = Path(model)
-    files = ([f for f in path.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt", ".pth")]
-             if path.is_dir() else [path] if path.is_file() else [])
+    if path.is_file():
+        return path.stat().st_size >> 20
+    files = list(path.rglob("*.safetensors")) if path.is_dir() else []
+    files = files or [f for f in (path.rglob("*") if path.is_dir() else ())
+                      if f.suffix in (".bin", ".pt", ".pth") and "openvino" not in f.name]
     return sum(f.stat().st_size for f in files) >> 20 if files else 1100
 
 
@@ -181,7 +187,8 @@ def plan_local(options: PipelineOptions, opts: AnnotateOptions, resume: Resume,
     if not _given(argv, "direct_num_workers"):
         # With a GPU the CPU stages need every core; without one the models do, and one
         # process with all of them runs a model faster than several with a share each.
-        direct.direct_num_workers = gpu_processes(specs, cores, tasks) if gpu else 1
+        direct.direct_num_workers = (gpu_processes(specs, cores, tasks, opts.large_model)
+                                     if gpu else 1)
     if direct.direct_num_workers > 1 and not _given(argv, "direct_running_mode"):
         direct.direct_running_mode = "multi_processing"
     if opts.torch_threads is None:

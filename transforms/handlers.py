@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
@@ -37,7 +38,7 @@ from transforms.core.faults import is_machine_fault, is_out_of_memory
 from transforms.core.predictor import Request, Result
 from transforms.core.records import Failure, Predictions, Work
 from transforms.core.spec import CPU_BATCH, TaskSpec
-from transforms.inference import turns
+from transforms.inference.turns import gpu_turn
 
 LOG = logging.getLogger("pipeline")
 Group = tuple[Work, ...]
@@ -81,7 +82,6 @@ class InferenceConfig:
     device: str = "auto"  # auto (CUDA when present), cpu, or cuda (an error without it)
     threads: int | None = None  # torch threads of the process that runs the model
     model_cache: str | None = None  # where conversions are shared among machines
-    keeps_turn: bool = False  # on a GPU, a task before the job's last keeps the group's turn
 
 
 class Slot(NamedTuple):
@@ -102,19 +102,7 @@ class TaskInference:
         self._failed = Metrics.counter("windows", f"failed_{spec.name}")
 
     def __call__(self, group: Group, model) -> Group:
-        """The group with this task's predictions (or failures) attached to its documents (on
-        a GPU, the turn taken for the group is given back after the job's last task, or on a
-        failure: ``transforms.inference.turns``)."""
-        try:
-            return self._infer(group, model)
-        except BaseException:
-            turns.give_turn()
-            raise
-        finally:
-            if not self.config.keeps_turn:
-                turns.give_turn()
-
-    def _infer(self, group: Group, model) -> Group:
+        """The group with this task's predictions (or failures) attached to its documents."""
         spec, key = self.spec, self.spec.windows_key
         slots = [Slot(i, k, int(n))
                  for i, work in enumerate(group)
@@ -170,15 +158,14 @@ class TaskInference:
         return self._settle(group, key, heads, batch, model, result)
 
     def _predict(self, model, requests: list[Request]) -> list[Result | Exception]:
-        """The model's results for ``requests``; on a GPU in this thread's turn, given back as
-        soon as the job's last task has its results (they are settled after it)."""
-        if self.config.device != "cuda":
-            return model.predict_many(requests, self.config.pad_to)
-        turns.take_turn()
-        results = model.predict_many(requests, self.config.pad_to)
-        if not self.config.keeps_turn:
-            turns.give_turn()
-        return results
+        """The model's results for ``requests``, on a GPU in this process's turn (given back
+        before they are settled: ``transforms.inference.turns``); a call that fails as a whole
+        (a lost proxy, a wait on the device) is each batch's failure, sorted as theirs."""
+        try:
+            with gpu_turn() if self.config.device == "cuda" else nullcontext():
+                return model.predict_many(requests, self.config.pad_to)
+        except Exception as e:  # noqa: BLE001 - sorted by _settle: machine faults raise
+            return [e.with_traceback(None)] * len(requests)
 
     def _settle(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot],
                 model, result: Result | Exception) -> list[tuple[Slot, Any]]:

@@ -271,3 +271,8 @@ def test_num_inferences_counts_the_documents_the_model_ran():
     sizes = [r.committed for r in byte_sizes if r.key.metric.name.endswith("byte_size")
              and "request" in r.key.metric.name]
     assert sizes and sizes[0].sum == (6 + 5 + 4) * 4  # int32 ids of its two documents' windows
+
+
+def test_a_model_class_defines_one_of_the_two_calls():
+    with pytest.raises(TypeError, match="predict or predict_many"):
+        type("Neither", (Predictor,), {})

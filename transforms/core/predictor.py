@@ -26,6 +26,11 @@ class Predictor:
     ``predict_many`` (a group's batches, launched together), or both; each default is built
     on the other."""
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.predict is Predictor.predict and cls.predict_many is Predictor.predict_many:
+            raise TypeError(f"{cls.__name__} must define predict or predict_many")
+
     def predict(self, windows: Sequence[np.ndarray], positions: Sequence[np.ndarray],
                 heads: Sequence[str | None], pad_to: int | None = None) -> Result:
         """One batch; raises what it raised."""

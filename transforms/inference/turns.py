@@ -1,15 +1,15 @@
-"""Turns on a machine's GPU: its worker processes use it one group at a time.
+"""Turns on a machine's GPU: its worker processes hand it their batches one call at a time.
 
 Each worker process holds its own copy of the models and hands the GPU a group's batches in
 one call per task. Left to the GPU's scheduler (time slices, or MPS), the calls of several
 processes run interleaved and all finish late together, so that their processes then do their
-host work together while the GPU waits. Taking turns, the first group ready runs alone, all
-its tasks back to back, and its process goes back to its host work (its results' decoding, its
-next group) while the next group runs: the host work of one process overlaps the GPU's work
-for another (``python -m bench.feed`` measures it). A thread takes the turn for its group's
-first call and gives it back after the last task's call returns (or on a failure); the turn is
-an exclusive lock on a file of the machine's temporary folder (processes that do not share
-one, such as separate containers, take no turns among them).
+host work together while the GPU waits. Taking turns, the first call ready runs alone, and its
+process goes back to its host work (settling the results, its next group) while the next call
+runs: the host work of one process overlaps the GPU's work for another (``python -m
+bench.feed`` measures it), and each process has at most one batch's activations on the GPU.
+The turn is an exclusive lock on a file of the machine's temporary folder, one file per GPU,
+held only while a call runs (processes that do not share the folder, such as separate
+containers, take no turns among them; the threads of one process still do).
 """
 
 from __future__ import annotations
@@ -18,34 +18,31 @@ import fcntl
 import logging
 import os
 import tempfile
-import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 LOG = logging.getLogger("pipeline")
-_held = threading.local()  # the lock file through which this thread holds the turn
 
 
-def turn_file(device: int = 0) -> str:
-    """The lock file of GPU ``device`` on this machine."""
-    return os.path.join(tempfile.gettempdir(), f"clinical-ner-gpu{device}.lock")
+def turn_file() -> str:
+    """The lock file of the GPU this process uses (the first of ``CUDA_VISIBLE_DEVICES``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    name = "".join(c if c.isalnum() or c == "-" else "_" for c in visible)
+    return os.path.join(tempfile.gettempdir(), f"clinical-ner-gpu-{name}.lock")
 
 
-def take_turn(path: str | None = None) -> None:
-    """Wait for the GPU's turn and hold it in this thread (kept where held already); where the
-    lock file cannot be opened (another user's, a read-only folder), go on without one."""
-    if getattr(_held, "lock", None) is not None:
-        return
-    try:
-        lock = open(path or turn_file(), "a+b")
+@contextmanager
+def gpu_turn(path: str | None = None) -> Iterator[None]:
+    """Hold the GPU's turn (``path``: its lock file) for the block; where the file cannot be
+    opened, the block runs without a turn."""
+    try:  # readable by every user (a lock needs no write access), whoever made it
+        fd = os.open(path or turn_file(), os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as e:
         LOG.debug("GPU turns: %s; running without", e)
+        yield
         return
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    _held.lock = lock
-
-
-def give_turn() -> None:
-    """Give back the turn this thread holds, if any."""
-    lock, _held.lock = getattr(_held, "lock", None), None
-    if lock is not None:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing gives the lock back

@@ -1,35 +1,29 @@
-"""A machine's GPU is taken in turns: one group of one process at a time, all its tasks."""
+"""A machine's GPU is taken in turns: one process's call at a time."""
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 
 from tests.transforms.test_handlers import Model, doc_work, run
 from transforms.inference import turns
-from transforms.inference.turns import give_turn, take_turn
+from transforms.inference.turns import gpu_turn
 
 
-def held() -> bool:
-    return getattr(turns._held, "lock", None) is not None
-
-
-def test_a_second_holder_waits_for_the_first_to_give_the_turn_back(tmp_path):
+def test_a_second_holder_waits_for_the_first_to_leave(tmp_path):
     path, order = str(tmp_path / "gpu0.lock"), []
     inside, leave = threading.Event(), threading.Event()
 
     def first():
-        take_turn(path)
-        take_turn(path)  # held already: kept, not waited for again
-        order.append("first in")
-        inside.set()
-        leave.wait(10)
-        order.append("first out")
-        give_turn()
+        with gpu_turn(path):
+            order.append("first in")
+            inside.set()
+            leave.wait(10)
+            order.append("first out")
 
     def second():
-        take_turn(path)
-        order.append("second in")
-        give_turn()
+        with gpu_turn(path):
+            order.append("second in")
 
     a = threading.Thread(target=first)
     a.start()
@@ -44,60 +38,72 @@ def test_a_second_holder_waits_for_the_first_to_give_the_turn_back(tmp_path):
     assert order == ["first in", "first out", "second in"]
 
 
-def test_without_a_lock_file_the_work_goes_on(tmp_path):
-    take_turn(str(tmp_path / "missing" / "gpu0.lock"))
-    assert not held()
-    give_turn()  # nothing held: nothing to give
+def test_a_failure_inside_gives_the_turn_back(tmp_path):
+    path = str(tmp_path / "gpu0.lock")
+    with pytest.raises(RuntimeError):
+        with gpu_turn(path):
+            raise RuntimeError("CUDA error: an illegal memory access")
+    done = threading.Event()
+
+    def other():
+        with gpu_turn(path):
+            done.set()
+
+    threading.Thread(target=other, daemon=True).start()
+    assert done.wait(10)
 
 
-@pytest.fixture
-def lock_here(monkeypatch, tmp_path):
-    monkeypatch.setattr(turns, "turn_file", lambda device=0: str(tmp_path / "gpu0.lock"))
-    yield
-    give_turn()
+def test_without_a_lock_file_the_block_still_runs(tmp_path):
+    ran = []
+    with gpu_turn(str(tmp_path / "missing" / "gpu0.lock")):
+        ran.append(1)
+    assert ran == [1]
 
 
-class Checked(Model):
-    """Records whether the turn was held at each call."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.in_turn = []
-
-    def predict_many(self, batches, pad_to=None):
-        self.in_turn.append(held())
-        return super().predict_many(batches, pad_to)
+def test_one_lock_file_per_visible_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1a2b,GPU-3c4d")
+    first = turns.turn_file()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert first.endswith("clinical-ner-gpu-GPU-1a2b.lock") and turns.turn_file() != first
 
 
-@pytest.mark.parametrize("device,keeps,after", [("cuda", True, True), ("cuda", False, False),
-                                                ("cpu", False, False)])
-def test_a_gpu_group_holds_the_turn_from_its_first_task_to_its_last(lock_here, device, keeps,
-                                                                     after):
-    model = Checked()
-    run((doc_work("a", [10]),), model, device=device, keeps_turn=keeps)
-    assert model.in_turn == [device == "cuda"] and held() == after
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_on_a_gpu_each_model_call_holds_the_turn_and_only_it(monkeypatch, device):
+    """The group's call, then the retries of its failed batch: each in a turn, the settling
+    of results (and the freeing of memory before a retry) outside."""
+    import transforms.handlers
 
+    held, log = [], []
 
-def test_the_last_task_gives_the_turn_back_before_settling_and_takes_it_for_retries(lock_here):
-    class Settling(Checked):
+    @contextmanager
+    def recorded(path=None):
+        held.append(True)
+        yield
+        held.pop()
+
+    class Checked(Model):
+        def predict_many(self, batches, pad_to=None):
+            log.append(bool(held))
+            return super().predict_many(batches, pad_to)
+
         def release_memory(self):
-            super().release_memory()
-            self.in_turn.append(("released", held()))
+            log.append(("released", bool(held)))
 
-    model = Settling(oom_above=1)
-    run((doc_work("a", [10]), doc_work("b", [10])), model, device="cuda", batch_tokens=1000)
-    # the batch of 2 ran out of memory: retried in halves, each call in a turn, none between
-    assert model.in_turn == [True, ("released", False), True, True] and not held()
-
-
-def test_a_last_task_without_documents_still_gives_the_turn_back(lock_here):
-    take_turn()  # held from the group's earlier task
-    model = Checked()
-    run((doc_work("a", [10], tasks=("other",)),), model, device="cuda")
-    assert model.in_turn == [] and not held()
+    monkeypatch.setattr(transforms.handlers, "gpu_turn", recorded)
+    run((doc_work("a", [10]), doc_work("b", [10])), Checked(oom_above=1), device=device,
+        batch_tokens=1000)
+    gpu = device == "cuda"
+    assert log == [gpu, ("released", False), gpu, gpu] and not held  # the 2, then halves
 
 
-def test_a_failing_task_gives_the_turn_back(lock_here):
-    with pytest.raises(Exception):
-        run((doc_work("a", [10]),), Model(oom_above=0), device="cuda", keeps_turn=True)
-    assert not held()
+def test_a_call_that_fails_as_a_whole_is_sorted_as_its_batches_failures():
+    class Unpicklable(Model):
+        def predict_many(self, batches, pad_to=None):
+            if len(batches[0][0]) > 1:  # what a proxy raises for a result it cannot unpickle
+                raise TypeError("__init__() missing 1 required positional argument")
+            return super().predict_many(batches, pad_to)
+
+    model = Unpicklable()
+    out = run((doc_work("a", [10]), doc_work("b", [10, 12])), model, batch_tokens=1000)
+    # the group's call failed: its batch again window by window, as a batch that failed
+    assert all("t" in w.predictions for w in out) and model.calls == [(1, 10)] * 2 + [(1, 12)]
