@@ -135,10 +135,11 @@ def gpu_processes(specs: Mapping[str, TaskSpec], cores: int, reads: int, shared:
     want = max(1, min(2 * cores, reads))
     if shared:
         return want
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    from transforms.inference.turns import visible_gpu
+
     try:
         gpu_mib = int(subprocess.run(
-            ["nvidia-smi", "-i", visible, "--query-gpu=memory.total",
+            ["nvidia-smi", "-i", visible_gpu(), "--query-gpu=memory.total",
              "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=30).stdout.split("\n")[0].strip())
     except (OSError, ValueError, subprocess.TimeoutExpired):  # no GPU to ask, or [N/A] (MIG)

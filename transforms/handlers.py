@@ -149,7 +149,13 @@ class TaskInference:
         windows = [group[s.item].windows[key] for s in batch]
         return ([w.window_ids(s.window) for w, s in zip(windows, batch)],
                 [w.window_positions(s.window) for w, s in zip(windows, batch)],
-                list(dict.fromkeys(h for s in batch for h in heads[s.item])))
+                TaskInference._wanted(heads, batch))
+
+    @staticmethod
+    def _wanted(heads: dict[int, tuple], batch: list[Slot]) -> list[str | None]:
+        """The heads any document of ``batch`` needs, in first-needed order: the columns of
+        the model's results for it."""
+        return list(dict.fromkeys(h for s in batch for h in heads[s.item]))
 
     def _run(self, group: Group, key: str, heads: dict[int, tuple], batch: list[Slot], model
              ) -> list[tuple[Slot, Any]]:
@@ -176,7 +182,7 @@ class TaskInference:
                 raise result
             return self._retry(group, key, heads, batch, model, result)
         labels, probs = result
-        wanted = list(dict.fromkeys(h for s in batch for h in heads[s.item]))
+        wanted = self._wanted(heads, batch)
         real = sum(s.length for s in batch)
         width = self.config.pad_to or padded_length(max(s.length for s in batch))
         self._real.inc(real)

@@ -24,10 +24,15 @@ from typing import Iterator
 LOG = logging.getLogger("pipeline")
 
 
+def visible_gpu() -> str:
+    """The GPU this process uses: the first of ``CUDA_VISIBLE_DEVICES`` (an index or a UUID),
+    else 0."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+
+
 def turn_file() -> str:
-    """The lock file of the GPU this process uses (the first of ``CUDA_VISIBLE_DEVICES``)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
-    name = "".join(c if c.isalnum() or c == "-" else "_" for c in visible)
+    """The lock file of the GPU this process uses (``visible_gpu``)."""
+    name = "".join(c if c.isalnum() or c == "-" else "_" for c in visible_gpu())
     return os.path.join(tempfile.gettempdir(), f"clinical-ner-gpu-{name}.lock")
 
 
